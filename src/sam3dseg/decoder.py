@@ -1,0 +1,161 @@
+"""The light 3-D decoder: four residual-upsampling blocks with deep-supervision heads (seed §2).
+
+Block ℓ (seed §2.1), for ``g(ℓ) ∈ R^{C_ℓ × D × H_ℓ × W_ℓ}``::
+
+    r1     = IN( W2 * σ( IN( W1 * g(ℓ) ) ) )
+    r2     = IN( W0 * g(ℓ) )
+    g(ℓ+1) = U_2x( σ(r1 + r2) )
+
+with ``*`` a 3×3×3 convolution, IN instance norm, σ the activation and ``U_2x``
+linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``;
+``Ŷ(ℓ) = softmax(head_ℓ(g(ℓ)))`` for ℓ = 1..4, so ``Ŷ(4)`` is at full resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Activation = Literal["relu", "leaky_relu"]
+Upsample = Literal["linear", "nearest"]
+
+
+def _activation(name: Activation) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)  # nnU-Net's slope, as the original SAM3D
+    raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {name!r}")
+
+
+def _conv(cin: int, cout: int, kernel: int) -> nn.Conv3d:
+    # No bias: every convolution here feeds an instance norm, which subtracts the
+    # per-channel mean and with it any constant bias.
+    return nn.Conv3d(cin, cout, kernel, padding=kernel // 2, bias=False)
+
+
+def _norm(channels: int) -> nn.InstanceNorm3d:
+    # Affine IN (learnable scale and shift per channel), as nnU-Net and SAM3D use.
+    return nn.InstanceNorm3d(channels, eps=1e-5, affine=True)
+
+
+class ResidualUpBlock(nn.Module):
+    """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (seed §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``.
+
+    ``W1: C_in → C_out`` and ``W2: C_out → C_out`` form the residual branch ``r1``;
+    ``W0: C_in → C_out`` the shortcut ``r2``. The seed has a 3×3×3 ``W0``; the original
+    SAM3D code a 1×1×1 one (``shortcut_kernel=1``). Depth is never resampled: the
+    seed's ×2 linear interpolation acts in-plane only (DESIGN §1), so the slice
+    count D of the volume is kept at every level.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        shortcut_kernel: int = 3,
+        activation: Activation = "relu",
+        upsample: Upsample = "linear",
+    ) -> None:
+        super().__init__()
+        if shortcut_kernel not in (1, 3):
+            raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
+        if upsample not in ("linear", "nearest"):
+            raise ValueError(f"upsample must be 'linear' or 'nearest', got {upsample!r}")
+        self.conv1, self.norm1 = _conv(in_channels, out_channels, 3), _norm(out_channels)  # W1
+        self.conv2, self.norm2 = _conv(out_channels, out_channels, 3), _norm(out_channels)  # W2
+        self.conv0, self.norm0 = _conv(in_channels, out_channels, shortcut_kernel), _norm(out_channels)  # W0
+        self.act = _activation(activation)
+        self.upsample = upsample
+
+    def forward(self, g: Tensor) -> Tensor:
+        r1 = self.norm2(self.conv2(self.act(self.norm1(self.conv1(g)))))
+        r2 = self.norm0(self.conv0(g))
+        y = self.act(r1 + r2)
+        if self.upsample == "linear":
+            # Trilinear with depth factor 1 is the identity along D (align_corners=False
+            # maps slice d onto d exactly), so this is bilinear ×2 in-plane per slice.
+            return F.interpolate(y, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+        return F.interpolate(y, scale_factor=(1, 2, 2), mode="nearest")
+
+
+class SAM3DDecoder(nn.Module):
+    """Four residual-upsampling blocks and a 1×1×1 head per level (seed §2).
+
+    ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
+    ``Ŷ(1), …, Ŷ(4)`` in the seed's order ℓ = 1..4 (coarse → fine), shaped
+    ``(B, K, D, h·2^ℓ, w·2^ℓ)``. Softmax is left to the loss / prediction.
+
+    Defaults follow the seed (3×3×3 shortcut, ReLU, linear upsampling); the original
+    SAM3D code is ``shortcut_kernel=1, activation="leaky_relu", upsample="nearest"``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 256,
+        channels: tuple[int, ...] = (128, 64, 32, 16),
+        shortcut_kernel: int = 3,
+        activation: Activation = "relu",
+        upsample: Upsample = "linear",
+    ) -> None:
+        """
+        Args:
+            num_classes: K, background included.
+            in_channels: C_0; 256 per encoded image channel (256·C for C modalities).
+            channels: C_1..C_4, the widths of g(1)..g(4).
+            shortcut_kernel: kernel of W0, 3 (seed) or 1 (original SAM3D).
+            activation: σ, ``relu`` (seed) or ``leaky_relu`` (original).
+            upsample: U_2x, ``linear`` (seed) or ``nearest`` (original).
+        """
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
+        if len(channels) != 4:
+            raise ValueError(f"channels must give the four widths C_1..C_4, got {channels}")
+        self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
+        self.shortcut_kernel = shortcut_kernel
+        widths = (in_channels, *channels)
+        self.blocks = nn.ModuleList(
+            ResidualUpBlock(widths[i], widths[i + 1], shortcut_kernel, activation, upsample) for i in range(4)
+        )
+        self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in channels)
+
+    def forward(self, features: Tensor) -> list[Tensor]:
+        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``."""
+        if features.ndim != 5 or features.shape[1] != self.in_channels:
+            raise ValueError(
+                f"decoder expects features (B, {self.in_channels}, D, h, w), got {tuple(features.shape)}"
+            )
+        outputs = []
+        g = features
+        for block, head in zip(self.blocks, self.heads):
+            g = block(g)
+            outputs.append(head(g))
+        return outputs
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameter elements."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def level_flops(self, depth: int, height: int, width: int) -> list[int]:
+        """Analytic FLOPs of the convolutions per level, ℓ = 1..4, for input ``(·, ·, D, h, w)``.
+
+        Level ℓ counts block ℓ-1 (W1, W2, W0 at the block's input grid
+        ``D × h·2^(ℓ-1) × w·2^(ℓ-1)``) and head ℓ (at ``D × h·2^ℓ × w·2^ℓ``). One
+        multiply-add is 2 FLOPs, the convention of ``torch.utils.flop_counter``; biases,
+        norms, activations and interpolation are not counted (they are O(voxels·C),
+        not O(voxels·C²)).
+        """
+        k0 = self.shortcut_kernel**3
+        widths = (self.in_channels, *self.channels)
+        flops = []
+        for i in range(4):
+            cin, cout = widths[i], widths[i + 1]
+            voxels_in = depth * height * width * 4**i
+            block_macs = voxels_in * (27 * cin * cout + 27 * cout * cout + k0 * cin * cout)
+            head_macs = 4 * voxels_in * cout * self.num_classes
+            flops.append(2 * (block_macs + head_macs))
+        return flops

@@ -1,0 +1,141 @@
+"""CE + Dice per level and the deep-supervision sum (seed §5).
+
+Per level (seed §5.1), with ``Ŷ = softmax(logits)`` and one-hot (or soft) ``Y``::
+
+    L_CE   = - Σ_{k,n} Y_kn ln Ŷ_kn
+    L_Dice = 1 - 2 Σ_{k,n} Y_kn Ŷ_kn / ( Σ_{k,n} Y_kn² + Σ_{k,n} Ŷ_kn² )
+    L(ℓ)   = L_CE + L_Dice
+
+and the total (seed §5.2) ``L_tot = Σ_ℓ α_ℓ L(ℓ)`` with ``(α4, α3, α2, α1) = (8, 4, 2, 1) / 15``.
+
+Decisions where the seed is silent (DESIGN §2):
+
+- CE is *averaged* over voxels instead of summed: a sum grows with the crop and
+  would drown the Dice term, which is a ratio in [0, 1]. The factor is a positive
+  constant per crop size, so minimisers are unchanged.
+- Dice is one ratio over classes and voxels jointly, background included, with the
+  squared denominator, exactly as written. Because every voxel's target sums to 1
+  over classes, ``Σ Y² ≥ N/K > 0``: the ratio is always defined, no smoothing term.
+- Both terms are computed per sample and averaged over the batch, so a sample's
+  loss does not depend on what else is in its batch (data-parallel training then
+  averages the same quantity as one large batch).
+- ``Y(ℓ)``, the label on level ℓ's coarser grid, is the one-hot label
+  average-pooled in-plane (soft targets; the seed's ``Y²`` and ``KL(Y‖Ŷ)`` allow
+  them). Nearest-neighbour subsampling is the option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# α_ℓ for ℓ = 1..4 (coarse → fine), the decoder's output order; Σ α_ℓ = 1 (seed §5.2).
+DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
+
+TargetMode = Literal["average", "nearest"]
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """``L_CE = -Σ_k Y_kn ln Ŷ_kn``, averaged over voxels n and the batch.
+
+    Args:
+        logits: ``(B, K, *spatial)``.
+        target: ``(B, K, *spatial)``, probabilities over K (one-hot or soft).
+    """
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``L_Dice = 1 - 2 Σ Y Ŷ / (Σ Y² + Σ Ŷ²)`` over classes and voxels jointly, per sample, batch mean.
+
+    Args:
+        logits: ``(B, K, *spatial)``.
+        target: ``(B, K, *spatial)``, probabilities over K.
+    """
+    probs = torch.softmax(logits, dim=1).flatten(1)
+    target = target.flatten(1)
+    overlap = (target * probs).sum(dim=1)
+    energy = (target * target).sum(dim=1) + (probs * probs).sum(dim=1)
+    return (1 - 2 * overlap / energy).mean()
+
+
+def level_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``L(ℓ) = L_CE + L_Dice`` (seed §5.1) for one level: ``(B, K, …)`` each -> scalar."""
+    return cross_entropy(logits, target) + dice_loss(logits, target)
+
+
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """Integer labels ``(B, D, H, W)`` in ``[0, K)`` -> float one-hot ``(B, K, D, H, W)``."""
+    if labels.dtype.is_floating_point:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), found values in [{lo}, {hi}]")
+    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+
+
+def level_target(target: Tensor, factor: int, mode: TargetMode = "average") -> Tensor:
+    """Bring a full-resolution target ``(B, K, D, H, W)`` to a grid ``factor`` times coarser in-plane.
+
+    ``average`` pools each ``factor × factor`` patch (soft targets); ``nearest`` keeps
+    its top-left voxel, the same voxel nearest-neighbour resizing picks.
+    """
+    if factor == 1:
+        return target
+    if mode == "average":
+        return F.avg_pool3d(target, kernel_size=(1, factor, factor))
+    if mode == "nearest":
+        return target[..., ::factor, ::factor]
+    raise ValueError(f"target mode must be 'average' or 'nearest', got {mode!r}")
+
+
+def deep_supervision_loss(
+    logits: Sequence[Tensor],
+    labels: Tensor,
+    weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS,
+    target_mode: TargetMode = "average",
+) -> Tensor:
+    """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (seed §5.2).
+
+    Args:
+        logits: the decoder's outputs in order ℓ = 1..L, each ``(B, K, D, H_ℓ, W_ℓ)``;
+            the last is at the labels' resolution.
+        labels: integer labels ``(B, D, H, W)`` in ``[0, K)``.
+        weights: α_ℓ in the same order as ``logits``; default ``(1, 2, 4, 8) / 15``.
+        target_mode: how ``Y(ℓ)`` is made from the labels (see :func:`level_target`).
+
+    Returns:
+        The scalar total loss.
+    """
+    if len(logits) != len(weights):
+        raise ValueError(f"{len(logits)} outputs but {len(weights)} weights")
+    b, k, d, h, w = logits[-1].shape
+    if labels.shape != (b, d, h, w):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match the finest output grid {(b, d, h, w)}")
+    target = one_hot(labels, k)
+    total = logits[-1].new_zeros(())
+    for level_logits, alpha in zip(logits, weights):
+        lh, lw = level_logits.shape[-2:]
+        factor = h // lh
+        if level_logits.shape[:3] != (b, k, d) or (lh * factor, lw * factor) != (h, w):
+            raise ValueError(f"output {tuple(level_logits.shape)} is not an in-plane subsampling of {(h, w)}")
+        total = total + alpha * level_loss(level_logits, level_target(target, factor, target_mode))
+    return total
+
+
+class DeepSupervisionLoss(nn.Module):
+    """The deep-supervision sum as a module: weights and target mode held, per-level loss plain.
+
+    ``loss(logits, labels)`` equals ``deep_supervision_loss(logits, labels, weights, target_mode)``.
+    """
+
+    def __init__(self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average") -> None:
+        super().__init__()
+        self.weights, self.target_mode = tuple(weights), target_mode
+
+    def forward(self, logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return deep_supervision_loss(logits, labels, self.weights, self.target_mode)

@@ -1,0 +1,60 @@
+"""The whole pipeline as one module: slicing, frozen encoder, stacking, decoder (seed §1–§2).
+
+``I --slicing--> {I_i} --Enc--> F = [f_i] --decoder--> Ŷ(1..4)``
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .decoder import SAM3DDecoder
+from .encoder import SAMImageEncoder, encode_slices
+
+
+class SAM3D(nn.Module):
+    """A frozen SAM encoder run slice by slice and a trainable 3-D decoder.
+
+    Only the decoder has trainable parameters; ``model.decoder.parameters()`` is what
+    an optimiser takes.
+    """
+
+    def __init__(self, encoder: SAMImageEncoder, decoder: SAM3DDecoder, slice_batch: int = 8) -> None:
+        """
+        Args:
+            encoder: from :func:`sam3dseg.build_encoder`.
+            decoder: its ``in_channels`` must be ``256 ×`` the number of image channels.
+            slice_batch: slices sent through the encoder at once.
+        """
+        super().__init__()
+        self.encoder, self.decoder, self.slice_batch = encoder, decoder, slice_batch
+
+    @torch.no_grad()
+    def encode(self, volume: Tensor) -> Tensor:
+        """Slice, encode and stack (seed §1): ``(B, C, D, H, W) -> F: (B, 256·C, D, S/16, S/16)``.
+
+        ``volume`` holds grey values in ``[0, 255]`` with ``max(H, W) <= S`` (the
+        encoder's ``image_size``); each slice is repeated to three channels,
+        SAM-normalised and zero-padded to ``S × S`` (:func:`sam3dseg.encoder.to_encoder_input`).
+        Each of the C image channels (MR sequences) is encoded on its own and the
+        features are concatenated, as the original SAM3D does.
+        """
+        if volume.ndim != 5:
+            raise ValueError(f"volume must be (B, C, D, H, W), got shape {tuple(volume.shape)}")
+        b, c, d, h, w = volume.shape
+        per_channel = []
+        for ch in range(c):
+            feats = encode_slices(self.encoder, volume[:, ch].reshape(b * d, h, w), self.slice_batch)
+            per_channel.append(feats.unflatten(0, (b, d)).transpose(1, 2))  # (B, 256, D, g, g)
+        return torch.cat(per_channel, dim=1)
+
+    def forward(self, volume: Tensor) -> list[Tensor]:
+        """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits ``[(B, K, D, S·2^ℓ/16, S·2^ℓ/16) for ℓ = 1..4]``."""
+        features = self.encode(volume)
+        if features.shape[1] != self.decoder.in_channels:
+            raise ValueError(
+                f"{volume.shape[1]} image channel(s) give {features.shape[1]} feature channels, "
+                f"but the decoder was built for {self.decoder.in_channels} "
+                f"({self.decoder.in_channels // self.encoder.out_channels} channel(s))"
+            )
+        return self.decoder(features)

@@ -1,0 +1,138 @@
+"""CE + Dice per level and the deep-supervision sum: golden values and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from sam3dseg.decoder import SAM3DDecoder
+from sam3dseg.losses import (
+    DEEP_SUPERVISION_WEIGHTS,
+    DeepSupervisionLoss,
+    cross_entropy,
+    deep_supervision_loss,
+    dice_loss,
+    level_loss,
+    level_target,
+    one_hot,
+)
+
+
+def _two_voxels():
+    """K = 2, two voxels. Logits (ln 3, 0) -> Ŷ = (3/4, 1/4); (0, 0) -> (1/2, 1/2).
+    Labels: voxel 1 is class 0, voxel 2 is class 1."""
+    logits = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]]).t().reshape(1, 2, 1, 1, 2)
+    labels = torch.tensor([0, 1]).reshape(1, 1, 1, 2)
+    return logits, one_hot(labels, 2)
+
+
+def test_cross_entropy_golden():
+    logits, target = _two_voxels()
+    # -(ln 3/4 + ln 1/2) / 2 voxels
+    assert cross_entropy(logits, target).item() == pytest.approx(-(math.log(0.75) + math.log(0.5)) / 2, abs=1e-7)
+
+
+def test_dice_golden():
+    logits, target = _two_voxels()
+    # Σ YŶ = 3/4 + 1/2 = 5/4; Σ Y² = 2; Σ Ŷ² = 9/16 + 1/16 + 1/4 + 1/4 = 9/8
+    # L_Dice = 1 - 2·(5/4) / (2 + 9/8) = 1 - (5/2)/(25/8) = 1 - 4/5 = 1/5
+    assert dice_loss(logits, target).item() == pytest.approx(0.2, abs=1e-7)
+    assert level_loss(logits, target).item() == pytest.approx(0.2 - (math.log(0.75) + math.log(0.5)) / 2, abs=1e-7)
+
+
+def test_dice_with_soft_target_golden():
+    # One voxel, target (1/4, 3/4), prediction (1/2, 1/2):
+    # 1 - 2·(1/8 + 3/8) / ((1/16 + 9/16) + (1/4 + 1/4)) = 1 - 1/(9/8) = 1/9
+    logits = torch.zeros(1, 2, 1, 1, 1)
+    target = torch.tensor([0.25, 0.75]).reshape(1, 2, 1, 1, 1)
+    assert dice_loss(logits, target).item() == pytest.approx(1 / 9, abs=1e-7)
+    # CE = -(1/4 ln 1/2 + 3/4 ln 1/2) = ln 2
+    assert cross_entropy(logits, target).item() == pytest.approx(math.log(2), abs=1e-7)
+
+
+def test_perfect_prediction_has_zero_dice_loss():
+    target = one_hot(torch.tensor([[[[0, 1], [2, 1]]]]), 3)
+    logits = target * 200.0  # softmax saturates to the one-hot
+    assert dice_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert cross_entropy(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_level_targets_are_average_pooled_in_plane():
+    labels = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 2]]).reshape(1, 1, 2, 4)  # (B, D, H, W)
+    target = level_target(one_hot(labels, 3), 2)
+    assert target.shape == (1, 3, 1, 1, 2)
+    # left 2×2 patch: one 0, three 1; right patch: three 0, one 2
+    assert torch.equal(target[0, :, 0, 0, 0], torch.tensor([0.25, 0.75, 0.0]))
+    assert torch.equal(target[0, :, 0, 0, 1], torch.tensor([0.75, 0.0, 0.25]))
+    nearest = level_target(one_hot(labels, 3), 2, mode="nearest")
+    assert torch.equal(nearest[0, :, 0, 0], torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_weights_are_1_2_4_8_over_15_and_sum_to_1():
+    assert DEEP_SUPERVISION_WEIGHTS == (1 / 15, 2 / 15, 4 / 15, 8 / 15)
+    assert sum(DEEP_SUPERVISION_WEIGHTS) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_deep_supervision_golden():
+    """Level ℓ has logits (ln ℓ, 0) everywhere, so Ŷ0 = ℓ/(ℓ+1); all labels are class 0.
+    CE_ℓ = ln((ℓ+1)/ℓ); Dice_ℓ = 1 - 2p/(1 + p² + (1-p)²) = 1/3, 1/7, 1/13, 1/21."""
+    labels = torch.zeros(1, 2, 16, 16, dtype=torch.long)
+    logits = []
+    for lvl in (1, 2, 3, 4):
+        size = 16 // 2 ** (4 - lvl)
+        x = torch.zeros(1, 2, 2, size, size)
+        x[:, 0] = math.log(lvl)
+        logits.append(x)
+    ce = [math.log(2), math.log(3 / 2), math.log(4 / 3), math.log(5 / 4)]
+    dice = [1 / 3, 1 / 7, 1 / 13, 1 / 21]
+    expected = sum(a * (c + d) for a, c, d in zip((1 / 15, 2 / 15, 4 / 15, 8 / 15), ce, dice))
+    assert deep_supervision_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert DeepSupervisionLoss()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_total_gradient_is_weighted_sum_of_level_gradients():
+    dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4))
+    feats = torch.randn(2, 8, 3, 2, 2)
+    labels = torch.randint(0, 3, (2, 3, 32, 32))
+    params = [p for p in dec.parameters()]
+
+    outs = dec(feats)
+    total_grads = torch.autograd.grad(deep_supervision_loss(outs, labels), params)
+
+    target = one_hot(labels, 3)
+    summed = [torch.zeros_like(p) for p in params]
+    for lvl, alpha in enumerate(DEEP_SUPERVISION_WEIGHTS):
+        outs = dec(feats)
+        factor = 2 ** (3 - lvl)
+        loss = level_loss(outs[lvl], level_target(target, factor))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for acc, g in zip(summed, grads):
+            if g is not None:
+                acc += alpha * g
+    for a, b in zip(total_grads, summed):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # The coarse levels really do send gradient to the first block (not vacuous).
+    assert any(g.abs().sum() > 0 for g in total_grads)
+
+
+def test_loss_is_per_sample_then_batch_mean():
+    logits = [torch.randn(2, 3, 2, 2 * 2**lvl, 2 * 2**lvl) for lvl in (1, 2, 3, 4)]
+    labels = torch.randint(0, 3, (2, 2, 32, 32))
+    both = deep_supervision_loss(logits, labels)
+    one = deep_supervision_loss([x[:1] for x in logits], labels[:1])
+    two = deep_supervision_loss([x[1:] for x in logits], labels[1:])
+    assert both.item() == pytest.approx((one.item() + two.item()) / 2, rel=1e-6)
+
+
+def test_bad_labels_are_refused():
+    logits = [torch.randn(1, 2, 1, 2 * 2**lvl, 2 * 2**lvl) for lvl in (1, 2, 3, 4)]
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), found values in \[0, 5\]"):
+        bad = torch.zeros(1, 1, 32, 32, dtype=torch.long)
+        bad[0, 0, 3, 4] = 5
+        deep_supervision_loss(logits, bad)
+    with pytest.raises(ValueError, match="do not match the finest output grid"):
+        deep_supervision_loss(logits, torch.zeros(1, 1, 16, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        deep_supervision_loss(logits, torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="4 outputs but 3 weights"):
+        deep_supervision_loss(logits, torch.zeros(1, 1, 32, 32, dtype=torch.long), weights=(0.2, 0.3, 0.5))
