@@ -296,7 +296,9 @@ class SAMImageEncoder(nn.Module):
         return self.neck(x.permute(0, 3, 1, 2))
 
 
-def build_encoder(name: str = "vit_b", image_size: int = 1024, checkpoint: str | Path | None = None) -> SAMImageEncoder:
+def build_encoder(
+    name: str = "vit_b", image_size: int = 1024, checkpoint: str | Path | None = None, seed: int = 0
+) -> SAMImageEncoder:
     """Build a frozen SAM image encoder, loading ``checkpoint`` if given.
 
     Args:
@@ -305,13 +307,17 @@ def build_encoder(name: str = "vit_b", image_size: int = 1024, checkpoint: str |
             size is adapted (see :func:`adapt_state_dict`).
         checkpoint: an official SAM checkpoint (whole model) or an encoder-only state
             dict. Without one the weights are random and a warning says so.
+        seed: seeds the random initialisation, so that a run without a checkpoint
+            gets the same encoder each time (cache, training and prediction must agree).
 
     Returns:
         The encoder; calling it on ``(N, 3, S, S)`` returns ``(N, 256, S/16, S/16)``.
     """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-    encoder = SAMImageEncoder(ENCODERS[name], image_size=image_size, name=name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = SAMImageEncoder(ENCODERS[name], image_size=image_size, name=name)
     if checkpoint is None:
         log.warning(
             "%s encoder has RANDOM weights (no --checkpoint given): features carry no "

@@ -1,0 +1,154 @@
+"""Dataset folders: the Medical Segmentation Decathlon layout and nnU-Net v2's raw layout.
+
+Both have a ``dataset.json`` at the root. Told apart by their keys:
+
+- MSD: ``training: [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]``,
+  ``labels: {"0": "background", ...}``, ``modality: {"0": "CT"}``. Several channels live
+  in one 4-D image (BraTS).
+- nnU-Net v2: ``channel_names: {"0": "T1"}``, ``labels: {"background": 0, ...}``,
+  ``file_ending: ".nii.gz"``; images ``imagesTr/{case}_{XXXX}{ending}`` (one file per
+  channel), labels ``labelsTr/{case}{ending}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: its image file(s) (one per channel, or one 4-D file) and label."""
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path | None
+
+
+@dataclass
+class Dataset:
+    """A dataset folder: its cases, class names (index = label value) and channel names."""
+
+    root: Path
+    cases: list[Case]
+    class_names: list[str]
+    channel_names: list[str]
+    layout: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Read ``root/dataset.json`` (MSD or nnU-Net v2) and list the training cases.
+
+    Raises:
+        UserError: no or malformed ``dataset.json``, a path that leaves ``root``, a
+            missing image or label file, labels that are not 0..K-1.
+    """
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise UserError(f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{meta_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path} must hold a JSON object")
+    if "channel_names" in meta:
+        dataset = _load_nnunet(root, meta, meta_path)
+    elif "training" in meta and "modality" in meta:
+        dataset = _load_msd(root, meta, meta_path)
+    else:
+        raise UserError(
+            f"{meta_path} is neither MSD (needs 'training', 'labels', 'modality') "
+            f"nor nnU-Net v2 (needs 'channel_names', 'labels', 'file_ending')"
+        )
+    if not dataset.cases:
+        raise UserError(f"{meta_path} lists no training cases")
+    for case in dataset.cases:
+        for image in case.images:
+            if not image.exists():
+                raise UserError(f"case {case.name}: image not found: {image}")
+        if case.label is not None and not case.label.exists():
+            raise UserError(f"case {case.name}: label not found: {case.label}")
+    return dataset
+
+
+def _inside(root: Path, relative: str, meta_path: Path) -> Path:
+    """``root / relative``, refusing paths that leave ``root`` (``..``, absolute, links)."""
+    if not isinstance(relative, str) or not relative:
+        raise UserError(f"{meta_path}: expected a file path, got {relative!r}")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise UserError(f"{meta_path}: path {relative!r} points outside the dataset folder {root}")
+    return path
+
+
+def _class_names(labels: dict, meta_path: Path, by_name: bool) -> list[str]:
+    """Class names indexed by label value; values must be exactly 0..K-1."""
+    if not isinstance(labels, dict) or not labels:
+        raise UserError(f"{meta_path}: 'labels' must be a non-empty object")
+    try:
+        pairs = {int(v): str(k) for k, v in labels.items()} if by_name else {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError) as err:
+        raise UserError(
+            f"{meta_path}: 'labels' values must be integers (region-based labels are not supported): {err}"
+        ) from err
+    if sorted(pairs) != list(range(len(pairs))):
+        raise UserError(f"{meta_path}: label values must be 0..K-1, got {sorted(pairs)}")
+    if len(pairs) < 2:
+        raise UserError(f"{meta_path}: need background and at least one foreground class")
+    return [pairs[i] for i in range(len(pairs))]
+
+
+def _names_in_order(mapping: dict, key: str, meta_path: Path) -> list[str]:
+    if not isinstance(mapping, dict) or not mapping:
+        raise UserError(f"{meta_path}: '{key}' must be a non-empty object")
+    try:
+        return [str(mapping[k]) for k in sorted(mapping, key=int)]
+    except ValueError as err:
+        raise UserError(f"{meta_path}: '{key}' keys must be channel indices 0, 1, ...") from err
+
+
+def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
+    channels = _names_in_order(meta["modality"], "modality", meta_path)
+    classes = _class_names(meta.get("labels"), meta_path, by_name=False)
+    training = meta["training"]
+    if not isinstance(training, list):
+        raise UserError(f"{meta_path}: 'training' must be a list")
+    cases = []
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise UserError(f"{meta_path}: training entry {i} needs an 'image'")
+        image = _inside(root, entry["image"], meta_path)
+        label = _inside(root, entry["label"], meta_path) if entry.get("label") else None
+        name = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha)$", "", image.name)
+        cases.append(Case(name, (image,), label))
+    return Dataset(root, cases, classes, channels, "msd")
+
+
+def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
+    channels = _names_in_order(meta["channel_names"], "channel_names", meta_path)
+    classes = _class_names(meta.get("labels"), meta_path, by_name=True)
+    ending = meta.get("file_ending")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise UserError(f"{meta_path}: 'file_ending' must be a suffix such as '.nii.gz'")
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise UserError(f"{root} has no labelsTr folder")
+    cases = []
+    for label in sorted(labels_dir.glob(f"*{ending}")):
+        name = label.name[: -len(ending)]
+        images = tuple(_inside(root, f"imagesTr/{name}_{c:04d}{ending}", meta_path) for c in range(len(channels)))
+        cases.append(Case(name, images, _inside(root, f"labelsTr/{label.name}", meta_path)))
+    if not images_dir.is_dir():
+        raise UserError(f"{root} has no imagesTr folder")
+    return Dataset(root, cases, classes, channels, "nnunet")

@@ -1,0 +1,140 @@
+"""Reading and writing volumes with their geometry (SimpleITK).
+
+One contract, after nnU-Net v2's reader/writer: :func:`read_volume` returns
+``(array, geometry)``, :func:`write_volume` takes an array and that geometry back.
+Arrays are in numpy (SimpleITK) order ``(z, y, x)``, channels first for multi-channel
+images ``(C, z, y, x)``; ``Geometry`` keeps spacing, origin and direction in ITK's
+own ``(x, y, z)`` terms so that a written file carries exactly the input's header.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
+(``.mha``, ``.mhd``) and DICOM series (a folder).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a ``(z, y, x)`` voxel grid lies in physical space, in ITK's ``(x, y, z)`` terms."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3×3, row-major, columns are the index axes' directions
+
+    def to_dict(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+
+    def matches(self, other: Geometry, tol: float = 1e-4) -> bool:
+        """Same grid placement within ``tol`` (relative for spacing, absolute mm for origin)."""
+        return (
+            np.allclose(self.spacing, other.spacing, rtol=tol, atol=0)
+            and np.allclose(self.origin, other.origin, atol=max(tol, tol * max(map(abs, self.origin), default=0)))
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+
+def _sitk():
+    import SimpleITK as sitk  # imported on use: keeps `import sam3dseg` light
+
+    return sitk
+
+
+def image_suffix(path: Path) -> str:
+    """The format suffix of ``path`` (``.nii.gz`` counts as one), or '' for none we know."""
+    name = path.name.lower()
+    return next((s for s in SUFFIXES if name.endswith(s)), "")
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Read a 3-D image (or 4-D: channels last in the file) with its geometry.
+
+    Returns:
+        ``array`` ``(z, y, x)`` for one channel or ``(C, z, y, x)`` for several, and
+        the geometry of the 3-D grid.
+
+    Raises:
+        UserError: missing or unreadable file, or not 3-D / 4-D.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"image not found: {path}")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise UserError(f"{path} is a folder without a DICOM series")
+            if len(series) > 1:
+                raise UserError(f"{path} holds {len(series)} DICOM series; point at a folder with one")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        reason = next((line for line in first if "ERROR" in line or "rror" in line), first[0] if first else "")
+        raise UserError(f"cannot read {path}: unreadable or truncated image ({reason.strip()[:160]})") from err
+
+    dim = image.GetDimension()
+    if dim == 4:
+        # 4-D NIfTI (MSD BraTS: x, y, z, sequence): the last axis is the channel.
+        size = list(image.GetSize())
+        channels = []
+        for c in range(size[3]):
+            channels.append(sitk.Extract(image, size[:3] + [0], [0, 0, 0, c]))
+        array = np.stack([sitk.GetArrayFromImage(ch) for ch in channels])
+        image = channels[0]
+    elif dim == 3:
+        if image.GetNumberOfComponentsPerPixel() > 1:
+            array = np.moveaxis(sitk.GetArrayFromImage(image), -1, 0)  # vector pixels -> channels
+        else:
+            array = sitk.GetArrayFromImage(image)
+    else:
+        raise UserError(f"{path} is a {dim}-D image; sam3dseg needs 3-D volumes (or 4-D with channels)")
+    geometry = Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+    return array, geometry
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write a ``(z, y, x)`` array with ``geometry`` to ``path``, atomically.
+
+    The file is written under a temporary name in the same folder and renamed, so
+    ``path`` is either absent or complete, never half-written.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    if array.ndim != 3:
+        raise ValueError(f"write_volume takes a (z, y, x) array, got shape {array.shape}")
+    suffix = image_suffix(path)
+    if not suffix:
+        raise UserError(f"cannot tell the format of {path}: use one of {', '.join(SUFFIXES)}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix)]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
