@@ -18,3 +18,31 @@ def _seed():
 def tiny_spec() -> EncoderSpec:
     """Two blocks (one windowed, one global), width 32: SAM's structure at toy size."""
     return EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4)
+
+
+def tiny_encoder(image_size: int = 64, seed: int = 0):
+    """A two-block SAM-structured encoder with 32 output channels (fast on CPU)."""
+    from sam3dseg.encoder import SAMImageEncoder
+
+    spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return SAMImageEncoder(spec, image_size=image_size, name="tiny")
+
+
+def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, **kwargs):
+    """Encode a dataset folder with the tiny encoder; returns the build summary."""
+    from sam3dseg.cache import EncoderInfo, build_cache
+    from sam3dseg.dataset import load_dataset
+    from sam3dseg.preprocess import PreprocessConfig
+
+    enc = tiny_encoder(image_size, seed)
+    return build_cache(load_dataset(dataset_dir), cache_dir, enc, EncoderInfo.of(enc, None), PreprocessConfig(), progress=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def generated_dataset(tmp_path_factory):
+    """Six generated single-channel cases in the nnU-Net v2 layout (read-only: copy to modify)."""
+    from sam3dseg.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("gen") / "Dataset001_Gen", 6, "nnunet", seed=3)

@@ -12,8 +12,11 @@ Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,62 @@ def image_suffix(path: Path) -> str:
     return next((s for s in SUFFIXES if name.endswith(s)), "")
 
 
+def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
+    """``(voxel data offset, voxel bytes, numpy float dtype or None)`` of a NIfTI-1/2 header."""
+    for endian in "<>":
+        size = struct.unpack(endian + "i", header[:4])[0]
+        if size == 348 and len(header) >= 348:
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+            dim = struct.unpack(endian + "8h", header[40:56])
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if size == 540 and len(header) >= 540:
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
+            dim = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    voxels = 1
+    for n in dim[1 : 1 + max(0, min(dim[0], 7))]:
+        voxels *= max(int(n), 1)
+    floats = {16: endian + "f4", 64: endian + "f8"}.get(datatype)
+    return max(offset, size), voxels * bitpix // 8, floats
+
+
+def _check_nifti(path: Path) -> None:
+    """Refuse a truncated NIfTI file or one with NaN/Inf voxels.
+
+    ITK's NIfTI reader does neither: it fills missing voxels and turns NaN into 0
+    without a word, so the file is scanned here first (one streaming pass).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    total, bad, layout, pending = 0, 0, None, b""
+    try:
+        with opener(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                if layout is None:
+                    pending += chunk
+                    if len(pending) < 540 and len(chunk):
+                        continue
+                    layout = _nifti_layout(pending[:540]) or (0, 0, None)
+                    chunk, pending = pending, b""
+                start = max(0, layout[0] - total)
+                total += len(chunk)
+                if layout[2] and start < len(chunk):
+                    data = pending + chunk[start:]
+                    item = np.dtype(layout[2]).itemsize
+                    usable = len(data) - len(data) % item
+                    bad += int((~np.isfinite(np.frombuffer(data[:usable], layout[2]))).sum())
+                    pending = data[usable:]
+    except (EOFError, OSError, zlib.error) as err:
+        raise UserError(f"cannot read {path}: truncated or corrupt compressed file ({err})") from err
+    if layout and layout[1] and total < layout[0] + layout[1]:
+        raise UserError(f"cannot read {path}: truncated NIfTI file ({total} of {layout[0] + layout[1]} bytes)")
+    if bad:
+        raise UserError(f"{path} has {bad} NaN/Inf voxel(s); fix or mask them before use")
+
+
 def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read a 3-D image (or 4-D: channels last in the file) with its geometry.
 
@@ -85,6 +144,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            if image_suffix(path) in (".nii", ".nii.gz"):
+                _check_nifti(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first = str(err).strip().splitlines()

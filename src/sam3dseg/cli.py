@@ -1,0 +1,147 @@
+"""The ``sam3dseg`` command: ``cache`` and ``train`` (more subcommands as they are built).
+
+A mistake in the input (bad path, bad file, wrong shape) is printed as one line
+``sam3dseg: error: ...`` with exit status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+EPILOG_CACHE = """\
+Every case is preprocessed (reoriented so slices run along --slicing-axis, intensities
+to [0, 255], resized to the encoder's input) and encoded once; features are stored in
+fp16 under OUT/cases/. Re-running encodes only cases whose image, label, settings or
+encoder changed, and a killed run resumes where it stopped.
+
+Under torchrun (--nproc_per_node N) cases are shared out across the N processes.
+
+Without --checkpoint the encoder has RANDOM weights: fine for trying the pipeline,
+useless for real segmentation. Official SAM checkpoints: sam_vit_b_01ec64.pth,
+sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth; MedSAM: medsam_vit_b.pth (vit_b).
+"""
+
+EPILOG_TRAIN = """\
+Configuration: defaults, then --config YAML (sections decoder, loss, train), then
+KEY=VALUE overrides, e.g.  train.epochs=100 train.lr=3e-4 decoder.shortcut_kernel=1
+The resolved configuration is written to OUT/config.yaml. OUT/last.pt (every epoch)
+and OUT/best.pt (best validation Dice) carry weights, configuration, class names and
+preprocessing: prediction needs nothing else. Re-running the same command resumes
+from OUT/last.pt. Data-parallel: torchrun --nproc_per_node N -m sam3dseg train ...
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam3dseg",
+        description="3-D segmentation with a frozen Segment-Anything encoder and a light 3-D decoder.",
+    )
+    parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser(
+        "cache",
+        help="encode a dataset's slices once with the frozen SAM encoder",
+        description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
+        epilog=EPILOG_CACHE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
+    c.add_argument("--checkpoint", type=Path, help="SAM / MedSAM checkpoint (.pth); without it the encoder is random")
+    c.add_argument("--encoder", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="SAM variant (default vit_b)")
+    c.add_argument("--image-size", type=int, default=1024, help="encoder input side, a multiple of 16 (default 1024)")
+    c.add_argument("--slicing-axis", default="axial", choices=["axial", "coronal", "sagittal"], help="slices run across this axis")
+    c.add_argument("--target-spacing", type=float, nargs=3, metavar=("D", "H", "W"), help="resample to this spacing (mm) first")
+    c.add_argument("--intensity", default="auto", choices=["auto", "ct", "percentile"], help="CT window or percentile clip (auto: by modality)")
+    c.add_argument("--ct-window", type=float, nargs=2, default=(40.0, 400.0), metavar=("LEVEL", "WIDTH"), help="CT window in HU")
+    c.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser(
+        "train",
+        help="train the decoder on a cache",
+        description="Train the 3-D decoder with deep supervision on cached encoder features.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
+    t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
+    t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    import torch
+
+    from .cache import EncoderInfo, build_cache
+    from .dataset import load_dataset
+    from .encoder import build_encoder
+    from .preprocess import PreprocessConfig
+    from .train import resolve_device
+
+    if args.image_size <= 0 or args.image_size % 16:
+        raise UserError(f"--image-size must be a positive multiple of 16, got {args.image_size}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UserError(f"checkpoint not found: {args.checkpoint}")
+    dataset = load_dataset(args.dataset)
+    preprocess = PreprocessConfig(
+        slicing_axis=args.slicing_axis,
+        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
+        intensity=args.intensity,
+        ct_window=tuple(args.ct_window),
+    )
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    encoder = build_encoder(args.encoder, args.image_size, args.checkpoint).to(device)
+    info = EncoderInfo.of(encoder, args.checkpoint)
+    summary = build_cache(dataset, args.out, encoder, info, preprocess, args.slice_batch, rank, world, not args.quiet)
+    print(
+        f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
+        + ("" if args.checkpoint else "  [RANDOM encoder weights: pass --checkpoint for real use]")
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_run_config
+    from .train import train
+
+    config = load_run_config(args.config, args.overrides)
+    summary = train(args.cache, args.out, config, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
+    try:
+        {"cache": _cmd_cache, "train": _cmd_train}[args.command](args)
+    except UserError as err:
+        print(f"sam3dseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sam3dseg: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The embedding cache: keyed reuse, exact re-encoding, atomic and resumable writes."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cache, tiny_encoder
+
+from sam3dseg.cache import EncoderInfo, build_cache, load_case, read_manifest
+from sam3dseg.dataset import load_dataset
+from sam3dseg.errors import UserError
+from sam3dseg.io import read_volume, write_volume
+from sam3dseg.preprocess import PreprocessConfig
+
+
+class CountingEncoder:
+    """Counts slices sent through an encoder's forward."""
+
+    def __init__(self, encoder, monkeypatch):
+        self.slices = 0
+        original = type(encoder).forward
+
+        def counted(module, x):
+            self.slices += x.shape[0]
+            return original(module, x)
+
+        monkeypatch.setattr(type(encoder), "forward", counted)
+
+
+def _encode(ds_dir, out, image_size=64, seed=0, preprocess=None, **kw):
+    enc = tiny_encoder(image_size, seed)
+    return build_cache(load_dataset(ds_dir), out, enc, EncoderInfo.of(enc, None), preprocess or PreprocessConfig(), progress=False, **kw)
+
+
+def test_cache_contents(generated_dataset, tmp_path):
+    _encode(generated_dataset, tmp_path / "c")
+    manifest = read_manifest(tmp_path / "c")
+    assert manifest["cases"] == [f"case_{i:03d}" for i in range(6)]
+    assert manifest["feature_channels"] == 32 and manifest["encoder"]["image_size"] == 64
+    case = load_case(tmp_path / "c", "case_000")
+    d = case["label"].shape[0]
+    assert case["features"].dtype == torch.float16 and case["features"].shape == (32, d, 4, 4)
+    assert case["label"].dtype == torch.uint8 and max(case["label"].shape[1:]) == 64
+
+
+def test_second_run_encodes_nothing(generated_dataset, tmp_path, monkeypatch):
+    _encode(generated_dataset, tmp_path / "c")
+    counter = CountingEncoder(tiny_encoder(), monkeypatch)
+    summary = _encode(generated_dataset, tmp_path / "c")
+    assert counter.slices == 0 and summary["encoded"] == [] and len(summary["reused"]) == 6
+
+
+def test_changed_weights_or_size_re_encode_everything(generated_dataset, tmp_path):
+    _encode(generated_dataset, tmp_path / "c")
+    assert len(_encode(generated_dataset, tmp_path / "c", seed=1)["encoded"]) == 6  # other weights
+    assert len(_encode(generated_dataset, tmp_path / "c", seed=1, image_size=32)["encoded"]) == 6
+    assert len(_encode(generated_dataset, tmp_path / "c", seed=1, image_size=32, preprocess=PreprocessConfig(slicing_axis="coronal"))["encoded"]) == 6
+
+
+def test_changed_case_re_encodes_only_that_case(generated_dataset, tmp_path):
+    ds = shutil.copytree(generated_dataset, tmp_path / "ds")
+    _encode(ds, tmp_path / "c")
+    path = ds / "imagesTr" / "case_002_0000.nii.gz"
+    array, geometry = read_volume(path)
+    write_volume(array + 1, geometry, path)
+    assert _encode(ds, tmp_path / "c")["encoded"] == ["case_002"]
+
+
+def test_checkpoint_hash_is_part_of_the_key(tmp_path):
+    enc = tiny_encoder()
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(enc.state_dict(), a)
+    torch.save({k: v + 1 for k, v in enc.state_dict().items()}, b)
+    assert EncoderInfo.of(enc, a).checkpoint_sha256 != EncoderInfo.of(enc, b).checkpoint_sha256
+
+
+def test_kill_and_resume_gives_identical_bytes(generated_dataset, tmp_path):
+    _encode(generated_dataset, tmp_path / "whole")
+
+    def killer(name):
+        if name == "case_002":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _encode(generated_dataset, tmp_path / "resumed", on_case_done=killer)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    assert sorted(p.name for p in (tmp_path / "resumed" / "cases").glob("*.pt")) == ["case_000.pt", "case_001.pt", "case_002.pt"]
+    summary = _encode(generated_dataset, tmp_path / "resumed")
+    assert summary["reused"] == ["case_000", "case_001", "case_002"]
+    for f in sorted((tmp_path / "whole" / "cases").iterdir()):
+        assert f.read_bytes() == (tmp_path / "resumed" / "cases" / f.name).read_bytes(), f.name
+    assert not list((tmp_path / "resumed" / "cases").glob(".*"))  # no temporaries left
+
+
+def test_sharded_ranks_cover_all_cases(generated_dataset, tmp_path):
+    s0 = _encode(generated_dataset, tmp_path / "c", rank=0, world_size=2)
+    s1 = _encode(generated_dataset, tmp_path / "c", rank=1, world_size=2)
+    assert s0["encoded"] == ["case_000", "case_002", "case_004"]
+    assert s1["encoded"] == ["case_001", "case_003", "case_005"]
+
+
+def test_multichannel_features_concatenate(tmp_path):
+    from sam3dseg.synthetic import write_dataset
+
+    ds = write_dataset(tmp_path / "ds", 1, "nnunet", channels=2, depth=(4, 5), size=(20, 24))
+    make_cache(ds, tmp_path / "c")
+    case = load_case(tmp_path / "c", "case_000")
+    assert case["features"].shape[0] == 64
+    assert not torch.equal(case["features"][:32], case["features"][32:])
+
+
+# --- bad input, through the command line: one line, exit 2 -------------------------
+
+
+def _broken_copy(generated_dataset, tmp_path, edit):
+    ds = shutil.copytree(generated_dataset, tmp_path / "ds")
+    edit(ds)
+    return ds
+
+
+def _cli_cache(ds, tmp_path, capsys):
+    from sam3dseg.cli import main
+
+    code = main(["cache", "--dataset", str(ds), "--out", str(tmp_path / "c"), "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if not line.startswith("sam3dseg: WARNING")]
+
+
+def _rewrite(ds, name, change):
+    path = ds / name
+    array, geometry = read_volume(path)
+    array, geometry = change(array, geometry)
+    write_volume(array, geometry, path)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda ds: (ds / "imagesTr" / "case_001_0000.nii.gz").unlink(), "case case_001: image not found"),
+        (lambda ds: (ds / "labelsTr" / "case_001.nii.gz").write_bytes(b"garbage"), "cannot read .*case_001.nii.gz"),
+        (
+            lambda ds: _rewrite(ds, "labelsTr/case_000.nii.gz", lambda a, g: (a[:, :, :-1], g)),
+            "case case_000: label .* has shape",
+        ),
+        (
+            lambda ds: _rewrite(ds, "labelsTr/case_000.nii.gz", lambda a, g: (a, type(g)(tuple(s * 2 for s in g.spacing), g.origin, g.direction))),
+            "differ in spacing/origin/direction",
+        ),
+        (lambda ds: _rewrite(ds, "labelsTr/case_000.nii.gz", lambda a, g: (a + 3, g)), "declares classes 0..2"),
+        (
+            lambda ds: _rewrite(ds, "imagesTr/case_000_0000.nii.gz", lambda a, g: (np.where(a > 500, np.nan, a).astype(np.float32), g)),
+            "has .* NaN/Inf voxel",
+        ),
+    ],
+    ids=["missing-image", "unreadable-label", "shape-mismatch", "geometry-mismatch", "label-values", "nan"],
+)
+def test_bad_input_one_line_exit_2(generated_dataset, tmp_path, capsys, edit, message):
+    ds = _broken_copy(generated_dataset, tmp_path, edit)
+    code, lines = _cli_cache(ds, tmp_path, capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("sam3dseg: error: ")
+    import re
+
+    assert re.search(message, lines[0]), lines[0]

@@ -1,0 +1,85 @@
+"""MSD and nnU-Net v2 dataset folders."""
+
+import json
+import shutil
+
+import pytest
+
+from sam3dseg.dataset import load_dataset
+from sam3dseg.errors import UserError
+from sam3dseg.synthetic import write_dataset
+
+
+def test_nnunet_layout(generated_dataset):
+    ds = load_dataset(generated_dataset)
+    assert ds.layout == "nnunet"
+    assert [c.name for c in ds.cases] == [f"case_{i:03d}" for i in range(6)]
+    assert ds.class_names == ["background", "class1", "class2"] and ds.channel_names == ["MR"]
+    assert ds.cases[0].images[0].name == "case_000_0000.nii.gz"
+
+
+def test_msd_layout(tmp_path):
+    ds = load_dataset(write_dataset(tmp_path / "Task01", 2, "msd"))
+    assert ds.layout == "msd" and [c.name for c in ds.cases] == ["case_000", "case_001"]
+    assert ds.cases[1].label.name == "case_001.nii.gz"
+
+
+def test_multichannel_nnunet(tmp_path):
+    ds = load_dataset(write_dataset(tmp_path / "Dataset002_Two", 2, "nnunet", channels=4))
+    assert len(ds.cases[0].images) == 4 and ds.channel_names == ["MR"] * 4
+
+
+@pytest.fixture
+def msd(tmp_path):
+    return write_dataset(tmp_path / "Task02", 2, "msd")
+
+
+def _edit(root, change):
+    meta = json.loads((root / "dataset.json").read_text())
+    change(meta)
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_malformed_json(msd):
+    (msd / "dataset.json").write_text("{not json")
+    with pytest.raises(UserError, match="dataset.json is not valid JSON"):
+        load_dataset(msd)
+
+
+def test_no_dataset_json(tmp_path):
+    with pytest.raises(UserError, match="no dataset.json"):
+        load_dataset(tmp_path)
+
+
+def test_unknown_layout(msd):
+    (msd / "dataset.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(UserError, match="neither MSD .* nor nnU-Net v2"):
+        load_dataset(msd)
+
+
+def test_path_outside_dataset_is_refused(msd):
+    _edit(msd, lambda m: m["training"][0].update(image="../../etc/passwd"))
+    with pytest.raises(UserError, match="points outside the dataset folder"):
+        load_dataset(msd)
+
+
+def test_missing_image_and_label(msd):
+    (msd / "labelsTr" / "case_001.nii.gz").unlink()
+    with pytest.raises(UserError, match="case case_001: label not found"):
+        load_dataset(msd)
+    shutil.rmtree(msd / "imagesTr")
+    with pytest.raises(UserError, match="case case_000: image not found"):
+        load_dataset(msd)
+
+
+def test_label_values_must_be_contiguous(msd):
+    _edit(msd, lambda m: m.update(labels={"0": "background", "2": "tumour"}))
+    with pytest.raises(UserError, match="label values must be 0..K-1"):
+        load_dataset(msd)
+
+
+def test_nnunet_region_labels_are_refused(generated_dataset, tmp_path):
+    root = shutil.copytree(generated_dataset, tmp_path / "copy")
+    _edit(root, lambda m: m.update(labels={"background": 0, "whole": [1, 2]}))
+    with pytest.raises(UserError, match="region-based labels are not supported"):
+        load_dataset(root)
