@@ -35,7 +35,7 @@ def msd(tmp_path):
 
 
 def _edit(root, change):
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     change(meta)
     (root / "dataset.json").write_text(json.dumps(meta))
 

@@ -46,7 +46,7 @@ def test_channel_mismatch_is_explained(tiny_model):
 
 
 def test_readme_example_runs():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 12
     namespace: dict = {}

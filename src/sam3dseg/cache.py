@@ -129,7 +129,7 @@ def read_manifest(cache: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{cache} is not a sam3dseg cache (no manifest.json): run `sam3dseg cache` first")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is corrupt: {err}") from err
     if manifest.get("format") != CACHE_FORMAT:
@@ -197,7 +197,7 @@ def build_cache(
         meta_path = cases_dir / f"{case.name}.json"
         if meta_path.is_file() and (cases_dir / f"{case.name}.pt").is_file():
             try:
-                if json.loads(meta_path.read_text()).get("key") == key:
+                if json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
                     reused.append(case.name)
                     continue
             except json.JSONDecodeError:

@@ -150,7 +150,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):

@@ -57,7 +57,7 @@ def load_dataset(root: str | Path) -> Dataset:
     if not meta_path.is_file():
         raise UserError(f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{meta_path} is not valid JSON: {err}") from err
     if not isinstance(meta, dict):

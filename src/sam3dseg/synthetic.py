@@ -130,5 +130,5 @@ def write_dataset(
             "numTraining": num_cases,
             "training": training,
         }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return root

@@ -214,7 +214,7 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
             print(f"resuming {out} after epoch {start_epoch}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(config))
+        (out / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
 
     def record(epoch: int) -> dict:
         return {

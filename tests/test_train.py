@@ -1,0 +1,136 @@
+"""Training the decoder on cached features: learning, resuming, configuration, data parallel."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_cache
+
+from sam3dseg.cli import main
+from sam3dseg.config import RunConfig, dump_yaml, load_run_config, to_dict
+from sam3dseg.errors import UserError
+from sam3dseg.synthetic import write_dataset
+from sam3dseg.train import load_model_file, train
+
+SMALL = ["train.steps_per_epoch=3", "train.crop_depth=4", "train.batch_size=2", "decoder.channels=[8,8,8,8]"]
+
+
+@pytest.fixture(scope="module")
+def small_cache(generated_dataset, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache") / "c"
+    make_cache(generated_dataset, cache, image_size=32)
+    return cache
+
+
+def test_learns_generated_data(tmp_path):
+    """Ten generated cases, tiny random encoder at 128²: held-out Dice must pass 0.8."""
+    ds = write_dataset(tmp_path / "ds", 10, "nnunet", seed=1)
+    make_cache(ds, tmp_path / "cache", image_size=128)
+    config = load_run_config(
+        None,
+        ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "train.lr=3e-3", "decoder.channels=[32,32,16,16]"],
+    )
+    result = train(tmp_path / "cache", tmp_path / "run", config, progress=False)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result["val_cases"] == ["case_008", "case_009"]
+    assert result["best_dice"] >= 0.8, result["history"]
+    for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "curves.png"):
+        assert (tmp_path / "run" / name).is_file()
+    state = load_model_file(tmp_path / "run" / "best.pt")
+    assert state["class_names"] == ["background", "class1", "class2"]
+    assert state["preprocess"]["slicing_axis"] == "axial" and state["encoder"]["image_size"] == 128
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")) == to_dict(config)
+
+
+def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path):
+    config = load_run_config(None, ["train.epochs=3", *SMALL])
+    whole = train(small_cache, tmp_path / "whole", config, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cache, tmp_path / "resumed", config, progress=False, stop_after_steps=5)  # mid epoch 2
+    assert load_model_file(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = train(small_cache, tmp_path / "resumed", config, progress=False)
+    a = load_model_file(tmp_path / "whole" / "last.pt")["decoder"]
+    b = load_model_file(tmp_path / "resumed" / "last.pt")["decoder"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in resumed["history"]]
+
+
+def test_resume_refuses_another_configuration(small_cache, tmp_path):
+    train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    with pytest.raises(UserError, match="another configuration"):
+        train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", "train.lr=0.5", *SMALL]), progress=False)
+
+
+def test_sgd_option_trains(small_cache, tmp_path):
+    config = load_run_config(None, ["train.epochs=1", "train.optimizer=sgd", "train.lr=0.01", *SMALL])
+    state_keys = train(small_cache, tmp_path / "run", config, progress=False)
+    assert state_keys["history"][0]["train_loss"] > 0
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 1e-4\ndecoder:\n  shortcut_kernel: 1\n", encoding="utf-8")
+    config = load_run_config(path, ["train.epochs=9", "loss.target_mode=nearest"])
+    assert config.train.epochs == 9 and config.train.lr == 1e-4
+    assert config.decoder.shortcut_kernel == 1 and config.loss.target_mode == "nearest"
+    assert load_run_config(None, []) == RunConfig()
+    round_trip = tmp_path / "again.yaml"
+    round_trip.write_text(dump_yaml(config), encoding="utf-8")
+    assert load_run_config(round_trip) == config
+
+
+@pytest.mark.parametrize(
+    "text,overrides,message",
+    [
+        ("train:\n  epoch: 3\n", [], "unknown key train.epoch"),
+        ("trian:\n  epochs: 3\n", [], "unknown section 'trian'"),
+        ("train:\n  epochs: three\n", [], "train.epochs must be an integer"),
+        (": : :\n", [], "not valid YAML"),
+        ("", ["train.lr"], "is not KEY=VALUE"),
+        ("", ["decoder.channels=5"], "decoder.channels must be a list"),
+    ],
+)
+def test_bad_config_is_explained(tmp_path, text, overrides, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_run_config(path, overrides)
+
+
+def test_cli_train_bad_input(tmp_path, capsys, small_cache):
+    assert main(["train", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")]) == 2
+    assert "is not a sam3dseg cache" in capsys.readouterr().err
+    assert main(["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "train.optimizer=adam"]) == 2
+    assert "train.optimizer must be adamw or sgd" in capsys.readouterr().err
+
+
+def test_model_file_marker(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(UserError, match="not a sam3dseg model file"):
+        load_model_file(other)
+
+
+def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
+    # SGD: updates are linear in the gradient, so the comparison is tight. (Adam divides by
+    # sqrt(v): where a gradient is ~0, all-reduce rounding can move a weight by up to lr.)
+    overrides = ["train.epochs=2", "train.val_interval=5", "train.optimizer=sgd", "train.lr=0.01", *SMALL]
+    single = train(small_cache, tmp_path / "single", load_run_config(None, overrides), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "sam3dseg", "train", "--cache", str(small_cache), "--out", str(tmp_path / "ddp"), "--quiet", *overrides,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = load_model_file(tmp_path / "single" / "last.pt")
+    b = load_model_file(tmp_path / "ddp" / "last.pt")
+    for k in a["decoder"]:
+        assert torch.allclose(a["decoder"][k], b["decoder"][k], atol=1e-6, rtol=1e-5), k
+    losses = [h["train_loss"] for h in single["history"]]
+    assert [h["train_loss"] for h in b["history"]] == pytest.approx(losses, rel=1e-5)
