@@ -127,6 +127,17 @@ def _cli_cache(ds, tmp_path, capsys):
     return code, [line for line in err if not line.startswith("sam3dseg: WARNING")]
 
 
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _write_2d(path):
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.Image([16, 16], sitk.sitkFloat32), str(path))
+
+
 def _rewrite(ds, name, change):
     path = ds / name
     array, geometry = read_volume(path)
@@ -152,8 +163,15 @@ def _rewrite(ds, name, change):
             lambda ds: _rewrite(ds, "imagesTr/case_000_0000.nii.gz", lambda a, g: (np.where(a > 500, np.nan, a).astype(np.float32), g)),
             "has .* NaN/Inf voxel",
         ),
+        (lambda ds: (ds / "dataset.json").write_text("{broken", encoding="utf-8"), "dataset.json is not valid JSON"),
+        (lambda ds: _truncate(ds / "imagesTr" / "case_003_0000.nii.gz"), "cannot read .*case_003_0000.nii.gz: truncated"),
+        (lambda ds: _write_2d(ds / "imagesTr" / "case_001_0000.nii.gz"), "is a 2-D image"),
+        (lambda ds: (ds / "labelsTr" / "case_009.nii.gz").symlink_to("/etc/hostname"), "points outside the dataset folder"),
     ],
-    ids=["missing-image", "unreadable-label", "shape-mismatch", "geometry-mismatch", "label-values", "nan"],
+    ids=[
+        "missing-image", "unreadable-label", "shape-mismatch", "geometry-mismatch", "label-values", "nan",
+        "malformed-json", "truncated-image", "2d-image", "outside-path",
+    ],  # fmt: skip
 )
 def test_bad_input_one_line_exit_2(generated_dataset, tmp_path, capsys, edit, message):
     ds = _broken_copy(generated_dataset, tmp_path, edit)
@@ -163,3 +181,46 @@ def test_bad_input_one_line_exit_2(generated_dataset, tmp_path, capsys, edit, me
     import re
 
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_msd_four_d_and_nnunet_channels_give_the_same_features(tmp_path):
+    """BraTS-style: MSD stores the sequences in one 4-D file, nnU-Net in one file each."""
+    import json
+
+    import SimpleITK as sitk
+
+    from sam3dseg.synthetic import write_dataset
+
+    nn = write_dataset(tmp_path / "nn", 1, "nnunet", channels=2, depth=(4, 5), size=(20, 24))
+    msd = tmp_path / "msd"
+    (msd / "imagesTr").mkdir(parents=True)
+    (msd / "labelsTr").mkdir()
+    channels = [sitk.ReadImage(str(nn / "imagesTr" / f"case_000_{c:04d}.nii.gz")) for c in range(2)]
+    sitk.WriteImage(sitk.JoinSeries(channels), str(msd / "imagesTr" / "case_000.nii.gz"))
+    shutil.copy(nn / "labelsTr" / "case_000.nii.gz", msd / "labelsTr" / "case_000.nii.gz")
+    meta = {
+        "modality": {"0": "MR", "1": "MR"},
+        "labels": {"0": "background", "1": "class1", "2": "class2"},
+        "training": [{"image": "./imagesTr/case_000.nii.gz", "label": "./labelsTr/case_000.nii.gz"}],
+    }
+    (msd / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    make_cache(nn, tmp_path / "c_nn")
+    make_cache(msd, tmp_path / "c_msd")
+    a, b = load_case(tmp_path / "c_nn", "case_000"), load_case(tmp_path / "c_msd", "case_000")
+    assert a["features"].shape[0] == 64
+    assert torch.equal(a["features"], b["features"]) and torch.equal(a["label"], b["label"])
+
+
+def test_cli_cache_shards_by_torchrun_rank(generated_dataset, tmp_path, monkeypatch, capsys):
+    from sam3dseg.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--image-size", "32", "--quiet"]
+    assert main(args) == 0
+    assert sorted(p.stem for p in (tmp_path / "c" / "cases").glob("*.pt")) == ["case_001", "case_003", "case_005"]
+    assert not (tmp_path / "c" / "manifest.json").exists()  # rank 0 writes it
+    monkeypatch.setenv("RANK", "0")
+    assert main(args) == 0
+    assert "3 case(s) encoded" in capsys.readouterr().out
+    assert len(read_manifest(tmp_path / "c")["cases"]) == 6
