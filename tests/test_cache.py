@@ -211,16 +211,21 @@ def test_msd_four_d_and_nnunet_channels_give_the_same_features(tmp_path):
     assert torch.equal(a["features"], b["features"]) and torch.equal(a["label"], b["label"])
 
 
-def test_cli_cache_shards_by_torchrun_rank(generated_dataset, tmp_path, monkeypatch, capsys):
-    from sam3dseg.cli import main
+def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    args = ["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--image-size", "32", "--quiet"]
-    assert main(args) == 0
-    assert sorted(p.stem for p in (tmp_path / "c" / "cases").glob("*.pt")) == ["case_001", "case_003", "case_005"]
-    assert not (tmp_path / "c" / "manifest.json").exists()  # rank 0 writes it
-    monkeypatch.setenv("RANK", "0")
-    assert main(args) == 0
-    assert "3 case(s) encoded" in capsys.readouterr().out
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+        "-m", "sam3dseg", "cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"),
+        "--image-size", "32", "--quiet",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[rank 0] cache" in done.stdout and "[rank 1] cache" in done.stdout
+    assert done.stdout.count("3 case(s) encoded") == 2
     assert len(read_manifest(tmp_path / "c")["cases"]) == 6
+    assert len(list((tmp_path / "c" / "cases").glob("*.pt"))) == 6

@@ -142,7 +142,7 @@ def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig,
     channels, geometry = [], None
     for path in case.images:
         array, g = read_volume(path)
-        check_finite(array.astype(np.float32, copy=False), str(path))
+        check_finite(array, str(path))
         if geometry is not None and (array.shape[-3:] != channels[0].shape[-3:] or not g.matches(geometry)):
             raise UserError(f"case {case.name}: {path} does not share the grid of {case.images[0]}")
         geometry = geometry or g
@@ -218,6 +218,8 @@ def build_cache(
         bar.set_postfix(slices_per_s=f"{rate:.1f}")
         if on_case_done:
             on_case_done(case.name)
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank's cases are on disk before the manifest lists them
     if rank == 0:
         write_manifest(out, dataset, info, preprocess)
     return {"encoded": encoded, "reused": reused}

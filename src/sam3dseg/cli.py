@@ -89,7 +89,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     from .dataset import load_dataset
     from .encoder import build_encoder
     from .preprocess import PreprocessConfig
-    from .train import resolve_device
+    from .train import init_distributed, resolve_device
 
     if args.image_size <= 0 or args.image_size % 16:
         raise UserError(f"--image-size must be a positive multiple of 16, got {args.image_size}")
@@ -102,7 +102,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
         intensity=args.intensity,
         ct_window=tuple(args.ct_window),
     )
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = init_distributed()
     device = resolve_device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -110,7 +110,8 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     info = EncoderInfo.of(encoder, args.checkpoint)
     summary = build_cache(dataset, args.out, encoder, info, preprocess, args.slice_batch, rank, world, not args.quiet)
     print(
-        f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
+        f"[rank {rank}] " * (world > 1)
+        + f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
         + ("" if args.checkpoint else "  [RANDOM encoder weights: pass --checkpoint for real use]")
     )
 

@@ -17,6 +17,7 @@ import csv
 import math
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -111,11 +112,13 @@ def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
     raise UserError(f"train.optimizer must be adamw or sgd, got {t.optimizer!r}")
 
 
-def _distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world size)``; joins the process group when started by ``torchrun``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # generous: ranks wait at barriers while others encode or validate on a CPU
+        dist.init_process_group(backend, timeout=timedelta(hours=6))
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -173,7 +176,7 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
     """
     from tqdm import tqdm
 
-    rank, world = _distributed()
+    rank, world = init_distributed()
     cache, out = Path(cache), Path(out)
     manifest = read_manifest(cache)
     t = config.train
