@@ -30,14 +30,15 @@ def tiny_encoder(image_size: int = 64, seed: int = 0):
         return SAMImageEncoder(spec, image_size=image_size, name="tiny")
 
 
-def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, **kwargs):
+def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, **kwargs):
     """Encode a dataset folder with the tiny encoder; returns the build summary."""
     from sam3dseg.cache import EncoderInfo, build_cache
     from sam3dseg.dataset import load_dataset
     from sam3dseg.preprocess import PreprocessConfig
 
     enc = tiny_encoder(image_size, seed)
-    return build_cache(load_dataset(dataset_dir), cache_dir, enc, EncoderInfo.of(enc, None), PreprocessConfig(), progress=False, **kwargs)
+    info = EncoderInfo.of(enc, None)
+    return build_cache(load_dataset(dataset_dir), cache_dir, enc, info, preprocess or PreprocessConfig(), progress=False, **kwargs)
 
 
 @pytest.fixture(scope="session")

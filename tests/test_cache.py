@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import make_cache, tiny_encoder
 
-from sam3dseg.cache import EncoderInfo, build_cache, load_case, read_manifest
-from sam3dseg.dataset import load_dataset
+from sam3dseg.cache import EncoderInfo, load_case, read_manifest
 from sam3dseg.errors import UserError
 from sam3dseg.io import read_volume, write_volume
 from sam3dseg.preprocess import PreprocessConfig
@@ -28,13 +27,8 @@ class CountingEncoder:
         monkeypatch.setattr(type(encoder), "forward", counted)
 
 
-def _encode(ds_dir, out, image_size=64, seed=0, preprocess=None, **kw):
-    enc = tiny_encoder(image_size, seed)
-    return build_cache(load_dataset(ds_dir), out, enc, EncoderInfo.of(enc, None), preprocess or PreprocessConfig(), progress=False, **kw)
-
-
 def test_cache_contents(generated_dataset, tmp_path):
-    _encode(generated_dataset, tmp_path / "c")
+    make_cache(generated_dataset, tmp_path / "c")
     manifest = read_manifest(tmp_path / "c")
     assert manifest["cases"] == [f"case_{i:03d}" for i in range(6)]
     assert manifest["feature_channels"] == 32 and manifest["encoder"]["image_size"] == 64
@@ -45,26 +39,26 @@ def test_cache_contents(generated_dataset, tmp_path):
 
 
 def test_second_run_encodes_nothing(generated_dataset, tmp_path, monkeypatch):
-    _encode(generated_dataset, tmp_path / "c")
+    make_cache(generated_dataset, tmp_path / "c")
     counter = CountingEncoder(tiny_encoder(), monkeypatch)
-    summary = _encode(generated_dataset, tmp_path / "c")
+    summary = make_cache(generated_dataset, tmp_path / "c")
     assert counter.slices == 0 and summary["encoded"] == [] and len(summary["reused"]) == 6
 
 
 def test_changed_weights_or_size_re_encode_everything(generated_dataset, tmp_path):
-    _encode(generated_dataset, tmp_path / "c")
-    assert len(_encode(generated_dataset, tmp_path / "c", seed=1)["encoded"]) == 6  # other weights
-    assert len(_encode(generated_dataset, tmp_path / "c", seed=1, image_size=32)["encoded"]) == 6
-    assert len(_encode(generated_dataset, tmp_path / "c", seed=1, image_size=32, preprocess=PreprocessConfig(slicing_axis="coronal"))["encoded"]) == 6
+    make_cache(generated_dataset, tmp_path / "c")
+    assert len(make_cache(generated_dataset, tmp_path / "c", seed=1)["encoded"]) == 6  # other weights
+    assert len(make_cache(generated_dataset, tmp_path / "c", seed=1, image_size=32)["encoded"]) == 6
+    assert len(make_cache(generated_dataset, tmp_path / "c", seed=1, image_size=32, preprocess=PreprocessConfig(slicing_axis="coronal"))["encoded"]) == 6
 
 
 def test_changed_case_re_encodes_only_that_case(generated_dataset, tmp_path):
     ds = shutil.copytree(generated_dataset, tmp_path / "ds")
-    _encode(ds, tmp_path / "c")
+    make_cache(ds, tmp_path / "c")
     path = ds / "imagesTr" / "case_002_0000.nii.gz"
     array, geometry = read_volume(path)
     write_volume(array + 1, geometry, path)
-    assert _encode(ds, tmp_path / "c")["encoded"] == ["case_002"]
+    assert make_cache(ds, tmp_path / "c")["encoded"] == ["case_002"]
 
 
 def test_checkpoint_hash_is_part_of_the_key(tmp_path):
@@ -76,17 +70,17 @@ def test_checkpoint_hash_is_part_of_the_key(tmp_path):
 
 
 def test_kill_and_resume_gives_identical_bytes(generated_dataset, tmp_path):
-    _encode(generated_dataset, tmp_path / "whole")
+    make_cache(generated_dataset, tmp_path / "whole")
 
     def killer(name):
         if name == "case_002":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _encode(generated_dataset, tmp_path / "resumed", on_case_done=killer)
+        make_cache(generated_dataset, tmp_path / "resumed", on_case_done=killer)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     assert sorted(p.name for p in (tmp_path / "resumed" / "cases").glob("*.pt")) == ["case_000.pt", "case_001.pt", "case_002.pt"]
-    summary = _encode(generated_dataset, tmp_path / "resumed")
+    summary = make_cache(generated_dataset, tmp_path / "resumed")
     assert summary["reused"] == ["case_000", "case_001", "case_002"]
     for f in sorted((tmp_path / "whole" / "cases").iterdir()):
         assert f.read_bytes() == (tmp_path / "resumed" / "cases" / f.name).read_bytes(), f.name
@@ -94,8 +88,8 @@ def test_kill_and_resume_gives_identical_bytes(generated_dataset, tmp_path):
 
 
 def test_sharded_ranks_cover_all_cases(generated_dataset, tmp_path):
-    s0 = _encode(generated_dataset, tmp_path / "c", rank=0, world_size=2)
-    s1 = _encode(generated_dataset, tmp_path / "c", rank=1, world_size=2)
+    s0 = make_cache(generated_dataset, tmp_path / "c", rank=0, world_size=2)
+    s1 = make_cache(generated_dataset, tmp_path / "c", rank=1, world_size=2)
     assert s0["encoded"] == ["case_000", "case_002", "case_004"]
     assert s1["encoded"] == ["case_001", "case_003", "case_005"]
 

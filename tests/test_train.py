@@ -32,7 +32,7 @@ def test_learns_generated_data(tmp_path):
     make_cache(ds, tmp_path / "cache", image_size=128)
     config = load_run_config(
         None,
-        ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "train.lr=3e-3", "decoder.channels=[32,32,16,16]"],
+        ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"],
     )
     result = train(tmp_path / "cache", tmp_path / "run", config, progress=False)
     losses = [h["train_loss"] for h in result["history"]]
@@ -66,10 +66,12 @@ def test_resume_refuses_another_configuration(small_cache, tmp_path):
         train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", "train.lr=0.5", *SMALL]), progress=False)
 
 
-def test_sgd_option_trains(small_cache, tmp_path):
-    config = load_run_config(None, ["train.epochs=1", "train.optimizer=sgd", "train.lr=0.01", *SMALL])
-    state_keys = train(small_cache, tmp_path / "run", config, progress=False)
-    assert state_keys["history"][0]["train_loss"] > 0
+def test_adamw_option_trains(small_cache, tmp_path):
+    config = load_run_config(None, ["train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", *SMALL])
+    result = train(small_cache, tmp_path / "run", config, progress=False)
+    state = load_model_file(tmp_path / "run" / "last.pt")
+    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))  # really AdamW
+    assert result["history"][0]["train_loss"] > 0
 
 
 def test_config_yaml_and_overrides(tmp_path):

@@ -44,9 +44,12 @@ class TrainConfig:
     batch_size: int = 2
     crop_depth: int = 16  # slices per training sample; shorter volumes are padded
     flip_depth: bool = True  # exact augmentation: the encoder sees each slice alone
-    optimizer: str = "adamw"  # adamw | sgd (the original SAM3D: SGD, momentum 0.99, Nesterov)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    # SGD with Nesterov momentum 0.99 and poly decay, as the original SAM3D (nnU-Net):
+    # on generated data it lowered the loss faster than AdamW and reached held-out
+    # Dice 0.85 an epoch earlier, final Dice equal (bench/optimizers.py).
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
     momentum: float = 0.99  # sgd only
     poly_power: float = 0.9  # lr · (1 - step/total)^power, both optimisers
     grad_clip: float = 12.0
