@@ -1,4 +1,4 @@
-"""The ``sam3dseg`` command: ``cache`` and ``train`` (more subcommands as they are built).
+"""The ``sam3dseg`` command: ``cache``, ``train``, ``predict``, ``evaluate``.
 
 A mistake in the input (bad path, bad file, wrong shape) is printed as one line
 ``sam3dseg: error: ...`` with exit status 2; anything else is a bug and keeps its
@@ -79,7 +79,99 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = sub.add_parser(
+        "predict",
+        help="segment new volumes with a trained model",
+        description="Segment volumes with a model file written by `sam3dseg train`.",
+        epilog=EPILOG_PREDICT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, help="RUN/best.pt (or last.pt)")
+    p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
+    p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
+    p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")
+    p.add_argument("--window", type=int, help="slices per decoder pass (default: the training crop depth)")
+    p.add_argument("--overlap", type=float, default=0.5, help="overlap of consecutive windows, 0..1 (default 0.5)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the depth-flipped volume")
+    p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
+    p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
+    p.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser(
+        "evaluate",
+        help="score predictions against references (Dice, HD95, NSD)",
+        description="Score segmentations against references, per case and class.",
+        epilog=EPILOG_EVALUATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
+    e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
+    e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
+    e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1.0)")
+    e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
+    e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+EPILOG_PREDICT = """\
+Each volume is preprocessed as recorded in the model file, encoded slice by slice,
+decoded over overlapping depth windows (Gaussian-weighted along depth), mapped back
+onto its own grid and written as OUT/{case}{ext} with the input's exact geometry.
+Inputs: one file, a DICOM series folder, or a folder of images (nnU-Net style
+{case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case).
+"""
+
+EPILOG_EVALUATE = """\
+Predictions and references are matched by file name. Per case and class: Dice, HD95 (mm)
+and normalised surface Dice at --nsd-tolerance (mm), with the reference's spacing.
+Empty masks: both empty -> left out of that class's mean; one empty -> Dice 0, NSD 0,
+HD95 inf (left out of the mean HD95, counted in summary.json).
+"""
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .inference import PredictConfig, collect_inputs, ensure_writable, load_predictor, predict_probabilities, read_case
+    from .io import image_suffix, write_volume
+    from .visualize import save_montage
+
+    config = PredictConfig(window=args.window, overlap=args.overlap, flip_tta=args.tta, slice_batch=args.slice_batch, device=args.device)
+    predictor = load_predictor(args.model, args.checkpoint, config)
+    cases = collect_inputs(args.input, len(predictor.channel_names))
+    out = ensure_writable(args.out)
+    for name, paths in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
+        array, geometry = read_case(paths)
+        if args.probabilities:
+            probs = predict_probabilities(predictor, array, geometry)
+            label = probs.argmax(0).astype(np.uint8)
+            _save_npy(out / f"{name}_probabilities.npy", probs.astype(np.float16))
+        else:
+            label, _ = predictor.predict_array(array, geometry)
+        suffix = image_suffix(paths[0]) or ".nii.gz"
+        write_volume(label, geometry, out / f"{name}{suffix}")
+        if args.png:
+            image = array if array.ndim == 3 else array[0]
+            save_montage(out / f"{name}.png", image, label, None, predictor.class_names, title=name)
+    print(f"predicted {len(cases)} case(s) into {out}")
+
+
+def _save_npy(path, array) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_folders
+
+    evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png, args.quiet)
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
@@ -134,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     try:
-        {"cache": _cmd_cache, "train": _cmd_train}[args.command](args)
+        commands = {"cache": _cmd_cache, "train": _cmd_train, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
+        commands[args.command](args)
     except UserError as err:
         print(f"sam3dseg: error: {err}", file=sys.stderr)
         return 2

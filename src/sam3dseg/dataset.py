@@ -152,3 +152,17 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     if not images_dir.is_dir():
         raise UserError(f"{root} has no imagesTr folder")
     return Dataset(root, cases, classes, channels, "nnunet")
+
+
+def read_class_names(meta_path: str | Path) -> list[str]:
+    """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``."""
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        raise UserError(f"labels file not found: {meta_path}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{meta_path} is not valid JSON: {err}") from err
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    by_name = isinstance(labels, dict) and not all(str(k).isdigit() for k in labels)
+    return _class_names(labels, meta_path, by_name=by_name)

@@ -1,0 +1,110 @@
+"""``sam3dseg evaluate``: score a folder of predictions against a folder of references."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from .dataset import read_class_names
+from .errors import UserError
+from .io import image_suffix, read_volume
+from .metrics import case_metrics, summarise
+
+
+def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    for d, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
+        if not d.is_dir():
+            raise UserError(f"{what} folder not found: {d}")
+    refs = {p.name: p for p in sorted(ref_dir.iterdir()) if p.is_file() and image_suffix(p)}
+    if not refs:
+        raise UserError(f"no reference segmentations in {ref_dir}")
+    missing = [n for n in refs if not (pred_dir / n).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} reference(s) have no prediction in {pred_dir}, e.g. {missing[0]}")
+    return [(n[: -len(image_suffix(p))], pred_dir / n, p) for n, p in refs.items()]
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    out_dir: str | Path,
+    labels: str | Path | None = None,
+    tolerance: float = 1.0,
+    png: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Metrics per case and class -> ``out/metrics.csv``, ``out/summary.json``; prints a table.
+
+    Returns the summary (per-class means, overall means).
+    """
+    from tqdm import tqdm
+
+    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    if tolerance < 0:
+        raise UserError(f"--nsd-tolerance must be >= 0 mm, got {tolerance}")
+    pairs = _pairs(pred_dir, ref_dir)
+    loaded = []
+    max_label = 0
+    for case, pred_path, ref_path in pairs:
+        pred, _ = read_volume(pred_path)
+        ref, geometry = read_volume(ref_path)
+        if pred.shape != ref.shape:
+            raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
+        loaded.append((case, pred_path, ref_path, geometry))
+        max_label = max(max_label, int(pred.max()), int(ref.max()))
+    class_names = read_class_names(labels) if labels else ["background"] + [f"class{k}" for k in range(1, max_label + 1)]
+    if max_label >= len(class_names):
+        raise UserError(f"labels go up to {max_label} but {labels} names only {len(class_names)} classes")
+
+    rows = []
+    for case, pred_path, ref_path, geometry in tqdm(loaded, desc="evaluate", unit="case", disable=quiet):
+        pred, _ = read_volume(pred_path)
+        ref, _ = read_volume(ref_path)
+        spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
+        for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
+            rows.append({"case": case, "class": name, **m})
+        if png:
+            from .visualize import save_montage
+
+            save_montage(out_dir / f"{case}_vs_reference.png", None, pred, ref, class_names, title=case)
+    summary = summarise(rows, class_names)
+    summary["nsd_tolerance_mm"] = tolerance
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["case", "class", "dice", "hd95", "nsd"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out_dir / "metrics.csv")
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "summary.json")
+    if not quiet:
+        print(format_table(summary, len(pairs)))
+    return summary
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else "inf"
+    return obj
+
+
+def format_table(summary: dict, cases: int) -> str:
+    """The per-class means as a fixed-width table."""
+    tol = summary["nsd_tolerance_mm"]
+    lines = [f"{'class':<16}{'Dice':>8}{'HD95 mm':>10}{f'NSD@{tol:g}mm':>12}  ({cases} case(s))"]
+    for name, e in summary["per_class"].items():
+        note = f"  [{e['hd95_infinite']} one-sided empty]" if e["hd95_infinite"] else ""
+        lines.append(f"{name:<16}{e['dice']:>8.4f}{e['hd95']:>10.2f}{e['nsd']:>12.4f}{note}")
+    lines.append(f"{'mean':<16}{summary['mean_dice']:>8.4f}{summary['mean_hd95']:>10.2f}{summary['mean_nsd']:>12.4f}")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate_folders", "format_table"]

@@ -1,0 +1,82 @@
+"""Per-class Dice, HD95 (mm) and normalised surface Dice, the way segmentation papers report them.
+
+Surfaces follow MONAI's convention: a class's surface voxels are the mask minus its
+erosion by the 6-neighbourhood, with everything outside the volume counted as
+background. Distances are Euclidean in millimetres using the *reference's* voxel
+spacing: the distance from each surface voxel of one mask to the nearest surface
+voxel of the other.
+
+- Dice ``2|P∩R| / (|P| + |R|)``.
+- HD95: the larger of the two directed 95th percentiles (linear interpolation) of
+  those surface distances.
+- NSD at tolerance τ: the fraction of both surfaces lying within τ of the other,
+  ``(#{d(P→R) ≤ τ} + #{d(R→P) ≤ τ}) / (|∂P| + |∂R|)``.
+
+Empty masks: both empty -> all three are NaN and the case is left out of that
+class's mean (as nnU-Net does for Dice); exactly one empty -> Dice 0, NSD 0 and
+HD95 = inf, kept out of the mean HD95 but counted in ``hd95_infinite``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``a`` to ``b``'s surface, and from ``b``'s to ``a``'s.
+
+    Args:
+        a, b: boolean masks of one shape, both non-empty.
+        spacing: voxel size per array axis, in the arrays' axis order.
+    """
+    sa, sb = _surface(a), _surface(b)
+    # crop to the union's bounding box: distances between surface voxels do not change
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(sa | sb))
+    sa, sb = sa[box], sb[box]
+    to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
+    return to_b[sa], to_a[sb]
+
+
+def class_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> dict:
+    """Dice, HD95 and NSD of two boolean masks (see the module notes for empty masks)."""
+    p, r = int(pred.sum()), int(ref.sum())
+    if p == 0 and r == 0:
+        return {"dice": math.nan, "hd95": math.nan, "nsd": math.nan}
+    dice = 2 * int((pred & ref).sum()) / (p + r)
+    if p == 0 or r == 0:
+        return {"dice": dice, "hd95": math.inf, "nsd": 0.0}
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
+    hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
+    nsd = (int((d_pr <= tolerance).sum()) + int((d_rp <= tolerance).sum())) / (d_pr.size + d_rp.size)
+    return {"dice": dice, "hd95": hd95, "nsd": nsd}
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], num_classes: int, tolerance: float) -> list[dict]:
+    """Metrics for classes 1..K-1 of two label volumes on the same grid."""
+    return [class_metrics(pred == k, ref == k, spacing, tolerance) for k in range(1, num_classes)]
+
+
+def summarise(rows: list[dict], class_names: list[str]) -> dict:
+    """Per-class means over cases (NaN and inf left out as documented), and the overall mean."""
+    summary: dict = {"per_class": {}, "cases": len({r["case"] for r in rows})}
+    for name in class_names[1:]:
+        mine = [r for r in rows if r["class"] == name]
+        entry = {}
+        for key in ("dice", "hd95", "nsd"):
+            values = [r[key] for r in mine if math.isfinite(r[key])]
+            entry[key] = float(np.mean(values)) if values else math.nan
+        entry["hd95_infinite"] = sum(1 for r in mine if r["hd95"] == math.inf)
+        entry["both_empty"] = sum(1 for r in mine if math.isnan(r["dice"]))
+        summary["per_class"][name] = entry
+    for key in ("dice", "hd95", "nsd"):
+        values = [e[key] for e in summary["per_class"].values() if math.isfinite(e[key])]
+        summary[f"mean_{key}"] = float(np.mean(values)) if values else math.nan
+    return summary

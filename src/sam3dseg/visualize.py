@@ -1,0 +1,76 @@
+"""A PNG montage of slices with segmentations drawn as coloured contours."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
+
+
+def pick_slices(masks: list[np.ndarray], count: int) -> list[int]:
+    """``count`` slice indices (axis 0) spread over the slices that hold any foreground."""
+    depth = masks[0].shape[0]
+    busy = np.flatnonzero(np.any([m.reshape(depth, -1).any(1) for m in masks], axis=0))
+    pool = busy if busy.size else np.arange(depth)
+    return sorted({int(pool[round(i)]) for i in np.linspace(0, pool.size - 1, min(count, pool.size))})
+
+
+def save_montage(
+    path: str | Path,
+    image: np.ndarray | None,
+    pred: np.ndarray,
+    ref: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    count: int = 6,
+    title: str = "",
+) -> Path:
+    """Write ``count`` slices (along the array's first axis) as one PNG, atomically.
+
+    Args:
+        image: ``(z, y, x)`` grey image shown underneath (first channel), or None.
+        pred: ``(z, y, x)`` labels, drawn as solid contours.
+        ref: ``(z, y, x)`` reference labels, drawn dashed.
+        class_names: names by label value (legend).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    path = Path(path)
+    num_classes = int(max(pred.max(), ref.max() if ref is not None else 0)) + 1
+    names = class_names or [f"class {k}" for k in range(num_classes)]
+    slices = pick_slices([pred > 0] + ([ref > 0] if ref is not None else []), count)
+    fig, axes = plt.subplots(1, len(slices), figsize=(2.6 * len(slices), 2.9), squeeze=False)
+    if image is not None:
+        lo, hi = np.percentile(image, (1, 99))
+    for ax, z in zip(axes[0], slices):
+        if image is not None:
+            ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            ax.imshow(np.zeros(pred.shape[1:]), cmap="gray", vmin=0, vmax=1)
+        for k in range(1, num_classes):
+            colour = COLOURS[(k - 1) % len(COLOURS)]
+            if (pred[z] == k).any():
+                ax.contour(pred[z] == k, levels=[0.5], colors=[colour], linewidths=1.2)
+            if ref is not None and (ref[z] == k).any():
+                ax.contour(ref[z] == k, levels=[0.5], colors=[colour], linewidths=1.0, linestyles="dashed")
+        ax.set_title(f"slice {z}", fontsize=8)
+        ax.axis("off")
+    handles = [Line2D([], [], color=COLOURS[(k - 1) % len(COLOURS)], label=names[k]) for k in range(1, min(num_classes, len(names)))]
+    if ref is not None:
+        handles += [Line2D([], [], color="k", label="prediction"), Line2D([], [], color="k", linestyle="dashed", label="reference")]
+    fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
