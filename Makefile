@@ -28,9 +28,9 @@ test-slow: venv
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-demo: install
-	@echo "sam3dseg demo: not built yet (see the issue tracker); nothing to run." >&2
-	@exit 1
+demo: venv
+	$(PY) -m pip install --quiet -e ".[demo]"
+	$(VENV)/bin/sam3dseg demo --out demo
 
 bench: venv
 	$(PY) -m pip install --quiet -e ".[test]"

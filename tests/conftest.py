@@ -47,3 +47,23 @@ def generated_dataset(tmp_path_factory):
     from sam3dseg.synthetic import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("gen") / "Dataset001_Gen", 6, "nnunet", seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """Ten generated cases, the tiny encoder at 128², a decoder trained 3 × 15 steps.
+
+    Returns a dict with the dataset, cache and run folders and the training result.
+    """
+    from sam3dseg.config import load_run_config
+    from sam3dseg.synthetic import write_dataset
+    from sam3dseg.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    ds = write_dataset(root / "ds", 10, "nnunet", seed=1)
+    make_cache(ds, root / "cache", image_size=128)
+    config = load_run_config(
+        None, ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"]
+    )
+    result = train(root / "cache", root / "run", config, progress=False)
+    return {"dataset": ds, "cache": root / "cache", "run": root / "run", "result": result, "config": config}

@@ -13,7 +13,6 @@ from conftest import make_cache
 from sam3dseg.cli import main
 from sam3dseg.config import RunConfig, dump_yaml, load_run_config, to_dict
 from sam3dseg.errors import UserError
-from sam3dseg.synthetic import write_dataset
 from sam3dseg.train import load_model_file, train
 
 SMALL = ["train.steps_per_epoch=3", "train.crop_depth=4", "train.batch_size=2", "decoder.channels=[8,8,8,8]"]
@@ -26,25 +25,19 @@ def small_cache(generated_dataset, tmp_path_factory):
     return cache
 
 
-def test_learns_generated_data(tmp_path):
+def test_learns_generated_data(trained_tiny):
     """Ten generated cases, tiny random encoder at 128²: held-out Dice must pass 0.8."""
-    ds = write_dataset(tmp_path / "ds", 10, "nnunet", seed=1)
-    make_cache(ds, tmp_path / "cache", image_size=128)
-    config = load_run_config(
-        None,
-        ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"],
-    )
-    result = train(tmp_path / "cache", tmp_path / "run", config, progress=False)
+    result, run, config = trained_tiny["result"], trained_tiny["run"], trained_tiny["config"]
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.6 * losses[0]
     assert result["val_cases"] == ["case_008", "case_009"]
     assert result["best_dice"] >= 0.8, result["history"]
     for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "curves.png"):
-        assert (tmp_path / "run" / name).is_file()
-    state = load_model_file(tmp_path / "run" / "best.pt")
+        assert (run / name).is_file()
+    state = load_model_file(run / "best.pt")
     assert state["class_names"] == ["background", "class1", "class2"]
     assert state["preprocess"]["slicing_axis"] == "axial" and state["encoder"]["image_size"] == 128
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")) == to_dict(config)
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(config)
 
 
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path):

@@ -67,9 +67,10 @@ def evaluate_folders(
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})
         if png:
-            from .visualize import save_montage
+            from .visualize import oriented, save_montage
 
-            save_montage(out_dir / f"{case}_vs_reference.png", None, pred, ref, class_names, title=case)
+            (p_o, r_o), aspect = oriented([pred, ref], geometry)
+            save_montage(out_dir / f"{case}_vs_reference.png", None, p_o, r_o, class_names, title=case, aspect=aspect)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
 

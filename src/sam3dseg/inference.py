@@ -103,15 +103,14 @@ class Predictor:
     @torch.no_grad()
     def _window_probs(self, features: Tensor, start: int) -> Tensor:
         """Softmax of the finest output for slices ``start .. start+window`` -> ``(K, n, S, S)``."""
+        # A volume shorter than the window is decoded whole, unpadded: the decoder is fully
+        # convolutional, and this keeps "window covers the volume" equal to one plain pass.
         chunk = features[:, start : start + self.window]
-        n = chunk.shape[1]
-        if n < self.window:  # a volume shorter than the window: pad as in training
-            chunk = F.pad(chunk, (0, 0, 0, 0, 0, self.window - n))
         probs = torch.softmax(self.decoder(chunk[None].float())[-1][0].float(), dim=0)
         if self.config.flip_tta:
             flipped = torch.softmax(self.decoder(chunk.flip(1)[None].float())[-1][0].float(), dim=0).flip(1)
             probs = (probs + flipped) / 2
-        return probs[:, :n]
+        return probs
 
     @torch.no_grad()
     def model_slices(self, features: Tensor, valid_hw: tuple[int, int]) -> Iterator[Tensor]:

@@ -10,6 +10,17 @@ import numpy as np
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
 
+def oriented(arrays: list[np.ndarray | None], geometry, slicing_axis: str = "axial") -> tuple[list, float]:
+    """Arrays ``(z, y, x)`` in the anatomical frame with slices across ``slicing_axis``,
+    and the in-plane aspect (row spacing / column spacing) to display them undistorted."""
+    from .preprocess import PreprocessConfig, _reorient, plan_transform
+
+    shape = next(a for a in arrays if a is not None).shape
+    t = plan_transform(shape, geometry, PreprocessConfig(slicing_axis=slicing_axis), max(shape))
+    out = [None if a is None else np.ascontiguousarray(_reorient(a, t)) for a in arrays]
+    return out, t.oriented_spacing[1] / t.oriented_spacing[2]
+
+
 def pick_slices(masks: list[np.ndarray], count: int) -> list[int]:
     """``count`` slice indices (axis 0) spread over the slices that hold any foreground."""
     depth = masks[0].shape[0]
@@ -26,6 +37,7 @@ def save_montage(
     class_names: list[str] | None = None,
     count: int = 6,
     title: str = "",
+    aspect: float = 1.0,
 ) -> Path:
     """Write ``count`` slices (along the array's first axis) as one PNG, atomically.
 
@@ -34,6 +46,7 @@ def save_montage(
         pred: ``(z, y, x)`` labels, drawn as solid contours.
         ref: ``(z, y, x)`` reference labels, drawn dashed.
         class_names: names by label value (legend).
+        aspect: row spacing / column spacing, so anisotropic voxels look right.
     """
     import matplotlib
 
@@ -50,9 +63,9 @@ def save_montage(
         lo, hi = np.percentile(image, (1, 99))
     for ax, z in zip(axes[0], slices):
         if image is not None:
-            ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
         else:
-            ax.imshow(np.zeros(pred.shape[1:]), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.zeros(pred.shape[1:]), cmap="gray", vmin=0, vmax=1, aspect=aspect)
         for k in range(1, num_classes):
             colour = COLOURS[(k - 1) % len(COLOURS)]
             if (pred[z] == k).any():

@@ -1,0 +1,169 @@
+"""Prediction: depth windows and their blending, the streamed way back, files and bad input."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_encoder
+
+from sam3dseg.cli import main
+from sam3dseg.config import load_run_config, to_dict
+from sam3dseg.decoder import SAM3DDecoder
+from sam3dseg.errors import UserError
+from sam3dseg.inference import PredictConfig, Predictor, gaussian_weights, predict_probabilities, window_starts
+from sam3dseg.io import read_volume, write_volume
+from sam3dseg.preprocess import PreprocessConfig
+from sam3dseg.synthetic import make_case
+from sam3dseg.train import load_model_file
+
+
+def _state(preprocess=PreprocessConfig(), image_size=64, crop_depth=4, seed=0):
+    """A model-file dict around an untrained small decoder (32 feature channels, K = 3)."""
+    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]"])
+    torch.manual_seed(seed)
+    decoder = SAM3DDecoder(3, 32, run.decoder.channels)
+    return {
+        "config": to_dict(run),
+        "class_names": ["background", "a", "b"],
+        "channel_names": ["MR"],
+        "preprocess": dataclasses.asdict(preprocess),
+        "encoder": {"name": "tiny", "image_size": image_size},
+        "feature_channels": 32,
+        "decoder": decoder.state_dict(),
+    }
+
+
+def test_window_starts_cover_the_volume():
+    assert window_starts(5, 8, 0.5) == [0]
+    assert window_starts(8, 8, 0.5) == [0]
+    assert window_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    assert window_starts(21, 8, 0.5) == [0, 4, 8, 12, 13]
+    assert window_starts(21, 8, 0.0) == [0, 8, 13]
+
+
+def test_gaussian_weights():
+    w = gaussian_weights(9)
+    assert w[4] == 1 and torch.allclose(w, w.flip(0)) and w.min() >= 1e-3
+    assert torch.all(w[:4] < w[1:5])
+
+
+@pytest.mark.parametrize("depth,window,overlap", [(21, 8, 0.5), (21, 8, 0.75), (5, 8, 0.5), (16, 4, 0.0)])
+def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, monkeypatch):
+    """Windows whose outputs encode each slice's own index blend back to exactly that index:
+    every slice is covered, weights normalise to 1 (borders included), offsets line up."""
+    predictor = Predictor(_state(), tiny_encoder(), PredictConfig(window=window, overlap=overlap))
+
+    def coded(features, start):
+        n = min(window, features.shape[1] - start)
+        z = torch.arange(start, start + n, dtype=torch.float32)
+        return z.view(1, n, 1, 1).expand(3, n, 2, 2).clone()
+
+    monkeypatch.setattr(predictor, "_window_probs", coded)
+    out = list(predictor.model_slices(torch.zeros(32, depth, 4, 4), (2, 2)))
+    assert len(out) == depth
+    for z, s in enumerate(out):
+        assert torch.allclose(s, torch.full_like(s, float(z)), atol=1e-5), z
+
+
+def test_window_covering_the_depth_equals_one_pass():
+    predictor = Predictor(_state(), tiny_encoder(), PredictConfig(window=16))
+    features = torch.randn(32, 11, 4, 4)
+    streamed = torch.stack(list(predictor.model_slices(features, (60, 64))), dim=1)
+    with torch.no_grad():
+        whole = torch.softmax(predictor.decoder(features[None])[-1][0], dim=0)[:, :, :60, :64]
+    assert torch.allclose(streamed, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", [None, (1.0, 1.0, 1.0)])  # with and without depth resampling
+def test_streamed_labels_equal_full_probability_restore(target):
+    images, _, geometry = make_case(np.random.default_rng(4))
+    state = _state(PreprocessConfig(target_spacing=target))
+    predictor = Predictor(state, tiny_encoder(), PredictConfig(window=4, overlap=0.5))
+    labels, t = predictor.predict_array(images[0], geometry)
+    probs = predict_probabilities(predictor, images[0], geometry)
+    assert labels.shape == images[0].shape == probs.shape[1:]
+    if target:
+        assert t.model_shape[0] > t.oriented_shape[0]  # depth really was resampled
+    assert np.array_equal(labels, probs.argmax(0))
+
+
+def test_trained_model_predicts_held_out_cases(trained_tiny):
+    state = load_model_file(trained_tiny["run"] / "best.pt")
+    predictor = Predictor(state, tiny_encoder(128))
+    for case in trained_tiny["result"]["val_cases"]:
+        image, geometry = read_volume(trained_tiny["dataset"] / "imagesTr" / f"{case}_0000.nii.gz")
+        label, _ = read_volume(trained_tiny["dataset"] / "labelsTr" / f"{case}.nii.gz")
+        pred, _ = predictor.predict_array(image, geometry)
+        dice = [2 * ((pred == k) & (label == k)).sum() / ((pred == k).sum() + (label == k).sum()) for k in (1, 2)]
+        assert np.mean(dice) >= 0.8, (case, dice)
+
+
+# --- the command line, with a registry encoder (vit_b at 32²) -----------------------
+
+
+@pytest.fixture(scope="module")
+def vit_b_model(generated_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vitb")
+    assert main(["cache", "--dataset", str(generated_dataset), "--out", str(root / "c"), "--image-size", "32", "--quiet"]) == 0
+    overrides = ["train.epochs=1", "train.steps_per_epoch=2", "train.crop_depth=4", "decoder.channels=[8,8,8,8]"]
+    assert main(["train", "--cache", str(root / "c"), "--out", str(root / "run"), "--quiet", *overrides]) == 0
+    return root / "run" / "best.pt"
+
+
+def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
+    images, _, geometry = make_case(np.random.default_rng(7), depth=(9, 10), size=(23, 24))  # odd, posed
+    assert geometry.direction != (1, 0, 0, 0, 1, 0, 0, 0, 1) and len(set(geometry.spacing)) == 3
+    write_volume(images[0], geometry, tmp_path / "in" / "odd_0000.nii.gz")
+    args = ["predict", "--model", str(vit_b_model), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--quiet", "--tta", "--probabilities", "--png"]) == 0
+    seg, g = read_volume(tmp_path / "out" / "odd.nii.gz")
+    original, g0 = read_volume(tmp_path / "in" / "odd_0000.nii.gz")
+    assert seg.shape == original.shape and seg.dtype == np.uint8
+    assert g.spacing == g0.spacing and g.origin == g0.origin and g.direction == g0.direction
+    probs = np.load(tmp_path / "out" / "odd_probabilities.npy")
+    assert probs.shape == (3, *seg.shape) and probs.dtype == np.float16
+    top = np.sort(probs, axis=0)
+    resolved = top[-1] > top[-2]  # where float16 rounding leaves no tie, the argmax is the label
+    assert resolved.mean() > 0.9 and np.array_equal(probs.argmax(0)[resolved], seg[resolved])
+    assert (tmp_path / "out" / "odd.png").is_file()
+
+
+def _run(args, capsys):
+    code = main(args)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("sam3dseg: WARNING")]
+    return code, err
+
+
+def test_bad_input_one_line_exit_2(vit_b_model, generated_dataset, tmp_path, capsys):
+    image = generated_dataset / "imagesTr" / "case_000_0000.nii.gz"
+    not_ours = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, not_ours)
+    code, err = _run(["predict", "--model", str(not_ours), "--input", str(image), "--out", str(tmp_path / "o1")], capsys)
+    assert code == 2 and len(err) == 1 and "not a sam3dseg model file" in err[0]
+
+    two = tmp_path / "two"
+    two.mkdir()
+    for c in range(2):
+        (two / f"case_{c:04d}.nii.gz").write_bytes(image.read_bytes())
+    code, err = _run(["predict", "--model", str(vit_b_model), "--input", str(two), "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and len(err) == 1 and "has 2 channel file(s), the model needs 1" in err[0]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _run(["predict", "--model", str(vit_b_model), "--input", str(empty), "--out", str(tmp_path / "o3")], capsys)
+    assert code == 2 and len(err) == 1 and "no images" in err[0]
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x", encoding="utf-8")
+    code, err = _run(["predict", "--model", str(vit_b_model), "--input", str(image), "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and len(err) == 1 and "cannot write to output folder" in err[0]
+    assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
+
+
+def test_volume_with_other_channel_count_is_refused():
+    predictor = Predictor(_state(), tiny_encoder())
+    images, _, geometry = make_case(np.random.default_rng(1), channels=2)
+    with pytest.raises(UserError, match=r"has 2 channel\(s\) but the model was trained on 1"):
+        predictor.predict_array(np.stack(images), geometry)
+

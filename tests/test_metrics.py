@@ -1,0 +1,109 @@
+"""Dice, HD95 and NSD: hand-computed cases and agreement with MONAI on anisotropic grids."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sam3dseg.cli import main
+from sam3dseg.io import Geometry, write_volume
+from sam3dseg.metrics import class_metrics, summarise
+
+
+def _box(shape, lo, hi):
+    m = np.zeros(shape, bool)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return m
+
+
+def test_golden_shifted_box():
+    """A 4×4×4 box and the same box one slice further along z, spacing 2.5 mm in z.
+
+    Dice = 2·48/(64+64) = 0.75. Of a box's 56 surface voxels (64 minus the 2×2×2
+    inside), 36 lie on the other's surface (0 mm), the 4 inner voxels of the
+    overlapping end face are 1 mm (one x step) from the other's side, and the 16 of
+    the face that sticks out are one slice, 2.5 mm, away. Sorted: 36 × 0, 4 × 1,
+    16 × 2.5, so the 95th percentile is 2.5 mm; NSD at 1 mm = (40 + 40)/(56 + 56) = 5/7."""
+    a = _box((8, 8, 8), (1, 2, 2), (5, 6, 6))
+    b = _box((8, 8, 8), (2, 2, 2), (6, 6, 6))
+    m = class_metrics(a, b, (2.5, 1.0, 1.0), tolerance=1.0)
+    assert m["dice"] == pytest.approx(0.75)
+    assert m["hd95"] == pytest.approx(2.5)
+    assert m["nsd"] == pytest.approx(5 / 7)
+    assert class_metrics(a, b, (2.5, 1.0, 1.0), tolerance=2.5)["nsd"] == pytest.approx(1.0)
+
+
+def test_empty_conventions():
+    empty, box = np.zeros((4, 4, 4), bool), _box((4, 4, 4), (1, 1, 1), (3, 3, 3))
+    both = class_metrics(empty, empty, (1, 1, 1), 1.0)
+    assert all(math.isnan(v) for v in both.values())
+    one = class_metrics(empty, box, (1, 1, 1), 1.0)
+    assert one == {"dice": 0.0, "hd95": math.inf, "nsd": 0.0}
+    rows = [
+        {"case": "a", "class": "x", **both},
+        {"case": "b", "class": "x", **one},
+        {"case": "c", "class": "x", "dice": 0.5, "hd95": 3.0, "nsd": 0.25},
+    ]
+    s = summarise(rows, ["background", "x"])["per_class"]["x"]
+    assert s["dice"] == pytest.approx(0.25)  # (0 + 0.5) / 2: both-empty excluded
+    assert s["hd95"] == pytest.approx(3.0) and s["hd95_infinite"] == 1 and s["both_empty"] == 1
+
+
+def _blob(shape, rng):
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_monai(seed):
+    monai_metrics = pytest.importorskip("monai.metrics")
+    import torch
+
+    rng = np.random.default_rng(seed)
+    shape = (12, 20, 17)
+    spacing = (3.0, 0.8, 1.1)
+    pred, ref = _blob(shape, rng), _blob(shape, rng)
+    assert pred.any() and ref.any()
+    ours = class_metrics(pred, ref, spacing, tolerance=1.5)
+    p = torch.from_numpy(np.stack([~pred, pred])[None].astype(np.float32))
+    r = torch.from_numpy(np.stack([~ref, ref])[None].astype(np.float32))
+    dice = monai_metrics.compute_dice(p, r, include_background=False).item()
+    hd95 = monai_metrics.compute_hausdorff_distance(p, r, percentile=95, spacing=spacing).item()
+    nsd = monai_metrics.compute_surface_dice(p, r, class_thresholds=[1.5], spacing=spacing).item()
+    assert ours["dice"] == pytest.approx(dice, abs=1e-6)
+    assert ours["hd95"] == pytest.approx(hd95, abs=1e-3)
+    assert ours["nsd"] == pytest.approx(nsd, abs=1e-3)
+
+
+GEOMETRY = Geometry((1.1, 0.8, 3.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_evaluate_command(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        ref = _blob((12, 20, 17), rng).astype(np.uint8) + _blob((12, 20, 17), rng)
+        write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(np.roll(ref, 1, axis=2), GEOMETRY, tmp_path / "pred" / f"{name}.nii.gz")
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}), encoding="utf-8")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels), "--png", "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    assert set(summary["per_class"]) == {"liver", "tumour"} and summary["cases"] == 2
+    rows = (tmp_path / "pred" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "case,class,dice,hd95,nsd" and len(rows) == 5
+    assert (tmp_path / "pred" / "a_vs_reference.png").is_file()
+
+
+def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
+    write_volume(np.zeros((4, 5, 6), np.uint8), GEOMETRY, tmp_path / "ref" / "a.nii.gz")
+    write_volume(np.zeros((4, 5, 7), np.uint8), GEOMETRY, tmp_path / "pred" / "a.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has shape (4, 5, 7), reference" in err[0]
+    write_volume(np.zeros((4, 5, 6), np.uint8), GEOMETRY, tmp_path / "ref" / "b.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 2
+    assert "have no prediction" in capsys.readouterr().err
+    assert not (tmp_path / "pred" / "metrics.csv").exists()
