@@ -8,7 +8,7 @@ from sam3dseg.errors import UserError
 from sam3dseg.io import Geometry
 from sam3dseg.preprocess import (
     PreprocessConfig,
-    _reorient,
+    reorient,
     plan_transform,
     preprocess_image,
     preprocess_label,
@@ -24,7 +24,7 @@ def test_reorientation_undoes_any_pose(seed):
     aligned = np.random.default_rng(seed).random((5, 7, 9))  # (S, P, L)
     stored, geometry, _ = _random_pose(aligned, (2.0, 0.8, 0.9), np.random.default_rng(100 + seed))
     t = plan_transform(stored.shape, geometry, PreprocessConfig(), 64)
-    assert np.array_equal(_reorient(stored, t), aligned)
+    assert np.array_equal(reorient(stored, t), aligned)
     assert t.oriented_spacing == (2.0, 0.8, 0.9)
 
 

@@ -2,9 +2,13 @@
 
 The public API, listed once::
 
-    from sam3dseg import build_encoder, SAM3DDecoder, SAM3D, deep_supervision_loss
+    from sam3dseg import build_encoder, SAM3DDecoder, SAM3D, deep_supervision_loss  # the model
+    from sam3dseg import load_dataset, build_cache, train, load_predictor           # the pipeline
 """
 
+from .cache import EncoderInfo, build_cache
+from .config import RunConfig, load_run_config
+from .dataset import load_dataset
 from .decoder import ResidualUpBlock, SAM3DDecoder
 from .encoder import ENCODERS, SAMImageEncoder, build_encoder, encode_slices, load_checkpoint
 from .errors import CheckpointError, UserError
@@ -16,12 +20,30 @@ from .losses import (
     dice_loss,
     level_loss,
 )
+from .inference import PredictConfig, Predictor, load_predictor
+from .io import Geometry, read_volume, write_volume
 from .model import SAM3D
+from .preprocess import PreprocessConfig
+from .train import load_model_file, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENCODERS",
+    "EncoderInfo",
+    "Geometry",
+    "PredictConfig",
+    "Predictor",
+    "PreprocessConfig",
+    "RunConfig",
+    "build_cache",
+    "load_dataset",
+    "load_model_file",
+    "load_predictor",
+    "load_run_config",
+    "read_volume",
+    "train",
+    "write_volume",
     "DEEP_SUPERVISION_WEIGHTS",
     "CheckpointError",
     "DeepSupervisionLoss",

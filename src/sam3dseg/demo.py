@@ -120,8 +120,9 @@ def build_dataset(root: Path, config: DemoConfig) -> Path:
     return root
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig = DemoConfig(), device: str = "auto") -> dict:
+def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, device: str = "auto") -> dict:
     """Dataset → cache → train → predict → evaluate under ``out``; prints and returns a summary."""
+    config = config or DemoConfig()
     from .cache import EncoderInfo, build_cache
     from .config import load_run_config
     from .dataset import load_dataset
@@ -169,8 +170,6 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
 
     start = time.perf_counter()
     predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=device))
-    from .io import write_volume as write
-
     preds = out / "predictions"
     preds.mkdir(parents=True, exist_ok=True)
     montage = None
@@ -178,7 +177,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         name = image_path.name[: -len("_0000.nii.gz")]
         array, geometry = read_volume(image_path)
         label, _ = predictor.predict_array(array, geometry)
-        write(label, geometry, preds / f"{name}.nii.gz")
+        write_volume(label, geometry, preds / f"{name}.nii.gz")
         reference, _ = read_volume(data / "labelsTs" / f"{name}.nii.gz")
         (img, seg, ref), aspect = oriented([array, label, reference], geometry)
         montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=f"{name}: prediction (solid), reference (dashed)", aspect=aspect)

@@ -46,23 +46,21 @@ def evaluate_folders(
     if tolerance < 0:
         raise UserError(f"--nsd-tolerance must be >= 0 mm, got {tolerance}")
     pairs = _pairs(pred_dir, ref_dir)
-    loaded = []
-    max_label = 0
-    for case, pred_path, ref_path in pairs:
+    if labels:
+        class_names = read_class_names(labels)
+    else:  # the classes are whatever the files hold: one extra pass to find the largest label
+        top = max(max(int(read_volume(p)[0].max()), int(read_volume(r)[0].max())) for _, p, r in pairs)
+        class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
+
+    rows = []
+    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=quiet):
         pred, _ = read_volume(pred_path)
         ref, geometry = read_volume(ref_path)
         if pred.shape != ref.shape:
             raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
-        loaded.append((case, pred_path, ref_path, geometry))
-        max_label = max(max_label, int(pred.max()), int(ref.max()))
-    class_names = read_class_names(labels) if labels else ["background"] + [f"class{k}" for k in range(1, max_label + 1)]
-    if max_label >= len(class_names):
-        raise UserError(f"labels go up to {max_label} but {labels} names only {len(class_names)} classes")
-
-    rows = []
-    for case, pred_path, ref_path, geometry in tqdm(loaded, desc="evaluate", unit="case", disable=quiet):
-        pred, _ = read_volume(pred_path)
-        ref, _ = read_volume(ref_path)
+        top = max(int(pred.max()), int(ref.max()))
+        if top >= len(class_names):
+            raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})

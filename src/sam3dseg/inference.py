@@ -28,7 +28,7 @@ from .decoder import SAM3DDecoder
 from .encoder import ENCODERS, SAMImageEncoder, build_encoder, encode_slices
 from .errors import UserError
 from .io import Geometry, read_volume
-from .preprocess import PreprocessConfig, Transform, _unreorient, check_finite, preprocess_image
+from .preprocess import PreprocessConfig, Transform, unreorient, check_finite, preprocess_image
 from .train import build_decoder, load_model_file, resolve_device
 
 
@@ -68,13 +68,14 @@ def window_starts(depth: int, window: int, overlap: float) -> list[int]:
 class Predictor:
     """A trained decoder with its frozen encoder and recorded preprocessing."""
 
-    def __init__(self, state: dict, encoder: SAMImageEncoder, config: PredictConfig = PredictConfig()) -> None:
+    def __init__(self, state: dict, encoder: SAMImageEncoder, config: PredictConfig | None = None) -> None:
         """
         Args:
             state: a model file's content (:func:`sam3dseg.train.load_model_file`).
             encoder: the encoder the model was trained on (see :func:`load_predictor`).
             config: window, overlap, test-time augmentation, device.
         """
+        config = config or PredictConfig()
         run: RunConfig = from_dict(RunConfig, state["config"])
         self.device = resolve_device(config.device)
         self.config = config
@@ -145,7 +146,7 @@ class Predictor:
         features = self.encode(volume)
         slices = self.model_slices(features, t.model_shape[1:])
         oriented = _stream_to_grid(slices, t)
-        return np.ascontiguousarray(_unreorient(oriented, t)), t
+        return np.ascontiguousarray(unreorient(oriented, t)), t
 
 
 def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
@@ -185,7 +186,7 @@ def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
     return out
 
 
-def load_predictor(model: str | Path, checkpoint: str | Path | None = None, config: PredictConfig = PredictConfig()) -> Predictor:
+def load_predictor(model: str | Path, checkpoint: str | Path | None = None, config: PredictConfig | None = None) -> Predictor:
     """Rebuild the encoder a model was trained on, check it is the same one, and wrap both.
 
     Raises:

@@ -119,7 +119,7 @@ def plan_transform(shape: tuple[int, int, int], geometry: Geometry, config: Prep
     return Transform(tuple(int(s) for s in shape), tuple(perm), tuple(flips), oriented, tuple(spacing), model, geometry)
 
 
-def _reorient(array: np.ndarray, t: Transform) -> np.ndarray:
+def reorient(array: np.ndarray, t: Transform) -> np.ndarray:
     """``(..., z, y, x)`` -> ``(..., D, H, W)``."""
     lead = array.ndim - 3
     out = array.transpose(*range(lead), *(lead + a for a in t.perm))
@@ -127,8 +127,8 @@ def _reorient(array: np.ndarray, t: Transform) -> np.ndarray:
     return np.flip(out, flip_axes) if flip_axes else out
 
 
-def _unreorient(array: np.ndarray, t: Transform) -> np.ndarray:
-    """Inverse of :func:`_reorient`: ``(..., D, H, W)`` -> ``(..., z, y, x)``."""
+def unreorient(array: np.ndarray, t: Transform) -> np.ndarray:
+    """Inverse of :func:`reorient`: ``(..., D, H, W)`` -> ``(..., z, y, x)``."""
     lead = array.ndim - 3
     flip_axes = tuple(lead + i for i, f in enumerate(t.flips) if f)
     out = np.flip(array, flip_axes) if flip_axes else array
@@ -202,7 +202,7 @@ def preprocess_image(
     if len(modalities) != array.shape[0]:
         raise UserError(f"volume has {array.shape[0]} channel(s) but the dataset declares {len(modalities)}")
     t = plan_transform(array.shape[1:], geometry, config, image_size)
-    oriented = _reorient(array, t)
+    oriented = reorient(array, t)
     normalised = np.stack([_normalise_channel(ch, m, config) for ch, m in zip(oriented, modalities)])
     volume = _resample_image(torch.from_numpy(normalised), t.model_shape)
     return volume.clamp_(0, 255).numpy(), t
@@ -212,12 +212,12 @@ def preprocess_label(label: np.ndarray, t: Transform) -> np.ndarray:
     """A ``(z, y, x)`` label volume onto the model grid ``(D', H', W')`` (nearest, exact)."""
     if tuple(label.shape) != t.original_shape:
         raise UserError(f"label shape {tuple(label.shape)} differs from the image's {t.original_shape}")
-    return np.ascontiguousarray(_resample_label(_reorient(label, t), t.model_shape))
+    return np.ascontiguousarray(_resample_label(reorient(label, t), t.model_shape))
 
 
 def restore_label(label: np.ndarray, t: Transform) -> np.ndarray:
     """A model-grid label ``(D', H', W')`` back onto the file's grid ``(z, y, x)``."""
-    return np.ascontiguousarray(_unreorient(_resample_label(label, t.oriented_shape), t))
+    return np.ascontiguousarray(unreorient(_resample_label(label, t.oriented_shape), t))
 
 
 def restore_probabilities(probs: torch.Tensor, t: Transform) -> np.ndarray:
@@ -231,4 +231,4 @@ def restore_probabilities(probs: torch.Tensor, t: Transform) -> np.ndarray:
     x = probs.float()
     if tuple(x.shape[1:]) != (d, h, w):
         x = F.interpolate(x[None], size=(d, h, w), mode="trilinear", align_corners=False)[0]
-    return np.ascontiguousarray(_unreorient(x.numpy(), t)).reshape(k, *t.original_shape)
+    return np.ascontiguousarray(unreorient(x.numpy(), t)).reshape(k, *t.original_shape)

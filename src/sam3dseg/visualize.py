@@ -13,11 +13,11 @@ COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 def oriented(arrays: list[np.ndarray | None], geometry, slicing_axis: str = "axial") -> tuple[list, float]:
     """Arrays ``(z, y, x)`` in the anatomical frame with slices across ``slicing_axis``,
     and the in-plane aspect (row spacing / column spacing) to display them undistorted."""
-    from .preprocess import PreprocessConfig, _reorient, plan_transform
+    from .preprocess import PreprocessConfig, reorient, plan_transform
 
     shape = next(a for a in arrays if a is not None).shape
     t = plan_transform(shape, geometry, PreprocessConfig(slicing_axis=slicing_axis), max(shape))
-    out = [None if a is None else np.ascontiguousarray(_reorient(a, t)) for a in arrays]
+    out = [None if a is None else np.ascontiguousarray(reorient(a, t)) for a in arrays]
     return out, t.oriented_spacing[1] / t.oriented_spacing[2]
 
 
