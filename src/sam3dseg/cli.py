@@ -39,6 +39,13 @@ from OUT/last.pt. Data-parallel: torchrun --nproc_per_node N -m sam3dseg train .
 """
 
 
+def _encoding_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that runs the encoder."""
+    parser.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3dseg",
@@ -63,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-spacing", type=float, nargs=3, metavar=("D", "H", "W"), help="resample to this spacing (mm) first")
     c.add_argument("--intensity", default="auto", choices=["auto", "ct", "percentile"], help="CT window or percentile clip (auto: by modality)")
     c.add_argument("--ct-window", type=float, nargs=2, default=(40.0, 400.0), metavar=("LEVEL", "WIDTH"), help="CT window in HU")
-    c.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    _encoding_options(c)
 
     t = sub.add_parser(
         "train",
@@ -95,9 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the depth-flipped volume")
     p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
-    p.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _encoding_options(p)
 
     e = sub.add_parser(
         "evaluate",

@@ -54,14 +54,7 @@ def load_dataset(root: str | Path) -> Dataset:
     """
     root = Path(root)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise UserError(f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{meta_path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise UserError(f"{meta_path} must hold a JSON object")
+    meta = _read_json(meta_path, f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
     if "channel_names" in meta:
         dataset = _load_nnunet(root, meta, meta_path)
     elif "training" in meta and "modality" in meta:
@@ -80,6 +73,19 @@ def load_dataset(root: str | Path) -> Dataset:
         if case.label is not None and not case.label.exists():
             raise UserError(f"case {case.name}: label not found: {case.label}")
     return dataset
+
+
+def _read_json(path: Path, missing: str) -> dict:
+    """A ``dataset.json`` as a dict; ``missing`` is the message when there is no file."""
+    if not path.is_file():
+        raise UserError(missing)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return meta
 
 
 def _inside(root: Path, relative: str, meta_path: Path) -> Path:
@@ -157,12 +163,6 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
 def read_class_names(meta_path: str | Path) -> list[str]:
     """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``."""
     meta_path = Path(meta_path)
-    if not meta_path.is_file():
-        raise UserError(f"labels file not found: {meta_path}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{meta_path} is not valid JSON: {err}") from err
-    labels = meta.get("labels") if isinstance(meta, dict) else None
+    labels = _read_json(meta_path, f"labels file not found: {meta_path}").get("labels")
     by_name = isinstance(labels, dict) and not all(str(k).isdigit() for k in labels)
     return _class_names(labels, meta_path, by_name=by_name)
