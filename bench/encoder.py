@@ -5,7 +5,8 @@ official ``segment_anything`` ``ImageEncoderViT`` (vit_b, random weights) is bui
 its weights are loaded into ``sam3dseg``'s encoder, and the two are timed in turn
 (A B A B ..., fp32, no autograd) so that drift of this shared machine hits both
 alike. Prints per-case medians, the ratio official/ours (> 1: ours is faster) and
-the largest absolute difference of the outputs.
+the largest absolute difference of the outputs; exits 1 if ours is slower at any
+size or differs by more than 1e-4.
 
     python bench/encoder.py [--repeats 3] [--cases 1024x1 256x8] [--json out.json]
 """
@@ -86,7 +87,13 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    slower = [r for r in results if r["speedup"] < 1.0]
+    off = [r for r in results if r["max_abs_diff"] > 1e-4]
+    if slower or off:
+        print(f"FAIL: ours slower at {[r['image_size'] for r in slower]}, outputs off at {[r['image_size'] for r in off]}")
+        sys.exit(1)
+    print("OK: ours is not slower at any size measured and matches to 1e-4")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ what "bounded" is about (the input volume and the features grow with D in both).
 A small SAM-structured encoder keeps the run short; the decoder and the windows are
 the real ones.
 
-    python bench/predict_memory.py [--depths 100 600] [--size 256] [--json out.json]
+    python bench/predict_memory.py [--depths 100 600] [--size 128] [--json out.json]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _child(mode: str, depth: int, size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", type=int, nargs="+", default=[100, 600])
-    parser.add_argument("--size", type=int, default=256, help="slice side = encoder input size")
+    parser.add_argument("--size", type=int, default=128, help="slice side = encoder input size")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
