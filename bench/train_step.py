@@ -132,7 +132,7 @@ def main() -> None:
         result = {"runs": runs, "summary": summary, "speedup": ratio, "speedup_official": ratio_official}
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if ratio < args.goal:
-        print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; README, "Speed")")
+        print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; README, 'Speed')")
         sys.exit(1)
 
 

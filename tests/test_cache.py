@@ -8,7 +8,6 @@ import torch
 from conftest import make_cache, tiny_encoder
 
 from sam3dseg.cache import EncoderInfo, load_case, read_manifest
-from sam3dseg.errors import UserError
 from sam3dseg.io import read_volume, write_volume
 from sam3dseg.preprocess import PreprocessConfig
 

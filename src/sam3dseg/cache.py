@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,8 +31,8 @@ import torch
 from .dataset import Case, Dataset
 from .encoder import SAMImageEncoder, encode_slices
 from .errors import UserError
-from .io import read_volume
-from .preprocess import PreprocessConfig, check_finite, preprocess_image, preprocess_label
+from .io import atomic_output, read_channels, read_volume
+from .preprocess import PreprocessConfig, preprocess_image, preprocess_label
 
 CACHE_FORMAT = "sam3dseg-cache"
 CACHE_VERSION = 1
@@ -85,16 +84,10 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_tensors(obj: dict, path: Path) -> None:
@@ -139,15 +132,7 @@ def read_manifest(cache: str | Path) -> dict:
 
 def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig, image_size: int):
     """Read, check and preprocess one case: ``(C, D', H', W')`` image, label or None, transform."""
-    channels, geometry = [], None
-    for path in case.images:
-        array, g = read_volume(path)
-        check_finite(array, str(path))
-        if geometry is not None and (array.shape[-3:] != channels[0].shape[-3:] or not g.matches(geometry)):
-            raise UserError(f"case {case.name}: {path} does not share the grid of {case.images[0]}")
-        geometry = geometry or g
-        channels.extend(array if array.ndim == 4 else array[None])
-    image = np.stack(channels)
+    image, geometry = read_channels(list(case.images))
     volume, transform = preprocess_image(image, geometry, dataset.channel_names, preprocess, image_size)
     label = None
     if case.label is not None:

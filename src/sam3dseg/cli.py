@@ -150,8 +150,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from .inference import PredictConfig, collect_inputs, ensure_writable, load_predictor, predict_probabilities, read_case
-    from .io import image_suffix, write_volume
+    from .inference import PredictConfig, collect_inputs, ensure_writable, load_predictor, predict_probabilities
+    from .io import atomic_output, image_suffix, read_channels, write_volume
     from .visualize import oriented, save_montage
 
     config = PredictConfig(window=args.window, overlap=args.overlap, flip_tta=args.tta, slice_batch=args.slice_batch, device=args.device)
@@ -159,11 +159,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     cases = collect_inputs(args.input, len(predictor.channel_names))
     out = ensure_writable(args.out)
     for name, paths in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
-        array, geometry = read_case(paths)
+        array, geometry = read_channels(paths)
+        array = array[0] if array.shape[0] == 1 else array
         if args.probabilities:
             probs = predict_probabilities(predictor, array, geometry)
             label = probs.argmax(0).astype(np.uint8)
-            _save_npy(out / f"{name}_probabilities.npy", probs.astype(np.float16))
+            with atomic_output(out / f"{name}_probabilities.npy") as tmp:
+                np.save(tmp, probs.astype(np.float16))
         else:
             label, _ = predictor.predict_array(array, geometry)
         suffix = image_suffix(paths[0]) or ".nii.gz"
@@ -172,14 +174,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             (image, seg), aspect = oriented([array if array.ndim == 3 else array[0], label], geometry, predictor.preprocess.slicing_axis)
             save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect)
     print(f"predicted {len(cases)} case(s) into {out}")
-
-
-def _save_npy(path, array) -> None:
-    import numpy as np
-
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

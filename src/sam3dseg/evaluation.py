@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 from .dataset import read_class_names
 from .errors import UserError
-from .io import image_suffix, read_volume
+from .io import atomic_output, image_suffix, read_volume
 from .metrics import case_metrics, summarise
 
 
@@ -72,16 +71,12 @@ def evaluate_folders(
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["case", "class", "dice", "hd95", "nsd"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out_dir / "metrics.csv")
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "summary.json")
+    with atomic_output(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
     if not quiet:
         print(format_table(summary, len(pairs)))
     return summary

@@ -27,8 +27,8 @@ from .config import RunConfig, from_dict
 from .decoder import SAM3DDecoder
 from .encoder import ENCODERS, SAMImageEncoder, build_encoder, encode_slices
 from .errors import UserError
-from .io import Geometry, read_volume
-from .preprocess import PreprocessConfig, Transform, unreorient, check_finite, preprocess_image
+from .io import Geometry
+from .preprocess import PreprocessConfig, Transform, preprocess_image, unreorient
 from .train import build_decoder, load_model_file, resolve_device
 
 
@@ -216,13 +216,6 @@ def load_predictor(model: str | Path, checkpoint: str | Path | None = None, conf
     return Predictor(state, encoder, config)
 
 
-def read_checked(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a volume to predict and refuse NaN/Inf intensities."""
-    array, geometry = read_volume(path)
-    check_finite(array, str(path))
-    return array, geometry
-
-
 def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[Path]]]:
     """Cases to predict under ``path``: ``(name, channel files)``.
 
@@ -255,18 +248,6 @@ def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[
                 raise UserError(f"case {name} in {path} has {len(paths)} channel file(s), the model needs {num_channels}")
         return list(cases.items())
     return [(s, [p]) for p, s in stems]
-
-
-def read_case(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
-    """Read a case's channel files into ``(C, z, y, x)`` (or ``(z, y, x)``) and check they share a grid."""
-    arrays, geometry = [], None
-    for p in paths:
-        array, g = read_checked(p)
-        if geometry is not None and (array.shape[-3:] != arrays[0].shape[-3:] or not g.matches(geometry)):
-            raise UserError(f"{p} does not share the grid of {paths[0]}")
-        geometry = geometry or g
-        arrays.extend(array if array.ndim == 4 else array[None])
-    return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), geometry
 
 
 def ensure_writable(folder: str | Path) -> Path:

@@ -17,6 +17,8 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,49 @@ class Geometry:
             and np.allclose(self.origin, other.origin, atol=max(tol, tol * max(map(abs, self.origin), default=0)))
             and np.allclose(self.direction, other.direction, atol=tol)
         )
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success.
+
+    Every file sam3dseg writes goes through here, so an output is either absent or
+    complete: a failure or a kill leaves no half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = image_suffix(path) or path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse NaN or Inf intensities, naming the file."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise UserError(f"{what} has {bad} NaN/Inf voxel(s); fix or mask them before use")
+
+
+def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
+    """Read one case's channel files (or one 4-D file) into ``(C, z, y, x)``.
+
+    Refuses NaN/Inf intensities and channels that do not share one grid.
+    """
+    channels, geometry = [], None
+    for path in paths:
+        array, g = read_volume(path)
+        check_finite(array, str(path))
+        if geometry is not None and (array.shape[-3:] != channels[0].shape or not g.matches(geometry)):
+            raise UserError(f"{path} does not share the grid of {paths[0]}")
+        geometry = geometry or g
+        channels.extend(array if array.ndim == 4 else array[None])
+    return np.stack(channels), geometry
 
 
 def _sitk():
@@ -189,13 +234,6 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix)]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
     return path

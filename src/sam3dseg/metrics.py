@@ -45,18 +45,23 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) 
     return to_b[sa], to_a[sb]
 
 
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """``2|P∩R| / (|P| + |R|)`` of two boolean masks; NaN when both are empty."""
+    total = int(pred.sum()) + int(ref.sum())
+    return 2 * int((pred & ref).sum()) / total if total else math.nan
+
+
 def class_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> dict:
     """Dice, HD95 and NSD of two boolean masks (see the module notes for empty masks)."""
-    p, r = int(pred.sum()), int(ref.sum())
-    if p == 0 and r == 0:
+    overlap = dice(pred, ref)
+    if math.isnan(overlap):
         return {"dice": math.nan, "hd95": math.nan, "nsd": math.nan}
-    dice = 2 * int((pred & ref).sum()) / (p + r)
-    if p == 0 or r == 0:
-        return {"dice": dice, "hd95": math.inf, "nsd": 0.0}
+    if not pred.any() or not ref.any():
+        return {"dice": overlap, "hd95": math.inf, "nsd": 0.0}
     d_pr, d_rp = surface_distances(pred, ref, spacing)
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
     nsd = (int((d_pr <= tolerance).sum()) + int((d_rp <= tolerance).sum())) / (d_pr.size + d_rp.size)
-    return {"dice": dice, "hd95": hd95, "nsd": nsd}
+    return {"dice": overlap, "hd95": hd95, "nsd": nsd}
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], num_classes: int, tolerance: float) -> list[dict]:

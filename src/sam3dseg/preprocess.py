@@ -174,13 +174,6 @@ def _resample_label(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return label
 
 
-def check_finite(array: np.ndarray, what: str) -> None:
-    """Refuse NaN or Inf intensities, naming the file."""
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        raise UserError(f"{what} has {bad} NaN/Inf voxel(s); fix or mask them before training")
-
-
 def preprocess_image(
     array: np.ndarray, geometry: Geometry, modalities: list[str], config: PreprocessConfig, image_size: int
 ) -> tuple[np.ndarray, Transform]:

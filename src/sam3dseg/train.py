@@ -25,10 +25,12 @@ import torch.distributed as dist
 
 from .cache import read_manifest, save_tensors
 from .config import RunConfig, dump_yaml, from_dict, to_dict
-from .data import CaseStore, crop_depth, padded_label, sample_batch
+from .data import CaseStore, crop_depth, sample_batch
 from .decoder import SAM3DDecoder
 from .errors import UserError
+from .io import atomic_output
 from .losses import DeepSupervisionLoss
+from .metrics import dice
 
 MODEL_FORMAT = "sam3dseg-model"
 MODEL_VERSION = 1
@@ -55,15 +57,10 @@ def build_decoder(config: RunConfig, num_classes: int, in_channels: int) -> SAM3
     return SAM3DDecoder(num_classes, in_channels, d.channels, d.shortcut_kernel, d.activation, d.upsample)
 
 
-@torch.no_grad()
 def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> list[float]:
     """Foreground Dice per class 1..K-1 of two label volumes; NaN where both are empty."""
-    scores = []
-    for k in range(1, num_classes):
-        p, y = pred == k, label == k
-        denom = int(p.sum() + y.sum())
-        scores.append(2 * int((p & y).sum()) / denom if denom else float("nan"))
-    return scores
+    pred, label = pred.cpu().numpy(), label.cpu().numpy()
+    return [dice(pred == k, label == k) for k in range(1, num_classes)]
 
 
 @torch.no_grad()
@@ -137,20 +134,17 @@ def _save_plot(history: list[dict], path: Path) -> None:
         ax[1].plot(*zip(*val), marker=".", color="tab:green")
     ax[1].set(xlabel="epoch", ylabel="mean foreground Dice", title="validation Dice", ylim=(0, 1))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_log(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     keys = ["epoch", "train_loss", "val_dice", "lr", "seconds"]
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def load_model_file(path: str | Path) -> dict:
