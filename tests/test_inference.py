@@ -129,6 +129,21 @@ def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
     assert (tmp_path / "out" / "odd.png").is_file()
 
 
+def test_predict_resumes_and_overwrites(vit_b_model, generated_dataset, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    for c in ("case_000", "case_001"):
+        (images / f"{c}_0000.nii.gz").write_bytes((generated_dataset / "imagesTr" / f"{c}_0000.nii.gz").read_bytes())
+    args = ["predict", "--model", str(vit_b_model), "--input", str(images), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0 and "predicted 2 case(s)" in capsys.readouterr().out
+    (tmp_path / "out" / "case_001.nii.gz").unlink()  # as if killed before its segmentation was written
+    stamp = (tmp_path / "out" / "case_000.nii.gz").stat().st_mtime_ns
+    assert main(args) == 0 and "predicted 1 case(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "case_001.nii.gz").is_file()
+    assert (tmp_path / "out" / "case_000.nii.gz").stat().st_mtime_ns == stamp  # not redone
+    assert main([*args, "--overwrite"]) == 0 and "predicted 2 case(s)" in capsys.readouterr().out
+
+
 def _run(args, capsys):
     code = main(args)
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("sam3dseg: WARNING")]

@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the depth-flipped volume")
     p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
+    p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
     _encoding_options(p)
 
     e = sub.add_parser(
@@ -135,7 +136,8 @@ Each volume is preprocessed as recorded in the model file, encoded slice by slic
 decoded over overlapping depth windows (Gaussian-weighted along depth), mapped back
 onto its own grid and written as OUT/{case}{ext} with the input's exact geometry.
 Inputs: one file, a DICOM series folder, or a folder of images (nnU-Net style
-{case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case).
+{case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case). Cases whose
+segmentation is already in OUT are skipped, so a killed run resumes; --overwrite redoes them.
 """
 
 EPILOG_EVALUATE = """\
@@ -158,7 +160,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     predictor = load_predictor(args.model, args.checkpoint, config)
     cases = collect_inputs(args.input, len(predictor.channel_names))
     out = ensure_writable(args.out)
+    done = 0
     for name, paths in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
+        target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
+        if target.exists() and not args.overwrite:
+            continue  # written atomically, last: an existing segmentation is a finished case
         array, geometry = read_channels(paths)
         array = array[0] if array.shape[0] == 1 else array
         if args.probabilities:
@@ -168,12 +174,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                 np.save(tmp, probs.astype(np.float16))
         else:
             label, _ = predictor.predict_array(array, geometry)
-        suffix = image_suffix(paths[0]) or ".nii.gz"
-        write_volume(label, geometry, out / f"{name}{suffix}")
         if args.png:
             (image, seg), aspect = oriented([array if array.ndim == 3 else array[0], label], geometry, predictor.preprocess.slicing_axis)
             save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect)
-    print(f"predicted {len(cases)} case(s) into {out}")
+        write_volume(label, geometry, target)
+        done += 1
+    skipped = f", {len(cases) - done} already there (--overwrite to redo)" if done < len(cases) else ""
+    print(f"predicted {done} case(s) into {out}{skipped}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
