@@ -222,3 +222,16 @@ def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
     assert done.stdout.count("3 case(s) encoded") == 2
     assert len(read_manifest(tmp_path / "c")["cases"]) == 6
     assert len(list((tmp_path / "c" / "cases").glob("*.pt"))) == 6
+
+
+def test_damaged_cached_case_is_explained(generated_dataset, tmp_path):
+    from sam3dseg.errors import UserError
+
+    make_cache(generated_dataset, tmp_path / "c")
+    path = tmp_path / "c" / "cases" / "case_001.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"case_001.pt is not a readable cached case .*run `sam3dseg cache` again") as err:
+        load_case(tmp_path / "c", "case_001")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="cached case not found: .*case_404.pt"):
+        load_case(tmp_path / "c", "case_404")

@@ -31,7 +31,7 @@ import torch
 from .dataset import Case, Dataset
 from .encoder import SAMImageEncoder, encode_slices
 from .errors import UserError
-from .io import atomic_output, read_channels, read_volume
+from .io import atomic_output, load_tensors, read_channels, read_volume
 from .preprocess import PreprocessConfig, preprocess_image, preprocess_label
 
 CACHE_FORMAT = "sam3dseg-cache"
@@ -109,12 +109,7 @@ def write_json(obj: dict, path: Path) -> None:
 def load_case(cache: Path, name: str) -> dict:
     """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``transform``."""
     path = Path(cache) / "cases" / f"{name}.pt"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise UserError(f"cache {cache} has no case {name}: run `sam3dseg cache` again") from err
-    except Exception as err:
-        raise UserError(f"cached case {path} is unreadable ({err}); delete it and run `sam3dseg cache` again") from err
+    return load_tensors(path, "cached case", hint="; run `sam3dseg cache` again (delete the file if it is damaged)")
 
 
 def read_manifest(cache: str | Path) -> dict:

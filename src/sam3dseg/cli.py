@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser(
         "predict",
         help="segment new volumes with a trained model",

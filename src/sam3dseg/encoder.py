@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .io import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -334,16 +335,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
     Accepts a bare state dict or one nested under ``"model"`` / ``"state_dict"``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure to unpickle means "not a checkpoint we can read"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated, or not saved with torch.save?): {first}"
-        ) from err
+    obj = load_tensors(path, "PyTorch checkpoint", CheckpointError)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -73,6 +73,25 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError, hint: str = "") -> object:
+    """``torch.load`` on the CPU with ``weights_only=True``: no pickled code from disk ever runs.
+
+    A missing or unreadable file raises ``error`` with one line naming the file and
+    ``what`` it should be, plus ``hint`` on what to do.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to unpickle means "not a file we can read"
+        text = str(err).strip()
+        first = text.splitlines()[0][:160] if text else type(err).__name__
+        raise error(f"{path} is not a readable {what} (truncated, or not saved with torch.save?): {first}{hint}") from err
+
+
 def check_finite(array: np.ndarray, what: str) -> None:
     """Refuse NaN or Inf intensities, naming the file."""
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():

@@ -28,7 +28,7 @@ from .config import RunConfig, dump_yaml, from_dict, to_dict
 from .data import CaseStore, crop_depth, sample_batch
 from .decoder import SAM3DDecoder
 from .errors import UserError
-from .io import atomic_output
+from .io import atomic_output, load_tensors
 from .losses import DeepSupervisionLoss
 from .metrics import dice
 
@@ -149,13 +149,7 @@ def _write_log(history: list[dict], path: Path) -> None:
 
 def load_model_file(path: str | Path) -> dict:
     """A ``last.pt`` / ``best.pt`` written by :func:`train`, loaded ``weights_only``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path} is not a readable sam3dseg model file ({str(err).splitlines()[0][:120]})") from err
+    obj = load_tensors(path, "sam3dseg model file")
     if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is not a sam3dseg model file (no '{MODEL_FORMAT}' marker)")
     return obj
