@@ -13,6 +13,7 @@ linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch.nn.functional as F
@@ -70,18 +71,78 @@ class ResidualUpBlock(nn.Module):
         self.act = _activation(activation)
         self.upsample = upsample
 
+    def residual(self, g: Tensor) -> Tensor:
+        """``r1 = IN(W2 * σ(IN(W1 * g)))``, the seed's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(g)))))
+
+    def shortcut(self, g: Tensor) -> Tensor:
+        """``r2 = IN(W0 * g)``: ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
+        return self.norm0(self.conv0(g))
+
     def forward(self, g: Tensor) -> Tensor:
-        r1 = self.norm2(self.conv2(self.act(self.norm1(self.conv1(g)))))
-        r2 = self.norm0(self.conv0(g))
-        y = self.act(r1 + r2)
-        if self.upsample == "linear":
-            # Trilinear with depth factor 1 is the identity along D (align_corners=False
-            # maps slice d onto d exactly), so this is bilinear ×2 in-plane per slice.
-            return F.interpolate(y, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
-        return F.interpolate(y, scale_factor=(1, 2, 2), mode="nearest")
+        return upsample_in_plane(self.act(self.residual(g) + self.shortcut(g)), self.upsample)
 
 
-class SAM3DDecoder(nn.Module):
+def upsample_in_plane(y: Tensor, mode: Upsample) -> Tensor:
+    """``U_2x``: ``(B, C, D, h, w) -> (B, C, D, 2h, 2w)``, linear or nearest, depth kept."""
+    if mode == "linear":
+        # Trilinear with depth factor 1 is the identity along D (align_corners=False
+        # maps slice d onto d exactly), so this is bilinear ×2 in-plane per slice.
+        return F.interpolate(y, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+    return F.interpolate(y, scale_factor=(1, 2, 2), mode="nearest")
+
+
+class LevelDecoder(nn.Module):
+    """Four blocks ``g(ℓ) -> g(ℓ+1)`` and a 1×1×1 head per level: the contract every decoder here keeps.
+
+    Subclasses pass ``make_block(C_ℓ, C_ℓ+1)``, which builds a module ``(B, C_ℓ, D, h, w)
+    -> (B, C_ℓ+1, D, 2h, 2w)``; this class owns the heads and the forward pass, so
+    the seed's conv decoder and the attention baseline (:mod:`sam3dseg.attention`)
+    take the same input and return the same four outputs.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        channels: tuple[int, ...],
+        make_block: Callable[[int, int], nn.Module],
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
+        if len(channels) != 4:
+            raise ValueError(f"channels must give the four widths C_1..C_4, got {channels}")
+        self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
+        widths = (in_channels, *channels)
+        # Blocks before heads: the order random initialisation draws in.
+        self.blocks = nn.ModuleList(make_block(widths[i], widths[i + 1]) for i in range(4))
+        self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in channels)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``(C_0, C_1, …, C_4)``."""
+        return (self.in_channels, *self.channels)
+
+    def forward(self, features: Tensor) -> list[Tensor]:
+        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``."""
+        if features.ndim != 5 or features.shape[1] != self.in_channels:
+            raise ValueError(
+                f"decoder expects features (B, {self.in_channels}, D, h, w), got {tuple(features.shape)}"
+            )
+        outputs = []
+        g = features
+        for block, head in zip(self.blocks, self.heads):
+            g = block(g)
+            outputs.append(head(g))
+        return outputs
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameter elements."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class SAM3DDecoder(LevelDecoder):
     """Four residual-upsampling blocks and a 1×1×1 head per level (seed §2).
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
@@ -110,35 +171,13 @@ class SAM3DDecoder(nn.Module):
             activation: σ, ``relu`` (seed) or ``leaky_relu`` (original).
             upsample: U_2x, ``linear`` (seed) or ``nearest`` (original).
         """
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
-        if len(channels) != 4:
-            raise ValueError(f"channels must give the four widths C_1..C_4, got {channels}")
-        self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
-        self.shortcut_kernel = shortcut_kernel
-        widths = (in_channels, *channels)
-        self.blocks = nn.ModuleList(
-            ResidualUpBlock(widths[i], widths[i + 1], shortcut_kernel, activation, upsample) for i in range(4)
+        super().__init__(
+            num_classes,
+            in_channels,
+            channels,
+            lambda cin, cout: ResidualUpBlock(cin, cout, shortcut_kernel, activation, upsample),
         )
-        self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in channels)
-
-    def forward(self, features: Tensor) -> list[Tensor]:
-        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``."""
-        if features.ndim != 5 or features.shape[1] != self.in_channels:
-            raise ValueError(
-                f"decoder expects features (B, {self.in_channels}, D, h, w), got {tuple(features.shape)}"
-            )
-        outputs = []
-        g = features
-        for block, head in zip(self.blocks, self.heads):
-            g = block(g)
-            outputs.append(head(g))
-        return outputs
-
-    def num_parameters(self) -> int:
-        """Number of trainable parameter elements."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        self.shortcut_kernel = shortcut_kernel
 
     def level_flops(self, depth: int, height: int, width: int) -> list[int]:
         """Analytic FLOPs of the convolutions per level, ℓ = 1..4, for input ``(·, ·, D, h, w)``.
@@ -150,7 +189,7 @@ class SAM3DDecoder(nn.Module):
         not O(voxels·C²)).
         """
         k0 = self.shortcut_kernel**3
-        widths = (self.in_channels, *self.channels)
+        widths = self.widths
         flops = []
         for i in range(4):
             cin, cout = widths[i], widths[i + 1]
