@@ -74,7 +74,7 @@ def test_power_iteration_finds_the_operator_norm():
     estimate = conv_spectral_norm(conv, grid, iterations=200)
     # power iteration approaches from below; close singular values slow it down
     assert exact * (1 - 1e-3) <= estimate <= exact * (1 + 1e-12)
-    assert float(conv.weight.abs().sum()) >= exact  # the seed's ‖W‖₁ bound
+    assert float(conv.weight.detach().abs().sum()) >= exact  # the seed's ‖W‖₁ bound
 
 
 def test_deep_supervision_gradient_is_the_weighted_sum():

@@ -4,8 +4,11 @@ The public API, listed once::
 
     from sam3dseg import build_encoder, SAM3DDecoder, SAM3D, deep_supervision_loss  # the model
     from sam3dseg import load_dataset, build_cache, train, load_predictor           # the pipeline
+    from sam3dseg import AttentionDecoder, run_analysis                               # the analysis
 """
 
+from .analysis import run_analysis
+from .attention import AttentionDecoder
 from .cache import EncoderInfo, build_cache
 from .config import RunConfig, load_run_config
 from .dataset import load_dataset
@@ -29,6 +32,7 @@ from .train import load_model_file, train
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionDecoder",
     "ENCODERS",
     "EncoderInfo",
     "Geometry",
@@ -42,6 +46,7 @@ __all__ = [
     "load_predictor",
     "load_run_config",
     "read_volume",
+    "run_analysis",
     "train",
     "write_volume",
     "DEEP_SUPERVISION_WEIGHTS",

@@ -6,6 +6,7 @@ verdict computed from the numbers (holds / holds with constant c / does not hold
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -325,9 +326,23 @@ def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
             f"crop {k}" for k in next(iter(c["memory_laws"].values()))["crops_mib"]) + " |",
         "|---|---|---|" + "---|" * len(next(iter(c["memory_laws"].values()))["crops_mib"]),
     ]
+    flat = []
     for name, law in c["memory_laws"].items():
         crops = " | ".join(_mib(v) for v in law["crops_mib"].values())
-        lines.append(f"| {name} | {_law_text(law)} | {law['voxels_at_machine_memory']:,.0f} | {crops} |")
+        reach = law["voxels_at_machine_memory"]
+        if math.isfinite(reach):
+            lines.append(f"| {name} | {_law_text(law)} | {reach:,.0f} | {crops} |")
+        else:  # no growth resolved above the noise: nothing to extrapolate
+            flat.append(name)
+            dashes = " | ".join("–" for _ in law["crops_mib"])
+            lines.append(f"| {name} | {_law_text(law)} (no growth resolved) | – | {dashes} |")
+    if flat:
+        lines += [
+            "",
+            f"For {', '.join(flat)} the peak did not grow measurably over the sweep: it is dominated by the "
+            "convolutions' workspace, whose size depends on the algorithm oneDNN picks for each shape "
+            "(the forward+backward peaks and the saved activations do grow linearly).",
+        ]
     lines += [
         "",
         "The attention figures are extrapolations of the measured law: the runs that would exhaust the "
