@@ -205,9 +205,10 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  f"gain through 4 blocks {statistics.mean(proj['gain_four_blocks']):.2f}",
                  "not applicable: no identity term", "the shortcut is IN(W0*g), and σ after ⊕ zeroes gradients"))
     serial = forms["serial"]
-    rows.append(("§4 serial y = φ(g): gradient may be < 1 or > 1", f"gain through 4 blocks "
-                 f"{min(serial['gain_four_blocks']):.2f}–{max(serial['gain_four_blocks']):.2f}", "holds (both possible); "
-                 "no vanishing at init", "IN rescales every layer's output to unit variance"))
+    sv = [v for spectrum in serial["jacobian_singular_values"] for v in spectrum]
+    rows.append(("§4 serial y = φ(g): gradient may be < 1 or > 1", f"singular values {min(sv):.2g}–{max(sv):.3g}; "
+                 f"gain through 4 blocks {min(serial['gain_four_blocks']):.2f}–{max(serial['gain_four_blocks']):.2f}",
+                 "holds per direction; no vanishing at init", "IN rescales every layer's output to unit variance"))
     cat = forms["concat"]
     p_ratio = cat["parameters"] / ident["parameters"]
     m_ratio = cat["activation_bytes"] / ident["activation_bytes"]
