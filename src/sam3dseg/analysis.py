@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .decoder import ResidualUpBlock, SAM3DDecoder
 from .losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
 from .memory_probe import METHOD as MEMORY_METHOD
-from .memory_probe import build_decoder, measure_peak_memory, run_pass
+from .memory_probe import build_decoder, measure_peak_memory, saved_storages
 
 KINDS = ("conv", "sdpa", "explicit")
 
@@ -321,13 +321,7 @@ class BlockForm(nn.Module):
 
 def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
     """Bytes autograd keeps for the backward pass of ``fn()`` (distinct storages, output included)."""
-    storages: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages() as storages:
         out = fn()
     storages[out.untyped_storage().data_ptr()] = out.untyped_storage().nbytes()
     return sum(storages.values())

@@ -107,7 +107,7 @@ def _plot_gradients(g: dict[str, Any], out: Path) -> str:
                         label="one block" if i == 0 else None)
         axes[0].scatter([i + 0.1] * len(row["gain_four_blocks"]), row["gain_four_blocks"], color="tab:red", s=14,
                         label="four blocks" if i == 0 else None)
-        values = sorted((v for spectrum in row["jacobian_singular_values"] for v in spectrum), reverse=True)
+        values = sorted(_singular_values(row), reverse=True)
         axes[1].semilogy([k / len(values) for k in range(len(values))], [max(v, 1e-12) for v in values], label=form)
     axes[0].axhline(1, color="k", lw=0.8, ls=":")
     axes[0].set_xticks(range(len(forms)), forms)
@@ -194,18 +194,18 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  "Young's inequality; IN layers are not covered (their constant is γ/σ of the input)"))
     forms = r["gradient_forms"]["forms"]
     ident = forms["identity"]
-    smin = min(min(s) for s in ident["jacobian_singular_values"])
+    smin = min(_singular_values(ident))
     rows.append(("§4 y = g + φ(g) ⇒ backward gradient ≥ 1", f"σ_min(I + ∇φ) = {smin:.2g}; mean gain "
                  f"{statistics.mean(ident['gain_one_block']):.2f} over random directions",
                  "does not hold as a bound" if smin < 1 else "holds",
                  "I + ∇φ can be near-singular; what the identity adds is full rank and a mean gain above 1"))
     proj = forms["projection"]
-    smin_p = min(min(s) for s in proj["jacobian_singular_values"])
+    smin_p = min(_singular_values(proj))
     rows.append(("§4 the same for the real block (projection W0, σ after ⊕)", f"σ_min = {smin_p:.2g}, "
                  f"gain through 4 blocks {statistics.mean(proj['gain_four_blocks']):.2f}",
                  "not applicable: no identity term", "the shortcut is IN(W0*g), and σ after ⊕ zeroes gradients"))
     serial = forms["serial"]
-    sv = [v for spectrum in serial["jacobian_singular_values"] for v in spectrum]
+    sv = _singular_values(serial)
     rows.append(("§4 serial y = φ(g): gradient may be < 1 or > 1", f"singular values {min(sv):.2g}–{max(sv):.3g}; "
                  f"gain through 4 blocks {min(serial['gain_four_blocks']):.2f}–{max(serial['gain_four_blocks']):.2f}",
                  "holds per direction; no vanishing at init", "IN rescales every layer's output to unit variance"))
@@ -412,7 +412,7 @@ def _gradient_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for form, row in g["forms"].items():
-        sv = [v for s in row["jacobian_singular_values"] for v in s]
+        sv = _singular_values(row)
         lines.append(
             f"| {form} | {row['parameters']:,} | {row['activation_bytes'] / 1024:.0f} KiB | "
             f"{_spread(row['gain_one_block'])} | {_spread(row['gain_four_blocks'])} | {min(sv):.2g} | "
@@ -421,10 +421,10 @@ def _gradient_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
     forms = g["forms"]
 
     def smallest(form: str) -> float:
-        return min(min(s) for s in forms[form]["jacobian_singular_values"])
+        return min(_singular_values(forms[form]))
 
     def zeros(form: str) -> float:
-        sv = [v for s in forms[form]["jacobian_singular_values"] for v in s]
+        sv = _singular_values(forms[form])
         return sum(v < 1e-8 for v in sv) / len(sv)
 
     lines += [
@@ -443,6 +443,11 @@ def _gradient_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _singular_values(form_row: dict[str, Any]) -> list[float]:
+    """All seeds' Jacobian singular values of one form, pooled."""
+    return [v for spectrum in form_row["jacobian_singular_values"] for v in spectrum]
 
 
 def _spread(values: list[float]) -> str:

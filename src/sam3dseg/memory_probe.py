@@ -25,6 +25,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,28 @@ def run_pass(model, features, backward: bool) -> None:
             model(features)
 
 
+@contextmanager
+def saved_storages(exclude: Collection[int] = ()) -> Iterator[dict[int, int]]:
+    """Record what autograd saves for backward inside the block: ``{storage pointer: bytes}``.
+
+    Each storage is counted once however many views of it are saved; storages whose
+    pointer is in ``exclude`` (e.g. the weights) are skipped. Tensors pass through
+    unchanged, so recording costs no memory.
+    """
+    import torch
+
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
 def _probe(config: dict[str, Any]) -> dict[str, Any]:
     """Measure one configuration in this (forked) process."""
     import torch
@@ -87,17 +111,10 @@ def _probe(config: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     reset = _reset_peak()
     before = _status_kib("VmRSS")
-    saved: dict[int, int] = {}  # storage -> bytes of every tensor autograd keeps for backward
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:  # weights are kept anyway
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # kept anyway
     start = time.perf_counter()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_storages(exclude=weights) as saved:
             run_pass(model, features, config["backward"])
     except RuntimeError as err:  # an allocation this machine cannot satisfy
         return {**config, "error": str(err).splitlines()[0]}
