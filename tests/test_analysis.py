@@ -109,3 +109,6 @@ def test_analyze_out_must_be_a_folder(tmp_path, capsys):
     assert main(["analyze", "--out", str(target), "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file" in err[0]
+    assert main(["analyze", "--out", str(target / "below"), "--quick"]) == 2  # a folder under a file
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create --out" in err[0]

@@ -487,7 +487,6 @@ def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = pr
     from .io import atomic_output
 
     config = analysis_config(quick)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {"quick": quick, "config": asdict(config), "torch": torch.__version__}

@@ -224,6 +224,10 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the report")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --out {args.out}: {err.strerror}; give a writable folder") from None
     run_analysis(args.out, args.quick, log=(lambda _: None) if args.quiet else print)
     print(f"analysis written to {args.out / 'report.md'}")
 
