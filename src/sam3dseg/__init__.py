@@ -5,17 +5,17 @@ The public API, listed once::
     from sam3dseg import build_encoder, SAM3DDecoder, SAM3D, deep_supervision_loss  # the model
     from sam3dseg import load_dataset, build_cache, train, load_predictor           # the pipeline
     from sam3dseg import AttentionDecoder, run_analysis                               # the analysis
+
+The analysis (``sam3dseg.analysis``) is loaded only when one of its names is used.
 """
 
-from .analysis import run_analysis
-from .attention import AttentionDecoder
-from .cache import EncoderInfo, build_cache
-from .config import RunConfig, load_run_config
-from .dataset import load_dataset
-from .decoder import ResidualUpBlock, SAM3DDecoder
-from .encoder import ENCODERS, SAMImageEncoder, build_encoder, encode_slices, load_checkpoint
+from .data.datasets import load_dataset
+from .data.preprocess import PreprocessConfig
+from .data.volumes import Geometry, read_volume, write_volume
 from .errors import CheckpointError, UserError
-from .losses import (
+from .model.decoder import ResidualUpBlock, SAM3DDecoder
+from .model.encoder import ENCODERS, EncoderInfo, build_encoder, encode_slices, encode_volume, load_checkpoint
+from .model.losses import (
     DEEP_SUPERVISION_WEIGHTS,
     DeepSupervisionLoss,
     cross_entropy,
@@ -23,45 +23,65 @@ from .losses import (
     dice_loss,
     level_loss,
 )
-from .inference import PredictConfig, Predictor, load_predictor
-from .io import Geometry, read_volume, write_volume
-from .model import SAM3D
-from .preprocess import PreprocessConfig
-from .train import load_model_file, train
+from .model.sam3d import SAM3D
+from .model.vit import SAMImageEncoder
+from .pipeline.cache import build_cache, run_cache
+from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
+from .pipeline.model_file import ModelFile, load_model_file
+from .pipeline.predict import Predictor, load_predictor, predict_folder
+from .pipeline.train import train
 
 __version__ = "0.1.0"
 
+_ANALYSIS = ("AttentionDecoder", "run_analysis")
+
+
+def __getattr__(name: str):
+    # The analysis wing loads on first use: `import sam3dseg` stays free of it.
+    if name in _ANALYSIS:
+        from . import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'sam3dseg' has no attribute {name!r}")
+
+
 __all__ = [
     "AttentionDecoder",
+    "CacheConfig",
+    "CheckpointError",
+    "DEEP_SUPERVISION_WEIGHTS",
+    "DeepSupervisionLoss",
     "ENCODERS",
     "EncoderInfo",
     "Geometry",
+    "ModelFile",
     "PredictConfig",
     "Predictor",
     "PreprocessConfig",
-    "RunConfig",
-    "build_cache",
-    "load_dataset",
-    "load_model_file",
-    "load_predictor",
-    "load_run_config",
-    "read_volume",
-    "run_analysis",
-    "train",
-    "write_volume",
-    "DEEP_SUPERVISION_WEIGHTS",
-    "CheckpointError",
-    "DeepSupervisionLoss",
     "ResidualUpBlock",
+    "RunConfig",
     "SAM3D",
     "SAM3DDecoder",
     "SAMImageEncoder",
     "UserError",
+    "build_cache",
     "build_encoder",
     "cross_entropy",
     "deep_supervision_loss",
     "dice_loss",
     "encode_slices",
+    "encode_volume",
     "level_loss",
+    "load_cache_config",
     "load_checkpoint",
+    "load_dataset",
+    "load_model_file",
+    "load_predictor",
+    "load_run_config",
+    "predict_folder",
+    "read_volume",
+    "run_analysis",
+    "run_cache",
+    "train",
+    "write_volume",
 ]

@@ -1,6 +1,8 @@
 """The ``sam3dseg`` command: ``cache``, ``train``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
 
-A mistake in the input (bad path, bad file, wrong shape) is printed as one line
+Each command parses its options into the stage's settings (checked there, see
+:mod:`sam3dseg.pipeline.config`), calls one library function and reports. A
+mistake in the input (bad path, bad file, bad value) is printed as one line
 ``sam3dseg: error: ...`` with exit status 2; anything else is a bug and keeps its
 traceback.
 """
@@ -8,19 +10,25 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .common.runtime import is_main_process
+from .common.settings import format_settings, load_settings
+from .data.preprocess import PreprocessConfig
 from .errors import UserError
+from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
 
 EPILOG_CACHE = """\
 Every case is preprocessed (reoriented so slices run along --slicing-axis, intensities
 to [0, 255], resized to the encoder's input) and encoded once; features are stored in
 fp16 under OUT/cases/. Re-running encodes only cases whose image, label, settings or
-encoder changed, and a killed run resumes where it stopped.
+encoder changed, and a killed run resumes where it stopped. The resolved settings are
+written to OUT/cache.yaml: `--config OUT/cache.yaml` repeats the run (flags given beside
+it override the file).
 
 Under torchrun (--nproc_per_node N) cases are shared out across the N processes.
 
@@ -36,122 +44,9 @@ The resolved configuration is written to OUT/config.yaml. OUT/last.pt (every epo
 and OUT/best.pt (best validation Dice) carry weights, configuration, class names and
 preprocessing: prediction needs nothing else. Re-running the same command resumes
 from OUT/last.pt. Data-parallel: torchrun --nproc_per_node N -m sam3dseg train ...
+
+Keys (default, then meaning and allowed values):
 """
-
-
-def _encoding_options(parser: argparse.ArgumentParser) -> None:
-    """Options of every command that runs the encoder."""
-    parser.add_argument("--slice-batch", type=int, default=8, help="slices encoded at once (default 8)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sam3dseg",
-        description="3-D segmentation with a frozen Segment-Anything encoder and a light 3-D decoder.",
-    )
-    parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    c = sub.add_parser(
-        "cache",
-        help="encode a dataset's slices once with the frozen SAM encoder",
-        description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
-        epilog=EPILOG_CACHE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
-    c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
-    c.add_argument("--checkpoint", type=Path, help="SAM / MedSAM checkpoint (.pth); without it the encoder is random")
-    c.add_argument("--encoder", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="SAM variant (default vit_b)")
-    c.add_argument("--image-size", type=int, default=1024, help="encoder input side, a multiple of 16 (default 1024)")
-    c.add_argument("--slicing-axis", default="axial", choices=["axial", "coronal", "sagittal"], help="slices run across this axis")
-    c.add_argument("--target-spacing", type=float, nargs=3, metavar=("D", "H", "W"), help="resample to this spacing (mm) first")
-    c.add_argument("--intensity", default="auto", choices=["auto", "ct", "percentile"], help="CT window or percentile clip (auto: by modality)")
-    c.add_argument("--ct-window", type=float, nargs=2, default=(40.0, 400.0), metavar=("LEVEL", "WIDTH"), help="CT window in HU")
-    _encoding_options(c)
-
-    t = sub.add_parser(
-        "train",
-        help="train the decoder on a cache",
-        description="Train the 3-D decoder with deep supervision on cached encoder features.",
-        epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
-    t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
-    t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser(
-        "predict",
-        help="segment new volumes with a trained model",
-        description="Segment volumes with a model file written by `sam3dseg train`.",
-        epilog=EPILOG_PREDICT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, type=Path, help="RUN/best.pt (or last.pt)")
-    p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
-    p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
-    p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")
-    p.add_argument("--window", type=int, help="slices per decoder pass (default: the training crop depth)")
-    p.add_argument("--overlap", type=float, default=0.5, help="overlap of consecutive windows, 0..1 (default 0.5)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the depth-flipped volume")
-    p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
-    p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
-    p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
-    _encoding_options(p)
-
-    e = sub.add_parser(
-        "evaluate",
-        help="score predictions against references (Dice, HD95, NSD)",
-        description="Score segmentations against references, per case and class.",
-        epilog=EPILOG_EVALUATE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
-    e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
-    e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
-    e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1.0)")
-    e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
-    e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    d = sub.add_parser(
-        "demo",
-        help="run the whole pipeline on a small brain dataset made from the MNI152 template",
-        description="Dataset -> cache -> train -> predict -> evaluate on deformations of the MNI152 "
-        "template shipped with nilearn (no download). About 10 minutes on a 2-core CPU.",
-    )
-    d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
-    d.add_argument("--checkpoint", type=Path, help="SAM ViT-B checkpoint; without it the encoder is random")
-    d.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
-    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-    a = sub.add_parser(
-        "analyze",
-        help="measure the write-up's complexity, gradient and Lipschitz claims; write a report",
-        description="Check the write-up's claims (seed §2.2-§5) on the real modules: FLOPs and peak "
-        "memory of the conv decoder against a 3-D self-attention baseline, FLOPs per level against "
-        "the seed's formula, gradients through four ways of joining the block's paths, the ‖W‖₁ "
-        "Lipschitz bound, and the deep-supervision gradient sum.",
-        epilog=EPILOG_ANALYZE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
-    a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
-    a.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
-
-
-EPILOG_ANALYZE = """Runs on the CPU. Peak memory is measured with each configuration in its own freshly
-forked process (peak resident memory from /proc, reset just before the pass), so one
-configuration's leftovers never count towards another's. The full run takes a few
-minutes on a 2-core CPU and needs about 2 GiB of memory; --quick well under one.
-"""
-
 
 EPILOG_PREDICT = """\
 Each volume is preprocessed as recorded in the model file, encoded slice by slice,
@@ -169,44 +64,156 @@ Empty masks: both empty -> left out of that class's mean; one empty -> Dice 0, N
 HD95 inf (left out of the mean HD95, counted in summary.json).
 """
 
+EPILOG_ANALYZE = """\
+Runs on the CPU. Peak memory is measured with each configuration in its own freshly
+forked process (peak resident memory from /proc, reset just before the pass), so one
+configuration's leftovers never count towards another's. The full run takes a few
+minutes on a 2-core CPU and needs about 2 GiB of memory; --quick well under one.
+"""
+
+
+def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) -> None:
+    """An option for setting ``name`` of ``cls``: flag, meaning and default come from the setting's rule.
+
+    Options left out keep the dataclass default (``SUPPRESS``): the defaults live in one place.
+    """
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    rule = f.metadata["rule"]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    help_text = rule.help if isinstance(default, bool) else f"{rule.help}: {rule.allowed} (default {shown})"
+    parser.add_argument(rule.flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict:
+    """The options of ``cls`` that were given on the command line, as a settings dict."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam3dseg",
+        description="3-D segmentation with a frozen Segment-Anything encoder and a light 3-D decoder.",
+    )
+    parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    c = sub.add_parser("cache", help="encode a dataset's slices once with the frozen SAM encoder",
+                       description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
+                       epilog=EPILOG_CACHE, formatter_class=raw)  # fmt: skip
+    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
+    c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
+    _setting(c, CacheConfig, "checkpoint", metavar="PTH")
+    _setting(c, CacheConfig, "encoder")
+    _setting(c, CacheConfig, "image_size", type=int)
+    _setting(c, PreprocessConfig, "slicing_axis")
+    _setting(c, PreprocessConfig, "target_spacing", type=float, nargs=3, metavar=("D", "H", "W"))
+    _setting(c, PreprocessConfig, "intensity")
+    _setting(c, PreprocessConfig, "ct_window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"))
+    _setting(c, CacheConfig, "slice_batch", type=int)
+    _setting(c, CacheConfig, "device")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train the decoder on a cache",
+                       description="Train the 3-D decoder with deep supervision on cached encoder features.",
+                       epilog=EPILOG_TRAIN + format_settings(RunConfig), formatter_class=raw)  # fmt: skip
+    t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
+    t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
+    t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("predict", help="segment new volumes with a trained model",
+                       description="Segment volumes with a model file written by `sam3dseg train`.",
+                       epilog=EPILOG_PREDICT, formatter_class=raw)  # fmt: skip
+    p.add_argument("--model", required=True, type=Path, help="RUN/best.pt (or last.pt)")
+    p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
+    p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
+    p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")
+    _setting(p, PredictConfig, "window", type=int)
+    _setting(p, PredictConfig, "overlap", type=float)
+    _setting(p, PredictConfig, "flip_tta", action="store_const", const=True)
+    p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
+    p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
+    p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
+    _setting(p, PredictConfig, "slice_batch", type=int)
+    _setting(p, PredictConfig, "device")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="score predictions against references (Dice, HD95, NSD)",
+                       description="Score segmentations against references, per case and class.",
+                       epilog=EPILOG_EVALUATE, formatter_class=raw)  # fmt: skip
+    e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
+    e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
+    e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
+    e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1.0)")
+    e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
+    e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("demo", help="run the whole pipeline on a small brain dataset made from the MNI152 template",
+                       description="Dataset -> cache -> train -> predict -> evaluate on deformations of the MNI152 "
+                       "template shipped with nilearn (no download). About 10 minutes on a 2-core CPU.")  # fmt: skip
+    d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
+    d.add_argument("--checkpoint", type=Path, help="SAM ViT-B checkpoint; without it the encoder is random")
+    d.add_argument("--epochs", type=int, default=12, help="training epochs, a positive integer (default 12)")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    a = sub.add_parser("analyze", help="measure the write-up's complexity, gradient and Lipschitz claims; write a report",
+                       description="Check the write-up's claims (method §2.2-§5) on the real modules: FLOPs and peak "
+                       "memory of the conv decoder against a 3-D self-attention baseline, FLOPs per level against "
+                       "the write-up's formula, gradients through four ways of joining the block's paths, the ‖W‖₁ "
+                       "Lipschitz bound, and the deep-supervision gradient sum.",
+                       epilog=EPILOG_ANALYZE, formatter_class=raw)  # fmt: skip
+    a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
+    a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
+    a.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from .pipeline.cache import run_cache
+
+    given = _given(args, CacheConfig)
+    if "checkpoint" in given:
+        given["checkpoint"] = str(given["checkpoint"])
+    preprocess = _given(args, PreprocessConfig)
+    if preprocess:
+        given["preprocess"] = preprocess
+    config = load_cache_config(args.config, given)
+    summary = run_cache(args.dataset, args.out, config, progress=not args.quiet)
+    print(
+        f"[rank {summary['rank']}] " * (summary["world"] > 1)
+        + f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
+        + ("  [RANDOM encoder weights: pass --checkpoint for real use]" if summary["random"] else "")
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .pipeline.train import train
+
+    config = load_run_config(args.config, args.overrides)
+    summary = train(args.cache, args.out, config, progress=not args.quiet)
+    if is_main_process():
+        print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
+
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    import numpy as np
-    from tqdm import tqdm
+    from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
 
-    from .inference import PredictConfig, collect_inputs, ensure_writable, load_predictor, predict_probabilities
-    from .io import atomic_output, image_suffix, read_channels, write_volume
-    from .visualize import oriented, save_montage
-
-    config = PredictConfig(window=args.window, overlap=args.overlap, flip_tta=args.tta, slice_batch=args.slice_batch, device=args.device)
+    config = load_settings(PredictConfig, given=_given(args, PredictConfig))
     predictor = load_predictor(args.model, args.checkpoint, config)
-    cases = collect_inputs(args.input, len(predictor.channel_names))
-    out = ensure_writable(args.out)
-    done = 0
-    for name, paths in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
-        target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
-        if target.exists() and not args.overwrite:
-            continue  # written atomically, last: an existing segmentation is a finished case
-        array, geometry = read_channels(paths)
-        array = array[0] if array.shape[0] == 1 else array
-        if args.probabilities:
-            probs = predict_probabilities(predictor, array, geometry)
-            label = probs.argmax(0).astype(np.uint8)
-            with atomic_output(out / f"{name}_probabilities.npy") as tmp:
-                np.save(tmp, probs.astype(np.float16))
-        else:
-            label, _ = predictor.predict_array(array, geometry)
-        if args.png:
-            (image, seg), aspect = oriented([array if array.ndim == 3 else array[0], label], geometry, predictor.preprocess.slicing_axis)
-            save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect)
-        write_volume(label, geometry, target)
-        done += 1
-    skipped = f", {len(cases) - done} already there (--overwrite to redo)" if done < len(cases) else ""
-    print(f"predicted {done} case(s) into {out}{skipped}")
+    outputs = FolderOutputs(probabilities=args.probabilities, png=args.png, overwrite=args.overwrite)
+    result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet)
+    skipped = f", {len(result['skipped'])} already there (--overwrite to redo)" if result["skipped"] else ""
+    print(f"predicted {len(result['written'])} case(s) into {result['out']}{skipped}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_folders
+    from .pipeline.evaluate import evaluate_folders
 
     evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png, args.quiet)
 
@@ -214,9 +221,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
 
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint}")
-    run_demo(args.out, args.checkpoint, DemoConfig(epochs=args.epochs), args.device)
+    run_demo(args.out, args.checkpoint, DemoConfig(epochs=args.epochs, device=args.device))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
@@ -232,48 +237,14 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print(f"analysis written to {args.out / 'report.md'}")
 
 
-def _cmd_cache(args: argparse.Namespace) -> None:
-    import torch
-
-    from .cache import EncoderInfo, build_cache
-    from .dataset import load_dataset
-    from .encoder import build_encoder
-    from .preprocess import PreprocessConfig
-    from .train import init_distributed, resolve_device
-
-    if args.image_size <= 0 or args.image_size % 16:
-        raise UserError(f"--image-size must be a positive multiple of 16, got {args.image_size}")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint}")
-    dataset = load_dataset(args.dataset)
-    preprocess = PreprocessConfig(
-        slicing_axis=args.slicing_axis,
-        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
-        intensity=args.intensity,
-        ct_window=tuple(args.ct_window),
-    )
-    rank, world = init_distributed()
-    device = resolve_device(args.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    encoder = build_encoder(args.encoder, args.image_size, args.checkpoint).to(device)
-    info = EncoderInfo.of(encoder, args.checkpoint)
-    summary = build_cache(dataset, args.out, encoder, info, preprocess, args.slice_batch, rank, world, not args.quiet)
-    print(
-        f"[rank {rank}] " * (world > 1)
-        + f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
-        + ("" if args.checkpoint else "  [RANDOM encoder weights: pass --checkpoint for real use]")
-    )
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_run_config
-    from .train import train
-
-    config = load_run_config(args.config, args.overrides)
-    summary = train(args.cache, args.out, config, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
+COMMANDS = {
+    "cache": _cmd_cache,
+    "train": _cmd_train,
+    "predict": _cmd_predict,
+    "evaluate": _cmd_evaluate,
+    "demo": _cmd_demo,
+    "analyze": _cmd_analyze,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,15 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     try:
-        commands = {
-            "cache": _cmd_cache,
-            "train": _cmd_train,
-            "predict": _cmd_predict,
-            "evaluate": _cmd_evaluate,
-            "demo": _cmd_demo,
-            "analyze": _cmd_analyze,
-        }
-        commands[args.command](args)
+        COMMANDS[args.command](args)
     except UserError as err:
         print(f"sam3dseg: error: {err}", file=sys.stderr)
         return 2

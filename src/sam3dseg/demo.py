@@ -16,30 +16,36 @@ SAM checkpoint the features are SAM's.
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .common.files import write_json
+from .common.runtime import DEVICE_PATTERN
+from .common.settings import check_settings, non_negative_int, positive_int, setting
+from .data.volumes import Geometry, write_volume
 from .errors import UserError
-from .io import Geometry, write_volume
 
 CLASS_NAMES = ["background", "grey_matter", "white_matter"]
 
 
 @dataclass
 class DemoConfig:
-    """Sizes chosen so that ``make demo`` ends within 15 minutes on a 2-core CPU."""
+    """Sizes chosen so that ``make demo`` ends within about 12 minutes on a 2-core CPU."""
 
-    train_cases: int = 8  # of which the last 2 (by name) validate
-    test_cases: int = 2
-    image_size: int = 128
-    epochs: int = 12
-    steps_per_epoch: int = 20
-    crop_depth: int = 16
-    seed: int = 0
+    train_cases: int = positive_int(8, "generated training cases, of which the last 2 (by name) validate")
+    test_cases: int = positive_int(2, "generated test cases, predicted and scored")
+    image_size: int = setting(128, "a positive multiple of 16", lambda v: v >= 16 and v % 16 == 0, "encoder input side")
+    epochs: int = positive_int(12, "training epochs", flag="--epochs")
+    steps_per_epoch: int = positive_int(20, "optimiser steps per epoch")
+    crop_depth: int = positive_int(16, "slices per training crop")
+    seed: int = non_negative_int(0, "seed of the data and the training")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", lambda v: bool(DEVICE_PATTERN.match(v)), "where to compute", "--device")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _template_file(name: str) -> Path:
@@ -116,24 +122,25 @@ def build_dataset(root: Path, config: DemoConfig) -> Path:
         "numTraining": config.train_cases,
         "file_ending": ".nii.gz",
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_json(root / "dataset.json", meta)
     return root
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, device: str = "auto") -> dict:
+def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None) -> dict:
     """Dataset → cache → train → predict → evaluate under ``out``; prints and returns a summary."""
-    config = config or DemoConfig()
-    from .cache import EncoderInfo, build_cache
-    from .config import load_run_config
-    from .dataset import load_dataset
-    from .encoder import build_encoder
-    from .evaluation import evaluate_folders
-    from .inference import PredictConfig, load_predictor
-    from .io import read_volume
-    from .preprocess import PreprocessConfig
-    from .train import resolve_device, train
-    from .visualize import oriented, save_montage
+    from .common.plots import save_montage
+    from .data.preprocess import anatomical_view
+    from .data.volumes import read_volume
+    from .pipeline.cache import run_cache
+    from .pipeline.config import CacheConfig, PredictConfig, load_run_config
+    from .pipeline.evaluate import evaluate_folders
+    from .pipeline.predict import load_predictor, predict_folder
+    from .pipeline.train import train
 
+    config = config or DemoConfig()
+    cache_config = CacheConfig(
+        image_size=config.image_size, checkpoint=None if checkpoint is None else str(checkpoint), device=config.device
+    )
     out = Path(out)
     times: dict[str, float] = {}
     if checkpoint is None:
@@ -149,8 +156,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     times["dataset"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    encoder = build_encoder("vit_b", config.image_size, checkpoint).to(resolve_device(device))
-    build_cache(load_dataset(data), out / "cache", encoder, EncoderInfo.of(encoder, checkpoint), PreprocessConfig())
+    run_cache(data, out / "cache", cache_config)
     times["cache"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -161,7 +167,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
             f"train.steps_per_epoch={config.steps_per_epoch}",
             f"train.crop_depth={config.crop_depth}",
             f"train.seed={config.seed}",
-            f"train.device={device}",
+            f"train.device={config.device}",
             "train.val_fraction=0.25",
         ],
     )
@@ -169,17 +175,14 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     times["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=device))
+    predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=config.device))
     preds = out / "predictions"
-    preds.mkdir(parents=True, exist_ok=True)
+    written = predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"]
     montage = None
-    for image_path in sorted((data / "imagesTs").glob("*_0000.nii.gz")):
-        name = image_path.name[: -len("_0000.nii.gz")]
-        array, geometry = read_volume(image_path)
-        label, _ = predictor.predict_array(array, geometry)
-        write_volume(label, geometry, preds / f"{name}.nii.gz")
+    for name in written:
+        (array, geometry), (label, _) = read_volume(data / "imagesTs" / f"{name}_0000.nii.gz"), read_volume(preds / f"{name}.nii.gz")
         reference, _ = read_volume(data / "labelsTs" / f"{name}.nii.gz")
-        (img, seg, ref), aspect = oriented([array, label, reference], geometry)
+        (img, seg, ref), aspect = anatomical_view([array, label, reference], geometry)
         montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=f"{name}: prediction (solid), reference (dashed)", aspect=aspect)
     times["predict"] = time.perf_counter() - start
 

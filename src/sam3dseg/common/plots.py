@@ -1,4 +1,4 @@
-"""A PNG montage of slices with segmentations drawn as coloured contours."""
+"""Pictures: matplotlib set up once (no screen needed), saved atomically; training curves; montages."""
 
 from __future__ import annotations
 
@@ -6,20 +6,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_output
+from .files import atomic_output
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
 
-def oriented(arrays: list[np.ndarray | None], geometry, slicing_axis: str = "axial") -> tuple[list, float]:
-    """Arrays ``(z, y, x)`` in the anatomical frame with slices across ``slicing_axis``,
-    and the in-plane aspect (row spacing / column spacing) to display them undistorted."""
-    from .preprocess import PreprocessConfig, reorient, plan_transform
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, chosen here once, on first use (not at import)."""
+    import matplotlib
 
-    shape = next(a for a in arrays if a is not None).shape
-    t = plan_transform(shape, geometry, PreprocessConfig(slicing_axis=slicing_axis), max(shape))
-    out = [None if a is None else np.ascontiguousarray(reorient(a, t)) for a in arrays]
-    return out, t.oriented_spacing[1] / t.oriented_spacing[2]
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100, **savefig: object) -> Path:
+    """Write a figure as PNG atomically, then close it (``savefig``: more options for ``Figure.savefig``)."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, **savefig)
+    pyplot().close(fig)
+    return Path(path)
+
+
+def save_curves(history: list[dict], path: str | Path) -> Path:
+    """Training loss and validation Dice per epoch, side by side (``RUN/curves.png``)."""
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(epochs, [h["train_loss"] for h in history], marker=".")
+    ax[0].set(xlabel="epoch", ylabel="training loss (deep supervision)", title="loss")
+    val = [(h["epoch"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
+    if val:
+        ax[1].plot(*zip(*val), marker=".", color="tab:green")
+    ax[1].set(xlabel="epoch", ylabel="mean foreground Dice", title="validation Dice", ylim=(0, 1))
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def pick_slices(masks: list[np.ndarray], count: int) -> list[int]:
@@ -49,11 +72,9 @@ def save_montage(
         class_names: names by label value (legend).
         aspect: row spacing / column spacing, so anisotropic voxels look right.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
+    plt = pyplot()
 
     path = Path(path)
     num_classes = int(max(pred.max(), ref.max() if ref is not None else 0)) + 1
@@ -82,7 +103,4 @@ def save_montage(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

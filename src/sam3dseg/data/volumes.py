@@ -13,18 +13,16 @@ Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
 from __future__ import annotations
 
 import gzip
-import os
+import re
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..common.files import atomic_output
+from ..errors import UserError
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -51,45 +49,6 @@ class Geometry:
             and np.allclose(self.origin, other.origin, atol=max(tol, tol * max(map(abs, self.origin), default=0)))
             and np.allclose(self.direction, other.direction, atol=tol)
         )
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success.
-
-    Every file sam3dseg writes goes through here, so an output is either absent or
-    complete: a failure or a kill leaves no half-written file under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = image_suffix(path) or path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError, hint: str = "") -> object:
-    """``torch.load`` on the CPU with ``weights_only=True``: no pickled code from disk ever runs.
-
-    A missing or unreadable file raises ``error`` with one line naming the file and
-    ``what`` it should be, plus ``hint`` on what to do.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} not found: {path}{hint}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure to unpickle means "not a file we can read"
-        text = str(err).strip()
-        first = text.splitlines()[0][:160] if text else type(err).__name__
-        raise error(f"{path} is not a readable {what} (truncated, or not saved with torch.save?): {first}{hint}") from err
 
 
 def check_finite(array: np.ndarray, what: str) -> None:
@@ -122,9 +81,34 @@ def _sitk():
 
 
 def image_suffix(path: Path) -> str:
-    """The format suffix of ``path`` (``.nii.gz`` counts as one), or '' for none we know."""
+    """The format suffix of ``path`` as written (``.nii.gz`` counts as one), or '' for none we know.
+
+    Matched without regard to case (``.NII.GZ`` is NIfTI too).
+    """
     name = path.name.lower()
-    return next((s for s in SUFFIXES if name.endswith(s)), "")
+    suffix = next((s for s in SUFFIXES if name.endswith(s)), "")
+    return path.name[len(path.name) - len(suffix) :] if suffix else ""
+
+
+_CHANNEL = re.compile(r"^(.*)_(\d{4})$")
+
+
+def case_name(path: Path) -> str:
+    """The one naming rule: a file's name without its image suffix; a DICOM series folder its name.
+
+    ``liver_003_0000.nii.gz`` -> ``liver_003_0000`` (see :func:`split_channel` for
+    the nnU-Net channel part), ``CT.NRRD`` -> ``CT``.
+    """
+    suffix = image_suffix(path)
+    if suffix:
+        return path.name[: len(path.name) - len(suffix)]
+    return path.name if path.is_dir() else path.stem  # a series folder's name may hold dots
+
+
+def split_channel(name: str) -> tuple[str, int | None]:
+    """nnU-Net's ``{case}_{XXXX}`` -> ``(case, channel)``; any other name -> ``(name, None)``."""
+    match = _CHANNEL.match(name)
+    return (match.group(1), int(match.group(2))) if match else (name, None)
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
@@ -208,7 +192,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
-            if image_suffix(path) in (".nii", ".nii.gz"):
+            if image_suffix(path).lower() in (".nii", ".nii.gz"):
                 _check_nifti(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -246,7 +230,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
     path = Path(path)
     if array.ndim != 3:
         raise ValueError(f"write_volume takes a (z, y, x) array, got shape {array.shape}")
-    suffix = image_suffix(path)
+    suffix = image_suffix(path).lower()
     if not suffix:
         raise UserError(f"cannot tell the format of {path}: use one of {', '.join(SUFFIXES)}")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))

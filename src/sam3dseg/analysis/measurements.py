@@ -16,12 +16,11 @@ Five measurements, each a function returning plain numbers (``results.json``):
 - :func:`measure_deep_supervision`: ``∇L_tot = Σ α_ℓ ∇L(ℓ)`` and the gradient reaching
   the first block with and without the auxiliary levels (seed §5.2).
 
-:func:`run_analysis` runs them all and writes the report (:mod:`sam3dseg.analysis_report`).
+:func:`run_analysis` runs them all and writes the report (:mod:`sam3dseg.analysis.report`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -34,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .decoder import ResidualUpBlock, SAM3DDecoder
-from .losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
+from ..common.files import write_json
+from ..model.decoder import ResidualUpBlock, SAM3DDecoder
+from ..model.losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
 from .memory_probe import METHOD as MEMORY_METHOD
-from .memory_probe import build_decoder, measure_peak_memory, saved_storages
+from .memory_probe import decoder_of_kind, measure_peak_memory, saved_storages
 
 KINDS = ("conv", "sdpa", "explicit")
 
@@ -164,7 +164,7 @@ def measure_complexity(config: AnalysisConfig, log: Callable[[str], None] = prin
     flops = []
     for kind in ("conv", "explicit"):
         with torch.device("meta"):
-            model = build_decoder(kind, config.num_classes, config.attention_dim)
+            model = decoder_of_kind(kind, config.num_classes, config.attention_dim)
         for depth in config.flop_depths:
             for size in config.flop_sizes:
                 row = {"decoder": "conv" if kind == "conv" else "attention", "depth": depth, "size": size}
@@ -483,8 +483,7 @@ def measure_deep_supervision(config: AnalysisConfig) -> dict[str, Any]:
 
 def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement and write ``out/results.json``, ``out/*.png`` and ``out/report.md``."""
-    from .analysis_report import write_report
-    from .io import atomic_output
+    from .report import write_report
 
     config = analysis_config(quick)
     out.mkdir(parents=True, exist_ok=True)
@@ -503,7 +502,6 @@ def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = pr
         results[name] = step()
         log(f"[{i}/{len(steps)}] {name} done in {time.perf_counter() - t0:.1f} s")
     results["seconds"] = time.perf_counter() - started
-    with atomic_output(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     write_report(results, out)
     return results

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
-import math
 from pathlib import Path
 
-from .dataset import read_class_names
-from .errors import UserError
-from .io import atomic_output, image_suffix, read_volume
+from ..common.files import atomic_output, write_json
+from ..common.plots import save_montage
+from ..data.datasets import read_class_names
+from ..data.preprocess import anatomical_view
+from ..data.volumes import case_name, image_suffix, read_volume
+from ..errors import UserError
 from .metrics import case_metrics, summarise
 
 
@@ -23,7 +24,7 @@ def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     missing = [n for n in refs if not (pred_dir / n).is_file()]
     if missing:
         raise UserError(f"{len(missing)} reference(s) have no prediction in {pred_dir}, e.g. {missing[0]}")
-    return [(n[: -len(image_suffix(p))], pred_dir / n, p) for n, p in refs.items()]
+    return [(case_name(p), pred_dir / n, p) for n, p in refs.items()]
 
 
 def evaluate_folders(
@@ -64,9 +65,7 @@ def evaluate_folders(
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})
         if png:
-            from .visualize import oriented, save_montage
-
-            (p_o, r_o), aspect = oriented([pred, ref], geometry)
+            (p_o, r_o), aspect = anatomical_view([pred, ref], geometry)
             save_montage(out_dir / f"{case}_vs_reference.png", None, p_o, r_o, class_names, title=case, aspect=aspect)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
@@ -75,19 +74,10 @@ def evaluate_folders(
         writer = csv.DictWriter(f, fieldnames=["case", "class", "dice", "hd95", "nsd"])
         writer.writeheader()
         writer.writerows(rows)
-    with atomic_output(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "summary.json", summary)
     if not quiet:
         print(format_table(summary, len(pairs)))
     return summary
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else "inf"
-    return obj
 
 
 def format_table(summary: dict, cases: int) -> str:

@@ -9,12 +9,12 @@ noisy background.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .io import Geometry, write_volume
+from ..common.files import write_json
+from .volumes import Geometry, write_volume
 
 
 def _blob_volume(shape: tuple[int, int, int], num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -130,5 +130,5 @@ def write_dataset(
             "numTraining": num_cases,
             "training": training,
         }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_json(root / "dataset.json", meta)
     return root

@@ -11,23 +11,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .io import atomic_output  # noqa: E402
+from ..common.files import write_text
+from ..common.plots import pyplot, save_figure
 
 COLOURS = {"conv": "tab:blue", "attention": "tab:red", "explicit": "tab:red", "sdpa": "tab:orange"}
 LABELS = {"conv": "conv decoder (seed)", "attention": "attention", "explicit": "attention, explicit softmax",
           "sdpa": "attention, fused SDPA"}
 
 
-def _save(fig: plt.Figure, path: Path) -> str:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
+def _save(fig, path: Path) -> str:
+    return save_figure(fig, path, dpi=110, bbox_inches="tight").name
 
 
 def _mib(x: float) -> str:
@@ -42,7 +35,7 @@ def _g(x: float) -> str:
 
 
 def _plot_flops(c: dict[str, Any], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for name in ("conv", "attention"):
         rows = [r for r in c["flops"] if r["decoder"] == name]
         for mode, style in (("forward", "o"), ("forward_backward", "^")):
@@ -58,7 +51,7 @@ def _plot_flops(c: dict[str, Any], out: Path) -> str:
 
 
 def _plot_memory(c: dict[str, Any], out: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     for kind in ("conv", "sdpa", "explicit"):
         for backward, style in ((False, "o--"), (True, "^-")):
             rows = sorted((r for r in c["memory"] if r["decoder"] == kind and r["backward"] == backward
@@ -83,7 +76,7 @@ def _plot_memory(c: dict[str, Any], out: Path) -> str:
 
 
 def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     seed = [r for r in rows if r["shortcut_kernel"] == 3]
     orig = [r for r in rows if r["shortcut_kernel"] == 1]
     x = range(len(seed))
@@ -99,7 +92,7 @@ def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def _plot_gradients(g: dict[str, Any], out: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     forms = list(g["forms"])
     for i, form in enumerate(forms):
         row = g["forms"][form]
@@ -124,7 +117,7 @@ def _plot_gradients(g: dict[str, Any], out: Path) -> str:
 
 
 def _plot_lipschitz(rows: list[dict[str, Any]], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig, ax = pyplot().subplots(figsize=(9, 3.5))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["l1_bound"] for r in rows], 0.4, label="seed bound ‖W‖₁ = Σ|w|")
     ax.bar([i + 0.2 for i in x], [r["spectral"] for r in rows], 0.4, label="spectral norm (power iteration)")
@@ -136,7 +129,7 @@ def _plot_lipschitz(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def _plot_supervision(ds: dict[str, Any], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     seeds = ds["seeds"]
     names = ["α₁∇L(1)", "α₂∇L(2)", "α₃∇L(3)", "α₄∇L(4)", "∇L_tot", "∇L(4) alone"]
     values = [[s["first_block_per_level"][i] for s in seeds] for i in range(4)]
@@ -274,10 +267,7 @@ def write_report(r: dict[str, Any], out: Path) -> Path:
     lines += _gradient_section(r, plots)
     lines += _lipschitz_section(r, plots)
     lines += _supervision_section(r, plots)
-    path = out / "report.md"
-    with atomic_output(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:

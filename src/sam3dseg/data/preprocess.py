@@ -1,4 +1,4 @@
-"""From a volume file's array to the model grid, and back (DESIGN §2, "Encoder input").
+"""From a volume file's array to the model grid, and back (docs/method.md §D5, "Encoder input").
 
 Steps, each recorded in a :class:`Transform` so a prediction maps back exactly:
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .io import Geometry
+from ..common.settings import check_settings, one_of, setting
+from ..errors import UserError
+from .volumes import Geometry
 
 # Anatomical axis (LPS index: 0 = L-R, 1 = P-A, 2 = S-I) of the array axes (D, H, W), per slicing axis.
 SLICING_AXES: dict[str, tuple[int, int, int]] = {
@@ -36,27 +38,45 @@ SLICING_AXES: dict[str, tuple[int, int, int]] = {
 }
 
 
+def _window_ok(v: tuple[float, float]) -> bool:
+    return len(v) == 2 and v[1] > 0
+
+
+def _percentiles_ok(v: tuple[float, float]) -> bool:
+    return len(v) == 2 and 0 <= v[0] < v[1] <= 100
+
+
+def _spacing_ok(v: tuple[float, float, float] | None) -> bool:
+    return v is None or (len(v) == 3 and min(v) > 0)
+
+
 @dataclass
 class PreprocessConfig:
     """How volumes become encoder input; written into every cache and model file."""
 
-    slicing_axis: str = "axial"
-    target_spacing: tuple[float, float, float] | None = None  # (D, H, W) mm; None keeps the file's
-    intensity: str = "auto"  # auto (CT window for CT channels, percentile otherwise) | ct | percentile
-    ct_window: tuple[float, float] = (40.0, 400.0)  # level, width in HU (soft-tissue window)
-    percentiles: tuple[float, float] = (0.5, 99.5)
+    SECTION: ClassVar[str] = "preprocess"
+
+    slicing_axis: str = one_of("axial", SLICING_AXES, "slices run across this anatomical axis", flag="--slicing-axis")
+    target_spacing: tuple[float, float, float] | None = setting(
+        None, "null or three numbers > 0 (D, H, W mm)", _spacing_ok,
+        "resample to this spacing first; null keeps the file's", flag="--target-spacing",
+    )  # fmt: skip
+    intensity: str = one_of(
+        "auto", ("auto", "ct", "percentile"), "CT window, percentile clip, or auto (CT window for CT channels)", flag="--intensity"
+    )
+    ct_window: tuple[float, float] = setting(
+        (40.0, 400.0), "a level and a width > 0 (HU)", _window_ok, "CT window (soft tissue by default)", flag="--ct-window"
+    )
+    percentiles: tuple[float, float] = setting(
+        (0.5, 99.5), "two numbers 0 <= low < high <= 100", _percentiles_ok, "intensity clip for non-CT channels"
+    )
 
     def __post_init__(self) -> None:
-        if self.slicing_axis not in SLICING_AXES:
-            raise UserError(f"slicing_axis must be one of {', '.join(SLICING_AXES)}, got {self.slicing_axis!r}")
-        if self.intensity not in ("auto", "ct", "percentile"):
-            raise UserError(f"intensity must be auto, ct or percentile, got {self.intensity!r}")
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
-            if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-                raise UserError(f"target_spacing must be three positive numbers, got {self.target_spacing}")
         self.ct_window = tuple(float(v) for v in self.ct_window)
         self.percentiles = tuple(float(v) for v in self.percentiles)
+        check_settings(self)
 
 
 @dataclass
@@ -95,15 +115,21 @@ def _orientation(direction: tuple[float, ...]) -> tuple[tuple[int, int, int], tu
     return tuple(best), tuple(bool(signs[best[c], c] < 0) for c in range(3))
 
 
-def plan_transform(shape: tuple[int, int, int], geometry: Geometry, config: PreprocessConfig, image_size: int) -> Transform:
-    """Decide the reorientation and the model grid for a ``(z, y, x)`` volume."""
+def _reorientation(geometry: Geometry, slicing_axis: str) -> tuple[list[int], list[bool], list[float]]:
+    """Array axes taken as ``(D, H, W)``, their flips and their spacings, for ``slicing_axis``."""
     anatomy, backwards = _orientation(geometry.direction)
     perm, flips, spacing = [], [], []
-    for anat in SLICING_AXES[config.slicing_axis]:
+    for anat in SLICING_AXES[slicing_axis]:
         index_axis = anatomy.index(anat)  # ITK index axis c is numpy axis 2 - c
         perm.append(2 - index_axis)
         flips.append(backwards[index_axis])
         spacing.append(float(geometry.spacing[index_axis]))
+    return perm, flips, spacing
+
+
+def plan_transform(shape: tuple[int, int, int], geometry: Geometry, config: PreprocessConfig, image_size: int) -> Transform:
+    """Decide the reorientation and the model grid for a ``(z, y, x)`` volume."""
+    perm, flips, spacing = _reorientation(geometry, config.slicing_axis)
     oriented = tuple(int(shape[a]) for a in perm)
 
     if config.target_spacing is None:
@@ -125,6 +151,21 @@ def reorient(array: np.ndarray, t: Transform) -> np.ndarray:
     out = array.transpose(*range(lead), *(lead + a for a in t.perm))
     flip_axes = tuple(lead + i for i, f in enumerate(t.flips) if f)
     return np.flip(out, flip_axes) if flip_axes else out
+
+
+def anatomical_view(
+    arrays: list[np.ndarray | None], geometry: Geometry, slicing_axis: str = "axial"
+) -> tuple[list[np.ndarray | None], float]:
+    """``(z, y, x)`` arrays reoriented to ``(D, H, W)`` with slices across ``slicing_axis`` (for pictures),
+    and the in-plane aspect (row spacing / column spacing) that shows them undistorted."""
+    perm, flips, spacing = _reorientation(geometry, slicing_axis)
+    flip_axes = tuple(i for i, f in enumerate(flips) if f)
+
+    def view(a: np.ndarray) -> np.ndarray:
+        a = a.transpose(perm)
+        return np.ascontiguousarray(np.flip(a, flip_axes) if flip_axes else a)
+
+    return [None if a is None else view(a) for a in arrays], spacing[1] / spacing[2]
 
 
 def unreorient(array: np.ndarray, t: Transform) -> np.ndarray:

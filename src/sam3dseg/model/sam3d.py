@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .decoder import SAM3DDecoder
-from .encoder import SAMImageEncoder, encode_slices
+from .encoder import SLICE_BATCH, encode_volume
+from .vit import SAMImageEncoder
 
 
 class SAM3D(nn.Module):
@@ -19,7 +20,7 @@ class SAM3D(nn.Module):
     an optimiser takes.
     """
 
-    def __init__(self, encoder: SAMImageEncoder, decoder: SAM3DDecoder, slice_batch: int = 8) -> None:
+    def __init__(self, encoder: SAMImageEncoder, decoder: SAM3DDecoder, slice_batch: int = SLICE_BATCH) -> None:
         """
         Args:
             encoder: from :func:`sam3dseg.build_encoder`.
@@ -41,12 +42,7 @@ class SAM3D(nn.Module):
         """
         if volume.ndim != 5:
             raise ValueError(f"volume must be (B, C, D, H, W), got shape {tuple(volume.shape)}")
-        b, c, d, h, w = volume.shape
-        per_channel = []
-        for ch in range(c):
-            feats = encode_slices(self.encoder, volume[:, ch].reshape(b * d, h, w), self.slice_batch)
-            per_channel.append(feats.unflatten(0, (b, d)).transpose(1, 2))  # (B, 256, D, g, g)
-        return torch.cat(per_channel, dim=1)
+        return torch.stack([encode_volume(self.encoder, v, self.slice_batch) for v in volume])
 
     def forward(self, volume: Tensor) -> list[Tensor]:
         """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits ``[(B, K, D, S·2^ℓ/16, S·2^ℓ/16) for ℓ = 1..4]``."""

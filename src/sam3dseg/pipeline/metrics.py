@@ -64,6 +64,17 @@ def class_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
     return {"dice": overlap, "hd95": hd95, "nsd": nsd}
 
 
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:
+    """Dice of classes 1..K-1 of two label volumes on the same grid (NaN where both are empty)."""
+    return [dice(pred == k, ref == k) for k in range(1, num_classes)]
+
+
+def mean_finite(values) -> float:
+    """Mean of the finite values (NaN and inf left out, as documented above); NaN when none is."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], num_classes: int, tolerance: float) -> list[dict]:
     """Metrics for classes 1..K-1 of two label volumes on the same grid."""
     return [class_metrics(pred == k, ref == k, spacing, tolerance) for k in range(1, num_classes)]
@@ -76,12 +87,10 @@ def summarise(rows: list[dict], class_names: list[str]) -> dict:
         mine = [r for r in rows if r["class"] == name]
         entry = {}
         for key in ("dice", "hd95", "nsd"):
-            values = [r[key] for r in mine if math.isfinite(r[key])]
-            entry[key] = float(np.mean(values)) if values else math.nan
+            entry[key] = mean_finite(r[key] for r in mine)
         entry["hd95_infinite"] = sum(1 for r in mine if r["hd95"] == math.inf)
         entry["both_empty"] = sum(1 for r in mine if math.isnan(r["dice"]))
         summary["per_class"][name] = entry
     for key in ("dice", "hd95", "nsd"):
-        values = [e[key] for e in summary["per_class"].values() if math.isfinite(e[key])]
-        summary[f"mean_{key}"] = float(np.mean(values)) if values else math.nan
+        summary[f"mean_{key}"] = mean_finite(e[key] for e in summary["per_class"].values())
     return summary

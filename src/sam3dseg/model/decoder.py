@@ -21,9 +21,13 @@ from torch import Tensor, nn
 
 Activation = Literal["relu", "leaky_relu"]
 Upsample = Literal["linear", "nearest"]
+ACTIVATIONS: tuple[Activation, ...] = ("relu", "leaky_relu")
+UPSAMPLES: tuple[Upsample, ...] = ("linear", "nearest")
+SHORTCUT_KERNELS = (3, 1)
 
 
-def _activation(name: Activation) -> nn.Module:
+def activation_layer(name: Activation) -> nn.Module:
+    """σ: ReLU (the write-up) or LeakyReLU 0.01 (the original SAM3D code), in place."""
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "leaky_relu":
@@ -37,7 +41,8 @@ def _conv(cin: int, cout: int, kernel: int) -> nn.Conv3d:
     return nn.Conv3d(cin, cout, kernel, padding=kernel // 2, bias=False)
 
 
-def _norm(channels: int) -> nn.InstanceNorm3d:
+def instance_norm(channels: int) -> nn.InstanceNorm3d:
+    """IN of the block equations."""
     # Affine IN (learnable scale and shift per channel), as nnU-Net and SAM3D use.
     return nn.InstanceNorm3d(channels, eps=1e-5, affine=True)
 
@@ -65,10 +70,10 @@ class ResidualUpBlock(nn.Module):
             raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
         if upsample not in ("linear", "nearest"):
             raise ValueError(f"upsample must be 'linear' or 'nearest', got {upsample!r}")
-        self.conv1, self.norm1 = _conv(in_channels, out_channels, 3), _norm(out_channels)  # W1
-        self.conv2, self.norm2 = _conv(out_channels, out_channels, 3), _norm(out_channels)  # W2
-        self.conv0, self.norm0 = _conv(in_channels, out_channels, shortcut_kernel), _norm(out_channels)  # W0
-        self.act = _activation(activation)
+        self.conv1, self.norm1 = _conv(in_channels, out_channels, 3), instance_norm(out_channels)  # W1
+        self.conv2, self.norm2 = _conv(out_channels, out_channels, 3), instance_norm(out_channels)  # W2
+        self.conv0, self.norm0 = _conv(in_channels, out_channels, shortcut_kernel), instance_norm(out_channels)  # W0
+        self.act = activation_layer(activation)
         self.upsample = upsample
 
     def residual(self, g: Tensor) -> Tensor:

@@ -12,12 +12,12 @@ Both have a ``dataset.json`` at the root. Told apart by their keys:
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..common.files import read_json
+from ..errors import UserError
+from .volumes import SUFFIXES, case_name, image_suffix
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def load_dataset(root: str | Path) -> Dataset:
     """
     root = Path(root)
     meta_path = root / "dataset.json"
-    meta = _read_json(meta_path, f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
+    meta = read_json(meta_path, f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
     if "channel_names" in meta:
         dataset = _load_nnunet(root, meta, meta_path)
     elif "training" in meta and "modality" in meta:
@@ -73,19 +73,6 @@ def load_dataset(root: str | Path) -> Dataset:
         if case.label is not None and not case.label.exists():
             raise UserError(f"case {case.name}: label not found: {case.label}")
     return dataset
-
-
-def _read_json(path: Path, missing: str) -> dict:
-    """A ``dataset.json`` as a dict; ``missing`` is the message when there is no file."""
-    if not path.is_file():
-        raise UserError(missing)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return meta
 
 
 def _inside(root: Path, relative: str, meta_path: Path) -> Path:
@@ -136,8 +123,7 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
             raise UserError(f"{meta_path}: training entry {i} needs an 'image'")
         image = _inside(root, entry["image"], meta_path)
         label = _inside(root, entry["label"], meta_path) if entry.get("label") else None
-        name = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha)$", "", image.name)
-        cases.append(Case(name, (image,), label))
+        cases.append(Case(case_name(image), (image,), label))
     return Dataset(root, cases, classes, channels, "msd")
 
 
@@ -145,14 +131,14 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     channels = _names_in_order(meta["channel_names"], "channel_names", meta_path)
     classes = _class_names(meta.get("labels"), meta_path, by_name=True)
     ending = meta.get("file_ending")
-    if not isinstance(ending, str) or not ending.startswith("."):
-        raise UserError(f"{meta_path}: 'file_ending' must be a suffix such as '.nii.gz'")
+    if not isinstance(ending, str) or image_suffix(Path(f"x{ending}")) != ending:
+        raise UserError(f"{meta_path}: 'file_ending' must be one of {', '.join(SUFFIXES)}, got {ending!r}")
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not labels_dir.is_dir():
         raise UserError(f"{root} has no labelsTr folder")
     cases = []
     for label in sorted(labels_dir.glob(f"*{ending}")):
-        name = label.name[: -len(ending)]
+        name = case_name(label)
         images = tuple(_inside(root, f"imagesTr/{name}_{c:04d}{ending}", meta_path) for c in range(len(channels)))
         cases.append(Case(name, images, _inside(root, f"labelsTr/{label.name}", meta_path)))
     if not images_dir.is_dir():
@@ -163,6 +149,6 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
 def read_class_names(meta_path: str | Path) -> list[str]:
     """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``."""
     meta_path = Path(meta_path)
-    labels = _read_json(meta_path, f"labels file not found: {meta_path}").get("labels")
+    labels = read_json(meta_path, f"labels file not found: {meta_path}").get("labels")
     by_name = isinstance(labels, dict) and not all(str(k).isdigit() for k in labels)
     return _class_names(labels, meta_path, by_name=by_name)

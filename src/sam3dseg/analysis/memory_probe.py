@@ -3,7 +3,7 @@
 CPU PyTorch keeps no peak-allocation counter, and freed memory stays with the
 allocator, so one process measuring several configurations would see the earlier
 ones' leftovers. :func:`measure_peak_memory` therefore starts one fresh interpreter
-(``python -m sam3dseg.memory_probe``) that imports torch once and *forks a new child
+(``python -m sam3dseg.analysis.memory_probe``) that imports torch once and *forks a new child
 per configuration*. The child builds the decoder and its input, runs a tiny warm-up
 pass (thread pool, kernel caches), resets the kernel's peak-RSS mark
 (``/proc/self/clear_refs``), reads its resident memory, runs the measured pass and
@@ -52,10 +52,10 @@ def _reset_peak() -> bool:
     return True
 
 
-def build_decoder(kind: str, num_classes: int = 3, dim: int = 32):
+def decoder_of_kind(kind: str, num_classes: int = 3, dim: int = 32):
     """``conv`` (the seed's decoder), ``sdpa`` or ``explicit`` (the attention baseline), seed widths."""
+    from ..model.decoder import SAM3DDecoder
     from .attention import AttentionDecoder
-    from .decoder import SAM3DDecoder
 
     if kind == "conv":
         return SAM3DDecoder(num_classes)
@@ -103,7 +103,7 @@ def _probe(config: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(config.get("threads", 2))
     torch.manual_seed(0)
-    model = build_decoder(config["decoder"], dim=config.get("dim", 32))
+    model = decoder_of_kind(config["decoder"], dim=config.get("dim", 32))
     grid = config["size"] // 16
     features = torch.randn(1, model.in_channels, config["depth"], grid, grid)
     run_pass(model, torch.randn(1, model.in_channels, 2, 1, 1), config["backward"])  # warm-up
@@ -165,7 +165,7 @@ def measure_peak_memory(configs: list[dict[str, Any]], on_result=None) -> list[d
         forward+backward), or ``error``.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam3dseg.memory_probe"],
+        [sys.executable, "-m", "sam3dseg.analysis.memory_probe"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoder import Activation, LevelDecoder, Upsample, _activation, _norm, upsample_in_plane
+from ..model.decoder import Activation, LevelDecoder, Upsample, activation_layer, instance_norm, upsample_in_plane
 
 AttentionKernel = Literal["sdpa", "explicit"]
 
@@ -71,9 +71,9 @@ class AttentionUpBlock(nn.Module):
         self.dim, self.kernel, self.upsample = dim, kernel, upsample
         # No bias before IN (it would be subtracted); q, k, v keep theirs.
         self.qkv = nn.Conv3d(in_channels, 3 * dim, kernel_size=1)  # W_q, W_k, W_v
-        self.proj, self.norm1 = nn.Conv3d(dim, out_channels, 1, bias=False), _norm(out_channels)  # W_o
-        self.skip, self.norm0 = nn.Conv3d(in_channels, out_channels, 1, bias=False), _norm(out_channels)  # W_s
-        self.act = _activation(activation)
+        self.proj, self.norm1 = nn.Conv3d(dim, out_channels, 1, bias=False), instance_norm(out_channels)  # W_o
+        self.skip, self.norm0 = nn.Conv3d(in_channels, out_channels, 1, bias=False), instance_norm(out_channels)  # W_s
+        self.act = activation_layer(activation)
 
     def mix(self, g: Tensor) -> Tensor:
         """``softmax(q kᵀ/√d) v`` over all positions: ``(B, C_in, D, h, w) -> (B, d, D, h, w)``."""

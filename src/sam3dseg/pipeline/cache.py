@@ -2,7 +2,9 @@
 
 Layout of a cache folder::
 
-    CACHE/manifest.json        settings and the list of cases (rewritten after each case)
+    CACHE/cache.yaml           the settings of the run (CacheConfig): repeat it with --config
+    CACHE/manifest.json        format version, encoder, preprocessing, classes and the list of cases
+                               (written last, once every case is on disk)
     CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/16, S/16), "label": uint8 (D', H', W'),
                                 "transform": dict}  (tensors and plain types: loads weights_only)
     CACHE/cases/{case}.json    {"key": ..., ...}  written after the .pt: its presence marks the case done
@@ -17,58 +19,27 @@ stopped; the bytes written do not depend on where it was stopped.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .dataset import Case, Dataset
-from .encoder import SAMImageEncoder, encode_slices
-from .errors import UserError
-from .io import atomic_output, load_tensors, read_channels, read_volume
-from .preprocess import PreprocessConfig, preprocess_image, preprocess_label
+from ..common.files import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
+from ..common.runtime import barrier, init_distributed, resolve_device
+from ..common.settings import dump_yaml, to_dict
+from ..data.datasets import Case, Dataset, load_dataset
+from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
+from ..data.volumes import read_channels, read_volume
+from ..errors import UserError
+from ..model.encoder import SLICE_BATCH, EncoderInfo, build_encoder, encode_volume
+from ..model.vit import SAMImageEncoder
+from .config import CacheConfig
 
 CACHE_FORMAT = "sam3dseg-cache"
 CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """What identifies an encoder's features: name, input size, architecture, weights."""
-
-    name: str
-    image_size: int
-    checkpoint: str | None  # path as given, for the record
-    checkpoint_sha256: str  # of the checkpoint file, or of the weights themselves when random
-    spec: dict
-
-    @classmethod
-    def of(cls, encoder: SAMImageEncoder, checkpoint: str | Path | None) -> EncoderInfo:
-        digest = file_sha256(Path(checkpoint)) if checkpoint else weights_sha256(encoder)
-        return cls(encoder.name, encoder.image_size, str(checkpoint) if checkpoint else None, digest, asdict(encoder.spec))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """Hash of a module's weights (names, shapes and values), for encoders without a file."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        h.update(f"{name}{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return "weights:" + h.hexdigest()
 
 
 def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> str:
@@ -77,33 +48,10 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
         "version": CACHE_VERSION,
         "images": [file_sha256(p) for p in case.images],
         "label": file_sha256(case.label) if case.label else None,
-        "preprocess": asdict(preprocess),
-        "encoder": {k: v for k, v in asdict(encoder).items() if k != "checkpoint"},
+        "preprocess": to_dict(preprocess),
+        "encoder": {k: v for k, v in encoder.to_dict().items() if k != "checkpoint"},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_tensors(obj: dict, path: Path) -> None:
-    """``torch.save`` through memory, then an atomic write.
-
-    Saving to a buffer also fixes the archive's inner folder name, which
-    ``torch.save(path)`` would take from the (temporary) file name: the bytes then
-    depend only on the content.
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    _atomic_write(path, buffer.getvalue())
-
-
-def write_json(obj: dict, path: Path) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_case(cache: Path, name: str) -> dict:
@@ -113,15 +61,17 @@ def load_case(cache: Path, name: str) -> dict:
 
 
 def read_manifest(cache: str | Path) -> dict:
+    """A cache's ``manifest.json``, its marker and format version checked."""
     path = Path(cache) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{cache} is not a sam3dseg cache (no manifest.json): run `sam3dseg cache` first")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is corrupt: {err}") from err
+    manifest = read_json(path, f"{cache} is not a sam3dseg cache (no manifest.json): run `sam3dseg cache` first")
     if manifest.get("format") != CACHE_FORMAT:
         raise UserError(f"{path} is not a sam3dseg cache manifest")
+    version = manifest.get("version")
+    if version != CACHE_VERSION:
+        raise UserError(
+            f"{path} has cache format version {version!r}; this sam3dseg reads version {CACHE_VERSION}: "
+            "run `sam3dseg cache` again into a new folder"
+        )
     return manifest
 
 
@@ -152,7 +102,7 @@ def build_cache(
     encoder: SAMImageEncoder,
     info: EncoderInfo,
     preprocess: PreprocessConfig,
-    slice_batch: int = 8,
+    slice_batch: int = SLICE_BATCH,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
@@ -168,7 +118,6 @@ def build_cache(
     out = Path(out)
     cases_dir = out / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
-    device = next(encoder.parameters()).device
     mine = dataset.cases[rank::world_size]
     encoded, reused = [], []
     bar = tqdm(mine, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
@@ -184,22 +133,19 @@ def build_cache(
                 pass  # a damaged record: encode again
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
         start = time.perf_counter()
-        feats = []
-        for channel in torch.from_numpy(volume):  # (D', H', W') each: encoded separately
-            f = encode_slices(encoder, channel.to(device), batch_size=slice_batch)  # (D', 256, g, g)
-            feats.append(f.transpose(0, 1).to("cpu", torch.float16))
-        record = {"features": torch.cat(feats).contiguous(), "transform": transform.to_dict()}
+        features = encode_volume(encoder, torch.from_numpy(volume), slice_batch)  # (256·C, D', g, g)
+        record = {"features": features.to("cpu", torch.float16).contiguous(), "transform": transform.to_dict()}
         if label is not None:
             record["label"] = torch.from_numpy(label)
         save_tensors(record, cases_dir / f"{case.name}.pt")
-        write_json({"key": key, "slices": int(volume.shape[1]), "model_shape": list(transform.model_shape)}, meta_path)
+        write_json(meta_path, {"key": key, "model_shape": list(transform.model_shape), "slices": int(volume.shape[1])})
         encoded.append(case.name)
         rate = volume.shape[0] * volume.shape[1] / (time.perf_counter() - start)
         bar.set_postfix(slices_per_s=f"{rate:.1f}")
         if on_case_done:
             on_case_done(case.name)
-    if world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # every rank's cases are on disk before the manifest lists them
+    if world_size > 1:
+        barrier()  # every rank's cases are on disk before the manifest lists them
     if rank == 0:
         write_manifest(out, dataset, info, preprocess)
     return {"encoded": encoded, "reused": reused}
@@ -212,9 +158,27 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "dataset": str(dataset.root),
         "class_names": dataset.class_names,
         "channel_names": dataset.channel_names,
-        "encoder": asdict(info),
-        "preprocess": asdict(preprocess),
+        "encoder": info.to_dict(),
+        "preprocess": to_dict(preprocess),
         "feature_channels": info.spec["out_chans"] * len(dataset.channel_names),
         "cases": [c.name for c in dataset.cases],
     }
-    write_json(manifest, Path(out) / "manifest.json")
+    write_json(Path(out) / "manifest.json", manifest)
+
+
+def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progress: bool = True) -> dict:
+    """``sam3dseg cache``: build the encoder ``config`` describes and cache every case of ``dataset``.
+
+    Writes ``out/cache.yaml`` (the resolved settings, to repeat the run with
+    ``--config``). Under ``torchrun`` the cases are shared out across the processes.
+    Returns :func:`build_cache`'s summary with ``rank``, ``world`` and ``random``
+    (no checkpoint) added.
+    """
+    data = load_dataset(dataset)
+    rank, world = init_distributed()
+    encoder = build_encoder(config.encoder, config.image_size, config.checkpoint).to(resolve_device(config.device, world))
+    info = EncoderInfo.of(encoder, config.checkpoint)
+    if rank == 0:
+        write_text(Path(out) / "cache.yaml", dump_yaml(config))
+    summary = build_cache(data, out, encoder, info, config.preprocess, config.slice_batch, rank, world, progress)
+    return {**summary, "rank": rank, "world": world, "random": config.checkpoint is None}

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
 
 TargetMode = Literal["average", "nearest"]
+TARGET_MODES: tuple[TargetMode, ...] = ("average", "nearest")
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

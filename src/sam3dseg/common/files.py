@@ -1,0 +1,162 @@
+"""Files: one atomic writer, one JSON policy, tensors saved and loaded safely, hashes.
+
+Every file sam3dseg writes goes through :func:`atomic_output` (directly, or through
+:func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_tensors`):
+written under a temporary name in the target folder, flushed to disk, renamed, and
+the folder's entry flushed too. An output is then either absent or complete, even
+after a kill or a power cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+# Suffixes made of two parts, kept whole on temporary names so that writers which
+# pick the format from the name (SimpleITK, numpy) see the right one.
+_DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) content and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success flush it and rename it to ``path``.
+
+    A failure or a kill leaves no half-written file under the final name; the
+    temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lower = path.name.lower()
+    suffix = next((s for s in _DOUBLE_SUFFIXES if lower.endswith(s)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _fsync(Path(tmp))
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with the non-finite floats standard JSON cannot hold replaced: NaN -> null, ±inf -> "inf"/"-inf"."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as standard JSON (indent 2, keys in insertion order, :func:`jsonable`), atomically."""
+    return write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path, missing: str | None = None) -> dict:
+    """A JSON object from ``path``.
+
+    Raises:
+        UserError: no file (``missing`` is the message, if given), invalid JSON, or
+            not an object at the top.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing or f"file not found: {path}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return obj
+
+
+def save_tensors(obj: dict, path: str | Path) -> Path:
+    """``torch.save`` through memory, then an atomic write.
+
+    Saving to a buffer also fixes the archive's inner folder name, which
+    ``torch.save(path)`` would take from the (temporary) file name: the bytes then
+    depend only on the content.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getvalue())
+
+
+def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError, hint: str = "") -> object:
+    """``torch.load`` on the CPU with ``weights_only=True``: no pickled code from disk ever runs.
+
+    A missing or unreadable file raises ``error`` with one line naming the file and
+    ``what`` it should be, plus ``hint`` on what to do.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to unpickle means "not a file we can read"
+        text = str(err).strip()
+        first = text.splitlines()[0][:160] if text else type(err).__name__
+        raise error(f"{path} is not a readable {what} (truncated, or not saved with torch.save?): {first}{hint}") from err
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that a file can be written there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to output folder {folder}: {err.strerror or err}") from err
+    return folder

@@ -1,0 +1,271 @@
+"""Settings: dataclasses whose fields carry their own rules, YAML in and out, ``key=value`` overrides.
+
+Every configuration value of sam3dseg is a dataclass field declared with one of the
+helpers below (:func:`positive_int`, :func:`one_of`, ...). The field's metadata holds
+its :class:`Rule`: what values are allowed, in words and as a check, and one line of
+meaning. That rule is the one place a value is checked: when a configuration is
+built from a dict (YAML file, ``key=value`` overrides, command-line flags, a model
+file) by :func:`from_dict`, and when a dataclass is constructed in Python
+(``__post_init__`` calls :func:`check_settings`). A bad value is one line naming
+the key, the value and what is allowed::
+
+    train.epochs must be a positive integer, got 0
+
+The same rules print the ``--help`` key listings and the table of options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting may be: ``allowed`` in words, ``check`` as code, ``help`` its meaning."""
+
+    allowed: str
+    check: Callable[[Any], bool]
+    help: str
+    flag: str | None = None  # the command-line option that sets it, if any
+
+
+def setting(default: Any, allowed: str, check: Callable[[Any], bool], help: str, flag: str | None = None) -> Any:
+    """A dataclass field with its rule; lists and tuples as defaults are fine (copied per instance)."""
+    meta = {"rule": Rule(allowed, check, help, flag)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def positive_int(default: int, help: str, flag: str | None = None) -> Any:
+    return setting(default, "a positive integer", lambda v: v >= 1, help, flag)
+
+
+def non_negative_int(default: int, help: str, flag: str | None = None) -> Any:
+    return setting(default, "an integer >= 0", lambda v: v >= 0, help, flag)
+
+
+def positive_number(default: float, help: str, flag: str | None = None) -> Any:
+    return setting(default, "a number > 0", lambda v: v > 0, help, flag)
+
+
+def non_negative_number(default: float, help: str, flag: str | None = None) -> Any:
+    return setting(default, "a number >= 0", lambda v: v >= 0, help, flag)
+
+
+def fraction(default: float, help: str, upper_open: bool = False, flag: str | None = None) -> Any:
+    """A number in ``[0, 1]`` (or ``[0, 1)``)."""
+    if upper_open:
+        return setting(default, "a number in [0, 1)", lambda v: 0 <= v < 1, help, flag)
+    return setting(default, "a number in [0, 1]", lambda v: 0 <= v <= 1, help, flag)
+
+
+def one_of(default: Any, options: Sequence[Any], help: str, flag: str | None = None) -> Any:
+    options = tuple(options)
+    return setting(default, "one of " + ", ".join(map(str, options)), lambda v: v in options, help, flag)
+
+
+def switch(default: bool, help: str, flag: str | None = None) -> Any:
+    """A true/false setting (its type is the whole rule)."""
+    return setting(default, "true or false", lambda v: isinstance(v, bool), help, flag)
+
+
+def _label(where: str, name: str, rule: Rule | None) -> str:
+    key = f"{where}{name}"
+    return f"{key} ({rule.flag})" if rule is not None and rule.flag else key
+
+
+def _rules(cls_or_obj: Any) -> list[tuple[dataclasses.Field, Rule | None]]:
+    return [(f, f.metadata.get("rule")) for f in fields(cls_or_obj)]
+
+
+def check_settings(obj: Any, where: str | None = None) -> None:
+    """Check every field of dataclass ``obj`` against its rule; the first failure is a ``UserError``.
+
+    ``where`` prefixes the key names (default: the class's ``SECTION`` and a dot).
+    """
+    if where is None:
+        section = getattr(obj, "SECTION", "")
+        where = f"{section}." if section else ""
+    for f, rule in _rules(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_settings(value, f"{where}{f.name}.")
+            continue
+        if rule is None:
+            continue
+        try:
+            ok = bool(rule.check(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"{_label(where, f.name, rule)} must be {rule.allowed}, got {value!r}")
+
+
+def to_dict(config: Any) -> dict:
+    """A dataclass tree as plain types (tuples as lists), fit for YAML, JSON and ``weights_only`` files."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(config)
+
+
+def _coerce(value: Any, hint: Any, label: str) -> Any:
+    """``value`` as the field's type ``hint``; a value of another type is a ``UserError``."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(get_args(hint)):
+            return None
+        return _coerce(value, args[0], label)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{label} must be a list, got {value!r}")
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], label) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"{label} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, label) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{label} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{label} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{label} must be a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise UserError(f"{label} must be a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict: unknown keys, wrong types and values outside a rule are refused.
+
+    Keys left out take their defaults.
+    """
+    if not isinstance(data, dict):
+        raise UserError(f"{where.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    rules = {f.name: rule for f, rule in _rules(cls)}
+    unknown = sorted(set(data) - set(rules))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {', '.join(rules)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint, rule = hints[name], rules[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, _label(where, name, rule))
+    obj = cls(**kwargs)
+    check_settings(obj, where)
+    return obj
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """``["train.lr=1e-3", "decoder.channels=[64,32,16,8]"]`` applied to a nested dict (values in YAML)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not KEY=VALUE (e.g. train.lr=0.001)")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise UserError(f"override {item!r}: {p!r} is not a config section; sections: {', '.join(k for k, v in data.items() if isinstance(v, dict))}")
+            node = node[p]
+        if leaf not in node or isinstance(node[leaf], dict):
+            raise UserError(f"override {item!r}: unknown key {key!r}")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise UserError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from err
+    return data
+
+
+def _merge(data: dict, loaded: dict, source: str, where: str = "") -> None:
+    """Values of ``loaded`` into ``data``, section by section; ``source`` names where they came from."""
+    for key, value in loaded.items():
+        if key not in data:
+            if not where and all(isinstance(v, dict) for v in data.values()):
+                raise UserError(f"{source}: unknown section {key!r}; known: {', '.join(data)}")
+            raise UserError(f"{source}: unknown key {where}{key}; known: {', '.join(data)}")
+        if isinstance(data[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: section {where}{key!r} must be a mapping")
+            _merge(data[key], value, source, f"{where}{key}.")
+        else:
+            data[key] = value
+
+
+def load_settings(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None) -> Any:
+    """Defaults, then the YAML file, then the ``key=value`` overrides, then the values ``given`` (flags), checked."""
+    data = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path} must hold a mapping of keys and sections")
+        _merge(data, loaded, str(path))
+    apply_overrides(data, overrides)
+    _merge(data, given or {}, "options")
+    return from_dict(cls, data)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe(cls: type, where: str = "") -> list[tuple[str, Any, str, str]]:
+    """``(key, default, allowed, meaning)`` for every setting of ``cls``, sections expanded."""
+    rows = []
+    defaults = cls()
+    for f, rule in _rules(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(describe(type(value), f"{where}{f.name}."))
+        elif rule is not None:
+            rows.append((f"{where}{f.name}", to_dict(value) if isinstance(value, tuple) else value, rule.allowed, rule.help))
+    return rows
+
+
+def format_settings(cls: type, where: str = "") -> str:
+    """The settings of ``cls`` as aligned text lines: key, default, allowed values, meaning."""
+    rows = describe(cls, where)
+    width = max(len(k) for k, *_ in rows)
+    lines = []
+    for key, default, allowed, meaning in rows:
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        lines.append(f"  {key:<{width}}  {shown}")
+        lines.append(f"  {'':<{width}}    {meaning}; {allowed}")
+    return "\n".join(lines)

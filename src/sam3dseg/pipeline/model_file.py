@@ -1,0 +1,142 @@
+"""The model file (``RUN/last.pt``, ``RUN/best.pt``): one versioned record, written by training, read by prediction.
+
+A model file carries everything prediction needs, so a model is rebuilt from the
+file alone (nanoGPT's checkpoint dict): the run configuration, the decoder
+weights, the class and channel names, the preprocessing, the identity of the
+encoder whose features it was trained on (:class:`~sam3dseg.model.encoder.EncoderInfo`),
+and, for resuming, the optimiser and schedule states and the history. On disk it
+is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
+
+    {"format": "sam3dseg-model", "version": 1, "epoch", "decoder", "optimizer",
+     "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
+     "feature_channels", "history", "best_dice"}
+
+:func:`load_model_file` checks the marker and the version; a file of an older
+version is brought up to date by the functions in ``_MIGRATIONS``, one version
+step each, so that every model file ever written keeps loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+from ..common.files import load_tensors, save_tensors
+from ..common.settings import from_dict, to_dict
+from ..data.preprocess import PreprocessConfig
+from ..errors import UserError
+from ..model.decoder import SAM3DDecoder
+from ..model.encoder import EncoderInfo
+from .config import DecoderConfig, RunConfig
+
+MODEL_FORMAT = "sam3dseg-model"
+MODEL_VERSION = 1
+
+# version v -> function turning a v state dict into a v + 1 one (none yet: 1 is the first).
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int) -> SAM3DDecoder:
+    """The decoder a run configuration describes, for ``num_classes`` classes and ``in_channels`` features."""
+    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample)
+
+
+@dataclass
+class ModelFile:
+    """A trained (or training) model, as written to and read from disk."""
+
+    config: RunConfig
+    class_names: list[str]
+    channel_names: list[str]
+    preprocess: PreprocessConfig
+    encoder: EncoderInfo
+    feature_channels: int
+    decoder: dict[str, Tensor]  # the decoder's state dict
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_dice: float = -1.0
+    optimizer: dict | None = None  # for resuming
+    scheduler: dict | None = None
+
+    def build_decoder(self) -> SAM3DDecoder:
+        """The decoder with these weights loaded (on the CPU, in training mode)."""
+        decoder = build_decoder(self.config.decoder, len(self.class_names), self.feature_channels)
+        decoder.load_state_dict(self.decoder)
+        return decoder
+
+    def to_state(self) -> dict:
+        """The on-disk dict (module docstring): tensors and plain types only."""
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "epoch": self.epoch,
+            "decoder": self.decoder,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "config": to_dict(self.config),
+            "class_names": list(self.class_names),
+            "channel_names": list(self.channel_names),
+            "preprocess": to_dict(self.preprocess),
+            "encoder": self.encoder.to_dict(),
+            "feature_channels": self.feature_channels,
+            "history": self.history,
+            "best_dice": self.best_dice,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file atomically (same bytes for the same content)."""
+        return save_tensors(self.to_state(), path)
+
+    @classmethod
+    def from_state(cls, state: dict, source: str = "model file") -> ModelFile:
+        """Read back a dict written by :meth:`to_state` (after :func:`migrate`); ``source`` names it in messages."""
+        try:
+            return cls(
+                config=from_dict(RunConfig, state["config"]),
+                class_names=list(state["class_names"]),
+                channel_names=list(state["channel_names"]),
+                preprocess=from_dict(PreprocessConfig, state["preprocess"], "preprocess."),
+                encoder=EncoderInfo.from_dict(state["encoder"]),
+                feature_channels=int(state["feature_channels"]),
+                decoder=state["decoder"],
+                epoch=int(state.get("epoch", 0)),
+                history=list(state.get("history", [])),
+                best_dice=float(state.get("best_dice", -1.0)),
+                optimizer=state.get("optimizer"),
+                scheduler=state.get("scheduler"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{source} is damaged: a sam3dseg model file without a valid {err} entry") from err
+
+
+def migrate(state: dict, source: str = "model file") -> dict:
+    """Bring a model-file dict of any version this code knows up to :data:`MODEL_VERSION`."""
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{source} has an unknown model format version {version!r}; this sam3dseg reads versions 1..{MODEL_VERSION}")
+    if version > MODEL_VERSION:
+        raise UserError(
+            f"{source} was written by a newer sam3dseg (model format version {version}; this one reads up to "
+            f"{MODEL_VERSION}): upgrade sam3dseg to use it"
+        )
+    while version < MODEL_VERSION:
+        state = _MIGRATIONS[version](state)
+        version += 1
+        state["version"] = version
+    return state
+
+
+def load_model_file(path: str | Path) -> ModelFile:
+    """A ``last.pt`` / ``best.pt``, loaded ``weights_only``, its marker and version checked.
+
+    Raises:
+        UserError: not a readable file, not a sam3dseg model file, or a format
+            version this code does not know.
+    """
+    state = load_tensors(path, "sam3dseg model file")
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path} is not a sam3dseg model file (no '{MODEL_FORMAT}' marker)")
+    return ModelFile.from_state(migrate(state, str(path)), str(path))

@@ -1,0 +1,217 @@
+"""Predict new volumes: encode slices, decode in overlapping depth windows, map back exactly.
+
+For one volume: preprocess as recorded in the model file, encode every slice with
+the frozen encoder, run the decoder over depth windows whose finest-level softmax
+outputs are blended with a Gaussian weight along depth, and stream the blended
+model-grid slices back onto the file's grid (bilinear in-plane, linear along depth,
+the same trilinear map as :func:`sam3dseg.preprocess.restore_probabilities`),
+taking the argmax there. Only the slices that a window still covers are held at
+model resolution, so memory does not grow with the number of slices beyond the
+features and the uint8 result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..common.files import atomic_output, ensure_writable
+from ..common.plots import save_montage
+from ..common.runtime import resolve_device
+from ..data.preprocess import Transform, anatomical_view, preprocess_image, restore_probabilities, unreorient
+from ..data.volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, split_channel, write_volume
+from ..errors import UserError
+from ..model.encoder import encode_volume
+from ..model.vit import SAMImageEncoder
+from .config import PredictConfig
+from .model_file import ModelFile, load_model_file
+from .windows import WindowDecoder
+
+
+class Predictor:
+    """A trained decoder with its frozen encoder and recorded preprocessing."""
+
+    def __init__(self, model: ModelFile, encoder: SAMImageEncoder, config: PredictConfig | None = None) -> None:
+        """
+        Args:
+            model: a model file (:func:`~sam3dseg.pipeline.model_file.load_model_file`).
+            encoder: the encoder the model was trained on (see :func:`load_predictor`).
+            config: window, overlap, test-time augmentation, device.
+        """
+        config = config or PredictConfig()
+        self.device = resolve_device(config.device)
+        self.config = config
+        self.class_names = model.class_names
+        self.channel_names = model.channel_names
+        self.preprocess = model.preprocess
+        self.image_size = model.encoder.image_size
+        self.encoder = encoder.to(self.device)
+        self.decoder = model.build_decoder().to(self.device).eval()
+        self.windows = WindowDecoder(self.decoder, config.window or model.config.train.crop_depth, config.overlap, config.flip_tta)
+
+    @torch.no_grad()
+    def encode(self, volume: np.ndarray) -> Tensor:
+        """``(C, D', H', W')`` grey values -> features ``(256·C, D', S/16, S/16)`` on the device."""
+        return encode_volume(self.encoder, torch.from_numpy(volume), self.config.slice_batch)
+
+    def model_slices(self, features: Tensor, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
+        """Each model-grid slice's class probabilities ``(K, H', W')``, in order (:class:`WindowDecoder`)."""
+        return self.windows.slices(features, valid_hw)
+
+    @torch.no_grad()
+    def predict_array(self, array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Transform]:
+        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> uint8 labels on its own grid ``(z, y, x)``."""
+        channels = 1 if array.ndim == 3 else array.shape[0]
+        if channels != len(self.channel_names):
+            raise UserError(
+                f"the volume has {channels} channel(s) but the model was trained on {len(self.channel_names)} "
+                f"({', '.join(self.channel_names)})"
+            )
+        volume, t = preprocess_image(array, geometry, self.channel_names, self.preprocess, self.image_size)
+        features = self.encode(volume)
+        slices = self.model_slices(features, t.model_shape[1:])
+        oriented = _stream_to_grid(slices, t)
+        return np.ascontiguousarray(unreorient(oriented, t)), t
+
+
+def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
+    """Model-grid probability slices (in order) -> argmax labels on the oriented grid ``(D, H, W)``.
+
+    In-plane: bilinear to ``(H, W)``; along depth: linear with ``align_corners=False``,
+    i.e. output slice z reads model position ``(z + 0.5)·D'/D - 0.5``. Together that is
+    the trilinear map of ``restore_probabilities``, computed two slices at a time.
+    """
+    d_model = t.model_shape[0]
+    d, h, w = t.oriented_shape
+    out = np.zeros((d, h, w), dtype=np.uint8)
+    held: dict[int, Tensor] = {}
+    source = iter(slices)
+    next_index = 0
+
+    def get(j: int) -> Tensor:
+        nonlocal next_index
+        while next_index <= j:
+            s = next(source)
+            if s.shape[-2:] != (h, w):
+                s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            held[next_index] = s
+            next_index += 1
+        return held[j]
+
+    scale = d_model / d
+    for z in range(d):
+        pos = max((z + 0.5) * scale - 0.5, 0.0)
+        j0 = min(int(math.floor(pos)), d_model - 1)
+        j1 = min(j0 + 1, d_model - 1)
+        frac = pos - j0
+        p = get(j0) if frac == 0 or j1 == j0 else (1 - frac) * get(j0) + frac * get(j1)
+        out[z] = p.argmax(0).to(torch.uint8).cpu().numpy()
+        for old in [k for k in held if k < j0]:
+            del held[old]
+    return out
+
+
+def load_predictor(model: str | Path, checkpoint: str | Path | None = None, config: PredictConfig | None = None) -> Predictor:
+    """Rebuild the encoder a model was trained on, check it is the same one, and wrap both.
+
+    Raises:
+        UserError: not a sam3dseg model file; the SAM checkpoint is missing or is not
+            the one the model's features came from.
+    """
+    record = load_model_file(model)
+    encoder = record.encoder.rebuild(checkpoint, source=str(model))
+    return Predictor(record, encoder, config)
+
+
+def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[Path]]]:
+    """Cases to predict under ``path``: ``(name, channel files)``.
+
+    A file is one case; so is a DICOM series folder. Names follow one rule
+    (:func:`~sam3dseg.data.volumes.case_name`, then nnU-Net's channel part
+    ``{case}_{XXXX}`` dropped): ``liver_003_0000.nii.gz`` predicts as ``liver_003``
+    alone or in a folder. In a folder whose image names all carry a channel part,
+    files are grouped into one case per name, channel by channel; otherwise each
+    file is a case.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"input not found: {path}")
+    if path.is_file():
+        return [(split_channel(case_name(path))[0], [path])]
+    files = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))
+    if not files:
+        if any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
+            return [(case_name(path), [path])]
+        raise UserError(f"no images ({', '.join(SUFFIXES)}) in {path}")
+    split = [(p, *split_channel(case_name(p))) for p in files]
+    if any(channel is None for _, _, channel in split):
+        return [(case_name(p), [p]) for p in files]
+    cases: dict[str, list[Path]] = {}
+    for p, name, _ in split:
+        cases.setdefault(name, []).append(p)
+    for name, paths in cases.items():
+        if len(paths) != num_channels:
+            raise UserError(f"case {name} in {path} has {len(paths)} channel file(s), the model needs {num_channels}")
+    return list(cases.items())
+
+
+def predict_probabilities(predictor: Predictor, array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Class probabilities on the file's grid ``(K, z, y, x)`` (float32, the whole volume in memory)."""
+    volume, t = preprocess_image(array, geometry, predictor.channel_names, predictor.preprocess, predictor.image_size)
+    features = predictor.encode(volume)
+    probs = torch.stack(list(predictor.model_slices(features, t.model_shape[1:])), dim=1)
+    return restore_probabilities(probs.cpu(), t)
+
+
+@dataclass
+class FolderOutputs:
+    """What :func:`predict_folder` writes beside each segmentation."""
+
+    probabilities: bool = False  # {case}_probabilities.npy, (K, z, y, x) float16
+    png: bool = False  # {case}.png, a montage with contours
+    overwrite: bool = False  # redo cases whose segmentation exists
+
+
+def predict_folder(
+    predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True
+) -> dict:
+    """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
+
+    A case whose segmentation exists is skipped unless ``outputs.overwrite``: the
+    segmentation is written last and atomically, so an existing one is a finished
+    case and a killed run resumes. Returns ``{"written": [...], "skipped": [...], "out": out}``.
+    """
+    from tqdm import tqdm
+
+    outputs = outputs or FolderOutputs()
+    cases = collect_inputs(inputs, len(predictor.channel_names))
+    out = ensure_writable(out)
+    written, skipped = [], []
+    for name, paths in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
+        if target.exists() and not outputs.overwrite:
+            skipped.append(name)
+            continue
+        array, geometry = read_channels(paths)
+        array = array[0] if array.shape[0] == 1 else array
+        if outputs.probabilities:
+            probs = predict_probabilities(predictor, array, geometry)
+            label = probs.argmax(0).astype(np.uint8)
+            with atomic_output(out / f"{name}_probabilities.npy") as tmp:
+                np.save(tmp, probs.astype(np.float16))
+        else:
+            label, _ = predictor.predict_array(array, geometry)
+        if outputs.png:
+            first = array if array.ndim == 3 else array[0]
+            (image, seg), aspect = anatomical_view([first, label], geometry, predictor.preprocess.slicing_axis)
+            save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect)
+        write_volume(label, geometry, target)
+        written.append(name)
+    return {"written": written, "skipped": skipped, "out": out}

@@ -1,0 +1,230 @@
+"""Training the decoder on cached features: set-up, resume, epochs, validation, model files; DDP.
+
+Each epoch draws its batches from a generator seeded by ``(seed, epoch)``, and
+``RUN/last.pt`` is written (atomically) after every epoch with the decoder,
+optimiser and schedule states. A run killed at any point restarts from the last
+finished epoch and, replaying that epoch's draws, reaches the same weights as a
+run that was never stopped.
+
+Validation decodes each held-out case with the same window decoder as
+``sam3dseg predict`` (:class:`~sam3dseg.pipeline.windows.WindowDecoder`, default
+window and overlap) and scores it on the model grid; the best mean foreground
+Dice picks ``best.pt``.
+
+Data parallel: under ``torchrun`` (``WORLD_SIZE > 1``) every rank draws the same
+global batch and computes its share; DistributedDataParallel averages gradients,
+which equals the one-process gradient because the loss is a per-sample mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..common.files import atomic_output, write_text
+from ..common.plots import save_curves
+from ..common.runtime import barrier, init_distributed, resolve_device
+from ..common.settings import dump_yaml, from_dict, to_dict
+from ..data.preprocess import PreprocessConfig
+from ..errors import UserError
+from ..model.decoder import SAM3DDecoder
+from ..model.encoder import EncoderInfo
+from ..model.losses import DeepSupervisionLoss
+from .cache import read_manifest
+from .config import PredictConfig, RunConfig
+from .metrics import dice_per_class, mean_finite
+from .model_file import ModelFile, build_decoder, load_model_file
+from .samples import CaseStore, sample_batch
+from .windows import WindowDecoder
+
+
+def split_cases(names: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Training and validation names: the last ``ceil(fraction·N)`` (sorted) are held out."""
+    names = sorted(names)
+    n_val = math.ceil(val_fraction * len(names)) if len(names) > 1 else 0
+    n_val = min(n_val, len(names) - 1)
+    return names[: len(names) - n_val], names[len(names) - n_val :]
+
+
+@torch.no_grad()
+def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: int, num_classes: int, device: torch.device) -> dict:
+    """Mean foreground Dice per class over the validation cases, decoded as ``predict`` decodes.
+
+    Scored on the model grid, the encoder's square padding excluded. Returns
+    ``{"dice_per_class": [K-1 values], "dice": their mean}`` (NaN where a class
+    is absent from every case).
+    """
+    decoder.eval()
+    windows = WindowDecoder(decoder, window, PredictConfig().overlap)
+    per_case = []
+    for name in names:
+        case = store[name]
+        label = case["label"].long().numpy()
+        pred = windows.labels(case["features"].to(device), label.shape[1:])
+        per_case.append(dice_per_class(pred.cpu().numpy(), label, num_classes))
+    decoder.train()
+    per_class = [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
+    return {"dice_per_class": per_class, "dice": mean_finite(per_class)}
+
+
+def _poly(total_steps: int, power: float):
+    return lambda step: (1 - min(step, total_steps) / total_steps) ** power
+
+
+def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
+
+
+def _write_log(history: list[dict], path: Path) -> None:
+    keys = ["epoch", "train_loss", "val_dice", "lr", "seconds"]
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+@dataclass
+class _Data:
+    """The cache as training sees it."""
+
+    manifest: dict
+    store: CaseStore
+    train_names: list[str]
+    val_names: list[str]
+
+    @classmethod
+    def open(cls, cache: Path, val_fraction: float) -> _Data:
+        manifest = read_manifest(cache)
+        train_names, val_names = split_cases(manifest["cases"], val_fraction)
+        if not train_names:
+            raise UserError(f"cache {cache} has no training cases")
+        store = CaseStore(cache)
+        for name in train_names + val_names:
+            if "label" not in store[name]:
+                raise UserError(f"cached case {name} has no label; training needs labelled cases")
+        return cls(manifest, store, train_names, val_names)
+
+    def model_file(self, config: RunConfig, decoder: SAM3DDecoder) -> ModelFile:
+        m = self.manifest
+        return ModelFile(
+            config=config,
+            class_names=m["class_names"],
+            channel_names=m["channel_names"],
+            preprocess=from_dict(PreprocessConfig, m["preprocess"], "preprocess."),
+            encoder=EncoderInfo.from_dict(m["encoder"]),
+            feature_channels=m["feature_channels"],
+            decoder=decoder.state_dict(),
+        )
+
+
+def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler) -> bool:
+    """Load ``path`` (``last.pt``) into the training state if it exists; True if it did."""
+    if not path.exists():
+        return False
+    state = load_model_file(path)
+    if to_dict(state.config) != to_dict(record.config):
+        raise UserError(f"{path.parent} holds a run with another configuration; use a new --out or the same config")
+    decoder.load_state_dict(state.decoder)
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    record.history, record.best_dice, record.epoch = state.history, state.best_dice, state.epoch
+    return True
+
+
+def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool = True) -> dict:
+    """Train a decoder on a cache; write ``out/{config.yaml,last.pt,best.pt,log.csv,curves.png}``.
+
+    Resumes from ``out/last.pt`` when it exists (same configuration required).
+    Returns the run summary.
+    """
+    from tqdm import tqdm
+
+    # set-up
+    rank, world = init_distributed()
+    cache, out, t = Path(cache), Path(out), config.train
+    if t.batch_size % world:
+        raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
+    device = resolve_device(t.device, world)
+    data = _Data.open(cache, t.val_fraction)
+    num_classes = len(data.manifest["class_names"])
+    image_size = data.manifest["encoder"]["image_size"]
+    torch.manual_seed(t.seed)
+    decoder = build_decoder(config.decoder, num_classes, data.manifest["feature_channels"]).to(device)
+    model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
+    optimizer = _make_optimizer(decoder.parameters(), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
+    loss_fn = DeepSupervisionLoss(config.loss.weights, config.loss.target_mode)
+    record = data.model_file(config, decoder)
+
+    # resume
+    if _resume(record, out / "last.pt", decoder, optimizer, scheduler) and rank == 0 and progress:
+        print(f"resuming {out} after epoch {record.epoch}")
+    if rank == 0:
+        write_text(out / "config.yaml", dump_yaml(config))
+
+    part = slice(rank * (t.batch_size // world), (rank + 1) * (t.batch_size // world))
+    decoder.train()
+    for epoch in range(record.epoch, t.epochs):
+        # one epoch
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        losses = []
+        bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress or rank != 0, leave=False)
+        for _ in bar:
+            batch = sample_batch(data.store, data.train_names, t.batch_size, t.crop_depth, image_size, generator, t.flip_depth, part)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
+                outputs = model(batch.features.to(device))
+            loss = loss_fn([o.float() for o in outputs], batch.labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(decoder.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            value = loss.detach()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            losses.append(value.item())
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        entry = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0], "val_dice": None}
+
+        # validate
+        if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
+            result = validate(decoder, data.store, data.val_names, t.crop_depth, num_classes, device)
+            entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
+        entry["seconds"] = time.perf_counter() - start
+        record.history.append(entry)
+        improved = entry["val_dice"] is not None and entry["val_dice"] > record.best_dice
+        if improved:
+            record.best_dice = entry["val_dice"]
+
+        # save
+        if rank == 0:
+            record.epoch, record.decoder = epoch + 1, decoder.state_dict()
+            record.optimizer, record.scheduler = optimizer.state_dict(), scheduler.state_dict()
+            record.save(out / "last.pt")
+            if improved or not data.val_names:
+                record.save(out / "best.pt")
+            _write_log(record.history, out / "log.csv")
+            save_curves(record.history, out / "curves.png")
+            if progress:
+                dice = f", val Dice {entry['val_dice']:.4f}" if entry["val_dice"] is not None else ""
+                print(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{dice} ({entry['seconds']:.1f} s)", flush=True)
+    if world > 1:
+        barrier()
+    return {
+        "history": record.history,
+        "best_dice": record.best_dice,
+        "train_cases": data.train_names,
+        "val_cases": data.val_names,
+        "out": str(out),
+    }
