@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sam_reference import official_encoder, randomize_  # noqa: E402
 
-from sam3dseg.encoder import ENCODERS, SAMImageEncoder  # noqa: E402
+from sam3dseg.model.encoder import ENCODERS  # noqa: E402
+from sam3dseg.model.vit import SAMImageEncoder  # noqa: E402
 
 
 def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from sam3dseg.cache import EncoderInfo, build_cache
-from sam3dseg.config import load_run_config
-from sam3dseg.dataset import load_dataset
-from sam3dseg.encoder import EncoderSpec, SAMImageEncoder
-from sam3dseg.preprocess import PreprocessConfig
-from sam3dseg.synthetic import write_dataset
-from sam3dseg.train import train
+from sam3dseg.pipeline.cache import build_cache
+from sam3dseg.pipeline.config import load_run_config
+from sam3dseg.data.datasets import load_dataset
+from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.data.synthetic import write_dataset
+from sam3dseg.pipeline.train import train
 
 CANDIDATES = {
     "adamw lr=1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],

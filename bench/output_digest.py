@@ -25,6 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from sam3dseg.cli import main as sam3dseg_main
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -51,8 +53,6 @@ def _decoder_digest(path: Path) -> str:
 
 def run(work: Path) -> dict[str, str]:
     """Run the pipeline under ``work`` (emptied first) and return ``{file: sha256}``."""
-    from sam3dseg.cli import main
-
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -68,7 +68,7 @@ def run(work: Path) -> dict[str, str]:
          "--out", str(work / "pred_tta_probs"), "--quiet", "--tta", "--probabilities", "--window", "4"],
     ]  # fmt: skip
     for argv in steps:
-        if main(argv) != 0:
+        if sam3dseg_main(argv) != 0:
             raise SystemExit(f"sam3dseg {' '.join(argv)} failed")
     digests = {}
     for path in sorted((work / "cache" / "cases").iterdir()):

@@ -22,32 +22,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.data.volumes import Geometry
+from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
+from sam3dseg.pipeline.config import PredictConfig, load_run_config
+from sam3dseg.pipeline.model_file import ModelFile, build_decoder
+from sam3dseg.pipeline.predict import Predictor, predict_probabilities
+
 
 def _child(mode: str, depth: int, size: int) -> dict:
-    import numpy as np
-    import torch
-
-    from sam3dseg.config import load_run_config, to_dict
-    from sam3dseg.decoder import SAM3DDecoder
-    from sam3dseg.encoder import EncoderSpec, SAMImageEncoder
-    from sam3dseg.inference import PredictConfig, Predictor, predict_probabilities
-    from sam3dseg.io import Geometry
-    from sam3dseg.preprocess import PreprocessConfig
-
     torch.manual_seed(0)
     spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
     encoder = SAMImageEncoder(spec, image_size=size, name="small")
     run = load_run_config(None, ["train.crop_depth=16"])
-    state = {
-        "config": to_dict(run),
-        "class_names": ["background", "a", "b"],
-        "channel_names": ["CT"],
-        "preprocess": vars(PreprocessConfig()),
-        "encoder": {"name": "small", "image_size": size},
-        "feature_channels": 32,
-        "decoder": SAM3DDecoder(3, 32, run.decoder.channels).state_dict(),
-    }
-    predictor = Predictor(state, encoder, PredictConfig(window=16, overlap=0.5))
+    decoder = build_decoder(run.decoder, 3, 32)
+    model = ModelFile(run, ["background", "a", "b"], ["CT"], PreprocessConfig(), EncoderInfo.of(encoder, None), 32, decoder.state_dict())
+    predictor = Predictor(model, encoder, PredictConfig(window=16, overlap=0.5))
     volume = np.random.default_rng(0).normal(0, 300, size=(depth, size, size)).astype(np.float32)
     geometry = Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     if mode == "streamed":

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import torch
 
+from sam3dseg.common.files import save_tensors, write_json
+from sam3dseg.model.decoder import SAM3DDecoder
+from sam3dseg.model.encoder import build_encoder, encode_slices, to_encoder_input
+from sam3dseg.model.losses import deep_supervision_loss
+from sam3dseg.pipeline.samples import CaseStore, sample_batch
+
 
 def _child(mode: str, args: argparse.Namespace) -> dict:
-    from sam3dseg import SAM3DDecoder, build_encoder, deep_supervision_loss
-    from sam3dseg.cache import save_tensors, write_json
-    from sam3dseg.data import CaseStore, sample_batch
-    from sam3dseg.encoder import encode_slices, to_encoder_input
-
     torch.manual_seed(0)
     grid = args.size // 16
     total_depth = args.depth + 32
@@ -53,7 +54,7 @@ def _child(mode: str, args: argparse.Namespace) -> dict:
             (cache / "cases").mkdir()
             features = torch.randn(256, total_depth, grid, grid).half()  # as `sam3dseg cache` stores them
             save_tensors({"features": features, "label": label}, cache / "cases" / "case.pt")
-            write_json({"key": "bench"}, cache / "cases" / "case.json")
+            write_json(cache / "cases" / "case.json", {"key": "bench"})
             store = CaseStore(cache)
         elif mode == "on-the-fly":
             encoder = build_encoder("vit_b", image_size=args.size)

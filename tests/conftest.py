@@ -1,12 +1,8 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import make_cache
 
-sys.path.insert(0, str(Path(__file__).parent))  # for sam_reference
-
-from sam3dseg.encoder import EncoderSpec
+from sam3dseg.model.vit import EncoderSpec
 
 
 @pytest.fixture(autouse=True)
@@ -20,31 +16,10 @@ def tiny_spec() -> EncoderSpec:
     return EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4)
 
 
-def tiny_encoder(image_size: int = 64, seed: int = 0):
-    """A two-block SAM-structured encoder with 32 output channels (fast on CPU)."""
-    from sam3dseg.encoder import SAMImageEncoder
-
-    spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return SAMImageEncoder(spec, image_size=image_size, name="tiny")
-
-
-def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, **kwargs):
-    """Encode a dataset folder with the tiny encoder; returns the build summary."""
-    from sam3dseg.cache import EncoderInfo, build_cache
-    from sam3dseg.dataset import load_dataset
-    from sam3dseg.preprocess import PreprocessConfig
-
-    enc = tiny_encoder(image_size, seed)
-    info = EncoderInfo.of(enc, None)
-    return build_cache(load_dataset(dataset_dir), cache_dir, enc, info, preprocess or PreprocessConfig(), progress=False, **kwargs)
-
-
 @pytest.fixture(scope="session")
 def generated_dataset(tmp_path_factory):
     """Six generated single-channel cases in the nnU-Net v2 layout (read-only: copy to modify)."""
-    from sam3dseg.synthetic import write_dataset
+    from sam3dseg.data.synthetic import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("gen") / "Dataset001_Gen", 6, "nnunet", seed=3)
 
@@ -55,9 +30,9 @@ def trained_tiny(tmp_path_factory):
 
     Returns a dict with the dataset, cache and run folders and the training result.
     """
-    from sam3dseg.config import load_run_config
-    from sam3dseg.synthetic import write_dataset
-    from sam3dseg.train import train
+    from sam3dseg.data.synthetic import write_dataset
+    from sam3dseg.pipeline.config import load_run_config
+    from sam3dseg.pipeline.train import train
 
     root = tmp_path_factory.mktemp("trained")
     ds = write_dataset(root / "ds", 10, "nnunet", seed=1)

@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("nilearn")
 
-from sam3dseg.dataset import load_dataset  # noqa: E402
+from sam3dseg.data.datasets import load_dataset  # noqa: E402
 from sam3dseg.demo import CLASS_NAMES, DemoConfig, build_dataset  # noqa: E402
-from sam3dseg.io import read_volume  # noqa: E402
+from sam3dseg.data.volumes import read_volume  # noqa: E402
 
 
 def test_demo_dataset(tmp_path):

@@ -1,9 +1,9 @@
-"""A 3-D self-attention decoder: the baseline the write-up compares against (seed §3).
+"""A 3-D self-attention decoder: the baseline the write-up compares against (method §3).
 
-It keeps the conv decoder's contract (:class:`sam3dseg.decoder.LevelDecoder`): the same
+It keeps the conv decoder's contract (:class:`sam3dseg.model.decoder.LevelDecoder`): the same
 input ``F``, the same four blocks ``g(ℓ) -> g(ℓ+1)`` with the same in-plane ``U_2x``,
-the same 1×1×1 heads, so outputs match :class:`~sam3dseg.decoder.SAM3DDecoder`'s
-shapes exactly. Only the mixing step differs: where the seed's block mixes
+the same 1×1×1 heads, so outputs match :class:`~sam3dseg.model.decoder.SAM3DDecoder`'s
+shapes exactly. Only the mixing step differs: where the write-up's block mixes
 neighbours with 3×3×3 convolutions, this one lets every one of the block's
 ``T = D·h·w`` positions attend to all others::
 
@@ -32,7 +32,7 @@ AttentionKernel = Literal["sdpa", "explicit"]
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``softmax(q kᵀ / √d) v`` written out (seed §3): ``(B, T, d)`` each -> ``(B, T, d)``.
+    """``softmax(q kᵀ / √d) v`` written out (method §3): ``(B, T, d)`` each -> ``(B, T, d)``.
 
     Materialises the ``(B, T, T)`` score matrix, and autograd keeps the softmax
     output for the backward pass: memory ``O(T²)``.
@@ -95,7 +95,7 @@ class AttentionDecoder(LevelDecoder):
     """The self-attention baseline: :class:`AttentionUpBlock` ×4 and the conv decoder's heads.
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns logits
-    ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``, as :class:`~sam3dseg.decoder.SAM3DDecoder`.
+    ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``, as :class:`~sam3dseg.model.decoder.SAM3DDecoder`.
     """
 
     def __init__(

@@ -53,7 +53,7 @@ def _reset_peak() -> bool:
 
 
 def decoder_of_kind(kind: str, num_classes: int = 3, dim: int = 32):
-    """``conv`` (the seed's decoder), ``sdpa`` or ``explicit`` (the attention baseline), seed widths."""
+    """``conv`` (the write-up's decoder), ``sdpa`` or ``explicit`` (the attention baseline), seed widths."""
     from ..model.decoder import SAM3DDecoder
     from .attention import AttentionDecoder
 

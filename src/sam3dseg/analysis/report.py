@@ -15,7 +15,7 @@ from ..common.files import write_text
 from ..common.plots import pyplot, save_figure
 
 COLOURS = {"conv": "tab:blue", "attention": "tab:red", "explicit": "tab:red", "sdpa": "tab:orange"}
-LABELS = {"conv": "conv decoder (seed)", "attention": "attention", "explicit": "attention, explicit softmax",
+LABELS = {"conv": "conv decoder (write-up)", "attention": "attention", "explicit": "attention, explicit softmax",
           "sdpa": "attention, fused SDPA"}
 
 
@@ -81,7 +81,7 @@ def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
     orig = [r for r in rows if r["shortcut_kernel"] == 1]
     x = range(len(seed))
     ax.bar([i - 0.27 for i in x], [r["seed_formula"] / 1e9 for r in seed], 0.27, label="seed: H_ℓ W_ℓ D k C_ℓ²")
-    ax.bar(list(x), [r["measured"] / 1e9 for r in seed], 0.27, label="measured, W0 3×3×3 (seed)")
+    ax.bar(list(x), [r["measured"] / 1e9 for r in seed], 0.27, label="measured, W0 3×3×3 (write-up)")
     ax.bar([i + 0.27 for i in x], [r["measured"] / 1e9 for r in orig], 0.27, label="measured, W0 1×1×1 (original)")
     ax.set_xticks(list(x), [f"ℓ = {r['level']}\n{r['channels'][0]}→{r['channels'][1]}" for r in seed])
     ax.set_ylabel("GFLOPs")
@@ -257,7 +257,7 @@ def write_report(r: dict[str, Any], out: Path) -> Path:
         "",
         "## Verdicts",
         "",
-        "| claim (seed section) | measured | verdict | why |",
+        "| claim (method section) | measured | verdict | why |",
         "|---|---|---|---|",
         *(f"| {a} | {b} | **{v}** | {w} |" for a, b, v, w in verdicts),
         "",
@@ -358,8 +358,8 @@ def _levels_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "    FLOPs_ℓ = 2 H_ℓ W_ℓ D (k C_ℓ C' + k C'² + k₀ C_ℓ C') + 2 · 4 H_ℓ W_ℓ D C' K",
         "            = H_ℓ W_ℓ D k C_ℓ² · 2 (½ + ¼ + k₀/(2k)) + head",
         "",
-        "so the seed's formula is the cost of one C_ℓ→C_ℓ convolution in multiply-adds; the block runs three "
-        "convolutions at half or quarter that width. The constant is 2 × 1.25 = 2.5 with the seed's 3×3×3 W0 and "
+        "so the write-up's formula is the cost of one C_ℓ→C_ℓ convolution in multiply-adds; the block runs three "
+        "convolutions at half or quarter that width. The constant is 2 × 1.25 = 2.5 with the write-up's 3×3×3 W0 and "
         "2 × (0.75 + 1/54) = 1.54 with the original code's 1×1×1 W0; the head adds 4K/(27 C_ℓ). Norms, "
         "activations and the interpolation are O(H_ℓW_ℓD·C') and not counted.",
         "",
@@ -389,7 +389,7 @@ def _gradient_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "concat doubles channels, needs a 1×1×1 fusion and doubles parameters and memory.)",
         "",
         "φ(g) = IN(W2 σ(IN(W1 g))) is taken from one `ResidualUpBlock(C, C)` per seed, so the four forms differ "
-        "only in the join: **projection** σ(φ(g) + IN(W0 g)) is the decoder's real block (the seed's §2.1 "
+        "only in the join: **projection** σ(φ(g) + IN(W0 g)) is the decoder's real block (the write-up's §2.1 "
         "shortcut is a convolution, not the identity); **identity** g + φ(g); **serial** φ(g); **concat** "
         f"W_f[g; φ(g)] with a 1×1×1 fusion. Width C = {g['width']}, grid {d}×{h}×{w}, PyTorch's default "
         "initialisation. Gain = ‖∂⟨y, v⟩/∂g‖ / ‖v‖ for a Gaussian v at the output (input and output have the "
@@ -488,7 +488,7 @@ def _supervision_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "> ∇_θ L_tot = Σ_ℓ α_ℓ ∂L(ℓ)/∂Ŷ(ℓ) ∇_θ f_θ(ℓ). 每级误差并联发送 ⇒ 低层参数收到直接梯度；数值稳定因 Σα_ℓ = 1。",
         "> (Each level's error is sent in parallel, so lower layers receive a direct gradient; stable since Σα = 1.)",
         "",
-        f"The seed-width decoder (K = {r['config']['num_classes']}) on random features `(1, 256, {d}, {h}, {w})` "
+        f"The write-up-width decoder (K = {r['config']['num_classes']}) on random features `(1, 256, {d}, {h}, {w})` "
         f"and blob labels at {16 * h}×{16 * w}, float64, {len(ds['seeds'])} seeds; α = (1, 2, 4, 8)/15. "
         "L(ℓ) alone is the same `deep_supervision_loss` with one-hot weights.",
         "",
@@ -514,7 +514,7 @@ def _supervision_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         f"from its α₄L(4) part alone (×{total / part4:.2f}), so the auxiliary levels do reach the first block "
         f"directly. Against L(4) with weight 1, i.e. training without deep supervision, the norm is "
         f"×{total / alone:.2f}: Σα = 1 spreads the same unit of weight over four outputs, which keeps the "
-        "total on the scale of one level's loss (the seed's stability remark) rather than adding gradient.",
+        "total on the scale of one level's loss (the write-up's stability remark) rather than adding gradient.",
         "",
     ]
     return lines

@@ -10,7 +10,7 @@ Steps, each recorded in a :class:`Transform` so a prediction maps back exactly:
    a percentile clip, channel by channel.
 3. **Resample** (optional) to a target spacing, then resize each slice so its longest
    side equals the encoder's ``image_size``. The zero padding to a square and SAM's
-   pixel normalisation follow in the encoder input (:func:`sam3dseg.encoder.to_encoder_input`).
+   pixel normalisation follow in the encoder input (:func:`sam3dseg.model.encoder.to_encoder_input`).
 
 Labels are resampled by pixel-centre nearest neighbour with integer arithmetic, so
 ``restore_label(preprocess_label(y)) == y`` exactly whenever no axis is shrunk.
@@ -221,7 +221,7 @@ def preprocess_image(
     """A read volume to encoder-ready slices.
 
     Args:
-        array: ``(z, y, x)`` or ``(C, z, y, x)`` as :func:`sam3dseg.io.read_volume` returns.
+        array: ``(z, y, x)`` or ``(C, z, y, x)`` as :func:`sam3dseg.data.volumes.read_volume` returns.
         geometry: its geometry.
         modalities: one name per channel (``"CT"`` selects the CT window under ``auto``).
         config: the preprocessing settings.

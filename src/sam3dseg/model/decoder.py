@@ -1,6 +1,6 @@
-"""The light 3-D decoder: four residual-upsampling blocks with deep-supervision heads (seed §2).
+"""The light 3-D decoder: four residual-upsampling blocks with deep-supervision heads (method §2).
 
-Block ℓ (seed §2.1), for ``g(ℓ) ∈ R^{C_ℓ × D × H_ℓ × W_ℓ}``::
+Block ℓ (method §2.1), for ``g(ℓ) ∈ R^{C_ℓ × D × H_ℓ × W_ℓ}``::
 
     r1     = IN( W2 * σ( IN( W1 * g(ℓ) ) ) )
     r2     = IN( W0 * g(ℓ) )
@@ -48,12 +48,12 @@ def instance_norm(channels: int) -> nn.InstanceNorm3d:
 
 
 class ResidualUpBlock(nn.Module):
-    """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (seed §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``.
+    """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (method §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``.
 
     ``W1: C_in → C_out`` and ``W2: C_out → C_out`` form the residual branch ``r1``;
-    ``W0: C_in → C_out`` the shortcut ``r2``. The seed has a 3×3×3 ``W0``; the original
+    ``W0: C_in → C_out`` the shortcut ``r2``. The write-up has a 3×3×3 ``W0``; the original
     SAM3D code a 1×1×1 one (``shortcut_kernel=1``). Depth is never resampled: the
-    seed's ×2 linear interpolation acts in-plane only (DESIGN §1), so the slice
+    write-up's ×2 linear interpolation acts in-plane only (method §2.1, decision D4), so the slice
     count D of the volume is kept at every level.
     """
 
@@ -77,7 +77,7 @@ class ResidualUpBlock(nn.Module):
         self.upsample = upsample
 
     def residual(self, g: Tensor) -> Tensor:
-        """``r1 = IN(W2 * σ(IN(W1 * g)))``, the seed's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
+        """``r1 = IN(W2 * σ(IN(W1 * g)))``, the write-up's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(g)))))
 
     def shortcut(self, g: Tensor) -> Tensor:
@@ -102,7 +102,7 @@ class LevelDecoder(nn.Module):
 
     Subclasses pass ``make_block(C_ℓ, C_ℓ+1)``, which builds a module ``(B, C_ℓ, D, h, w)
     -> (B, C_ℓ+1, D, 2h, 2w)``; this class owns the heads and the forward pass, so
-    the seed's conv decoder and the attention baseline (:mod:`sam3dseg.attention`)
+    the write-up's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
     take the same input and return the same four outputs.
     """
 
@@ -148,13 +148,13 @@ class LevelDecoder(nn.Module):
 
 
 class SAM3DDecoder(LevelDecoder):
-    """Four residual-upsampling blocks and a 1×1×1 head per level (seed §2).
+    """Four residual-upsampling blocks and a 1×1×1 head per level (method §2).
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
-    ``Ŷ(1), …, Ŷ(4)`` in the seed's order ℓ = 1..4 (coarse → fine), shaped
+    ``Ŷ(1), …, Ŷ(4)`` in the write-up's order ℓ = 1..4 (coarse → fine), shaped
     ``(B, K, D, h·2^ℓ, w·2^ℓ)``. Softmax is left to the loss / prediction.
 
-    Defaults follow the seed (3×3×3 shortcut, ReLU, linear upsampling); the original
+    Defaults follow the write-up (3×3×3 shortcut, ReLU, linear upsampling); the original
     SAM3D code is ``shortcut_kernel=1, activation="leaky_relu", upsample="nearest"``.
     """
 
@@ -172,9 +172,9 @@ class SAM3DDecoder(LevelDecoder):
             num_classes: K, background included.
             in_channels: C_0; 256 per encoded image channel (256·C for C modalities).
             channels: C_1..C_4, the widths of g(1)..g(4).
-            shortcut_kernel: kernel of W0, 3 (seed) or 1 (original SAM3D).
-            activation: σ, ``relu`` (seed) or ``leaky_relu`` (original).
-            upsample: U_2x, ``linear`` (seed) or ``nearest`` (original).
+            shortcut_kernel: kernel of W0, 3 (write-up) or 1 (original SAM3D).
+            activation: σ, ``relu`` (write-up) or ``leaky_relu`` (original).
+            upsample: U_2x, ``linear`` (write-up) or ``nearest`` (original).
         """
         super().__init__(
             num_classes,

@@ -180,7 +180,7 @@ def _few(keys: list[str], n: int = 4) -> str:
 def to_encoder_input(slices: Tensor, image_size: int) -> Tensor:
     """Grey slices in ``[0, 255]`` to SAM's input: ``(N, H, W) -> (N, 3, S, S)``.
 
-    The grey value is repeated to three channels (seed §1, step 1), normalised with
+    The grey value is repeated to three channels (method §1, step 1), normalised with
     SAM's per-channel pixel mean/std, and zero-padded at the bottom/right to ``S × S``,
     in that order, as SAM does (so the padding is the mean colour). Resizing the
     longest side to ``S`` is the caller's job (``preprocess``).

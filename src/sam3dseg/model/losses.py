@@ -1,14 +1,14 @@
-"""CE + Dice per level and the deep-supervision sum (seed §5).
+"""CE + Dice per level and the deep-supervision sum (method §5).
 
-Per level (seed §5.1), with ``Ŷ = softmax(logits)`` and one-hot (or soft) ``Y``::
+Per level (method §5.1), with ``Ŷ = softmax(logits)`` and one-hot (or soft) ``Y``::
 
     L_CE   = - Σ_{k,n} Y_kn ln Ŷ_kn
     L_Dice = 1 - 2 Σ_{k,n} Y_kn Ŷ_kn / ( Σ_{k,n} Y_kn² + Σ_{k,n} Ŷ_kn² )
     L(ℓ)   = L_CE + L_Dice
 
-and the total (seed §5.2) ``L_tot = Σ_ℓ α_ℓ L(ℓ)`` with ``(α4, α3, α2, α1) = (8, 4, 2, 1) / 15``.
+and the total (method §5.2) ``L_tot = Σ_ℓ α_ℓ L(ℓ)`` with ``(α4, α3, α2, α1) = (8, 4, 2, 1) / 15``.
 
-Decisions where the seed is silent (DESIGN §2):
+Decisions where the write-up is silent (docs/method.md, "Decisions"):
 
 - CE is *averaged* over voxels instead of summed: a sum grows with the crop and
   would drown the Dice term, which is a ratio in [0, 1]. The factor is a positive
@@ -20,7 +20,7 @@ Decisions where the seed is silent (DESIGN §2):
   loss does not depend on what else is in its batch (data-parallel training then
   averages the same quantity as one large batch).
 - ``Y(ℓ)``, the label on level ℓ's coarser grid, is the one-hot label
-  average-pooled in-plane (soft targets; the seed's ``Y²`` and ``KL(Y‖Ŷ)`` allow
+  average-pooled in-plane (soft targets; the write-up's ``Y²`` and ``KL(Y‖Ŷ)`` allow
   them). Nearest-neighbour subsampling is the option.
 """
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# α_ℓ for ℓ = 1..4 (coarse → fine), the decoder's output order; Σ α_ℓ = 1 (seed §5.2).
+# α_ℓ for ℓ = 1..4 (coarse → fine), the decoder's output order; Σ α_ℓ = 1 (method §5.2).
 DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
 
 TargetMode = Literal["average", "nearest"]
@@ -65,7 +65,7 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def level_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """``L(ℓ) = L_CE + L_Dice`` (seed §5.1) for one level: ``(B, K, …)`` each -> scalar."""
+    """``L(ℓ) = L_CE + L_Dice`` (method §5.1) for one level: ``(B, K, …)`` each -> scalar."""
     return cross_entropy(logits, target) + dice_loss(logits, target)
 
 
@@ -100,7 +100,7 @@ def deep_supervision_loss(
     weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS,
     target_mode: TargetMode = "average",
 ) -> Tensor:
-    """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (seed §5.2).
+    """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (method §5.2).
 
     Args:
         logits: the decoder's outputs in order ℓ = 1..L, each ``(B, K, D, H_ℓ, W_ℓ)``;

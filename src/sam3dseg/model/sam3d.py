@@ -1,4 +1,4 @@
-"""The whole pipeline as one module: slicing, frozen encoder, stacking, decoder (seed §1–§2).
+"""The whole pipeline as one module: slicing, frozen encoder, stacking, decoder (method §1–§2).
 
 ``I --slicing--> {I_i} --Enc--> F = [f_i] --decoder--> Ŷ(1..4)``
 """
@@ -32,11 +32,11 @@ class SAM3D(nn.Module):
 
     @torch.no_grad()
     def encode(self, volume: Tensor) -> Tensor:
-        """Slice, encode and stack (seed §1): ``(B, C, D, H, W) -> F: (B, 256·C, D, S/16, S/16)``.
+        """Slice, encode and stack (method §1): ``(B, C, D, H, W) -> F: (B, 256·C, D, S/16, S/16)``.
 
         ``volume`` holds grey values in ``[0, 255]`` with ``max(H, W) <= S`` (the
         encoder's ``image_size``); each slice is repeated to three channels,
-        SAM-normalised and zero-padded to ``S × S`` (:func:`sam3dseg.encoder.to_encoder_input`).
+        SAM-normalised and zero-padded to ``S × S`` (:func:`sam3dseg.model.encoder.to_encoder_input`).
         Each of the C image channels (MR sequences) is encoded on its own and the
         features are concatenated, as the original SAM3D does.
         """

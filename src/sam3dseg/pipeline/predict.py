@@ -4,7 +4,7 @@ For one volume: preprocess as recorded in the model file, encode every slice wit
 the frozen encoder, run the decoder over depth windows whose finest-level softmax
 outputs are blended with a Gaussian weight along depth, and stream the blended
 model-grid slices back onto the file's grid (bilinear in-plane, linear along depth,
-the same trilinear map as :func:`sam3dseg.preprocess.restore_probabilities`),
+the same trilinear map as :func:`sam3dseg.data.preprocess.restore_probabilities`),
 taking the argmax there. Only the slices that a window still covers are held at
 model resolution, so memory does not grow with the number of slices beyond the
 features and the uint8 result.

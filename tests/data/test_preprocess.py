@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sam3dseg.errors import UserError
-from sam3dseg.io import Geometry
-from sam3dseg.preprocess import (
+from sam3dseg.data.volumes import Geometry
+from sam3dseg.data.preprocess import (
     PreprocessConfig,
     reorient,
     plan_transform,
@@ -15,7 +15,7 @@ from sam3dseg.preprocess import (
     restore_label,
     restore_probabilities,
 )
-from sam3dseg.synthetic import _random_pose
+from sam3dseg.data.synthetic import _random_pose
 
 
 @pytest.mark.parametrize("seed", range(6))

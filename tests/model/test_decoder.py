@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from sam3dseg.decoder import ResidualUpBlock, SAM3DDecoder
+from sam3dseg.model.decoder import ResidualUpBlock, SAM3DDecoder
 
 
 @pytest.mark.parametrize("depth,h,w", [(2, 1, 1), (3, 3, 5), (5, 2, 7), (2, 6, 4)])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sam3dseg.analysis import (
+from sam3dseg.analysis.measurements import (
     AnalysisConfig,
     BlockForm,
     conv_spectral_norm,

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_cache
+from helpers import make_cache
 
 from sam3dseg.cli import main
-from sam3dseg.config import RunConfig, dump_yaml, load_run_config, to_dict
+import sam3dseg.pipeline.train as training
+from sam3dseg.common.settings import dump_yaml, to_dict
 from sam3dseg.errors import UserError
-from sam3dseg.train import load_model_file, train
+from sam3dseg.pipeline.config import RunConfig, load_run_config
+from sam3dseg.pipeline.model_file import load_model_file
+from sam3dseg.pipeline.train import train
 
 SMALL = ["train.steps_per_epoch=3", "train.crop_depth=4", "train.batch_size=2", "decoder.channels=[8,8,8,8]"]
 
@@ -35,20 +38,35 @@ def test_learns_generated_data(trained_tiny):
     for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "curves.png"):
         assert (run / name).is_file()
     state = load_model_file(run / "best.pt")
-    assert state["class_names"] == ["background", "class1", "class2"]
-    assert state["preprocess"]["slicing_axis"] == "axial" and state["encoder"]["image_size"] == 128
+    assert state.class_names == ["background", "class1", "class2"]
+    assert state.preprocess.slicing_axis == "axial" and state.encoder.image_size == 128
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(config)
 
 
-def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path):
+def _interrupt_after(monkeypatch, batches: int) -> None:
+    """Make training raise KeyboardInterrupt (as Ctrl-C would) when it asks for batch ``batches + 1``."""
+    drawn = []
+
+    def sample(*args, **kwargs):
+        if len(drawn) == batches:
+            raise KeyboardInterrupt
+        drawn.append(1)
+        return original(*args, **kwargs)
+
+    original = training.sample_batch
+    monkeypatch.setattr(training, "sample_batch", sample)
+
+
+def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch):
     config = load_run_config(None, ["train.epochs=3", *SMALL])
     whole = train(small_cache, tmp_path / "whole", config, progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_cache, tmp_path / "resumed", config, progress=False, stop_after_steps=5)  # mid epoch 2
-    assert load_model_file(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _interrupt_after(patch, 5)  # mid epoch 2
+        train(small_cache, tmp_path / "resumed", config, progress=False)
+    assert load_model_file(tmp_path / "resumed" / "last.pt").epoch == 1
     resumed = train(small_cache, tmp_path / "resumed", config, progress=False)
-    a = load_model_file(tmp_path / "whole" / "last.pt")["decoder"]
-    b = load_model_file(tmp_path / "resumed" / "last.pt")["decoder"]
+    a = load_model_file(tmp_path / "whole" / "last.pt").decoder
+    b = load_model_file(tmp_path / "resumed" / "last.pt").decoder
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in resumed["history"]]
 
@@ -63,7 +81,7 @@ def test_adamw_option_trains(small_cache, tmp_path):
     config = load_run_config(None, ["train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", *SMALL])
     result = train(small_cache, tmp_path / "run", config, progress=False)
     state = load_model_file(tmp_path / "run" / "last.pt")
-    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))  # really AdamW
+    assert "exp_avg" in next(iter(state.optimizer["state"].values()))  # really AdamW
     assert result["history"][0]["train_loss"] > 0
 
 
@@ -101,7 +119,7 @@ def test_cli_train_bad_input(tmp_path, capsys, small_cache):
     assert main(["train", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")]) == 2
     assert "is not a sam3dseg cache" in capsys.readouterr().err
     assert main(["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "train.optimizer=adam"]) == 2
-    assert "train.optimizer must be adamw or sgd" in capsys.readouterr().err
+    assert "train.optimizer must be one of sgd, adamw, got 'adam'" in capsys.readouterr().err
 
 
 def test_model_file_marker(tmp_path):
@@ -116,7 +134,7 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     # sqrt(v): where a gradient is ~0, all-reduce rounding can move a weight by up to lr.)
     overrides = ["train.epochs=2", "train.val_interval=5", "train.optimizer=sgd", "train.lr=0.01", *SMALL]
     single = train(small_cache, tmp_path / "single", load_run_config(None, overrides), progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
         "-m", "sam3dseg", "train", "--cache", str(small_cache), "--out", str(tmp_path / "ddp"), "--quiet", *overrides,
@@ -125,7 +143,34 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     a = load_model_file(tmp_path / "single" / "last.pt")
     b = load_model_file(tmp_path / "ddp" / "last.pt")
-    for k in a["decoder"]:
-        assert torch.allclose(a["decoder"][k], b["decoder"][k], atol=1e-6, rtol=1e-5), k
+    for k in a.decoder:
+        assert torch.allclose(a.decoder[k], b.decoder[k], atol=1e-6, rtol=1e-5), k
     losses = [h["train_loss"] for h in single["history"]]
-    assert [h["train_loss"] for h in b["history"]] == pytest.approx(losses, rel=1e-5)
+    assert [h["train_loss"] for h in b.history] == pytest.approx(losses, rel=1e-5)
+
+
+def test_validation_decodes_as_predict_does(small_cache):
+    """Validation uses predict's window decoder: a case no deeper than the window is one plain, unpadded
+    pass (the old validation zero-padded it to the crop depth), a deeper one is blended like predict."""
+    from sam3dseg.pipeline.config import DecoderConfig, PredictConfig
+    from sam3dseg.pipeline.metrics import dice_per_class
+    from sam3dseg.pipeline.model_file import build_decoder
+    from sam3dseg.pipeline.samples import CaseStore
+    from sam3dseg.pipeline.train import validate
+    from sam3dseg.pipeline.windows import WindowDecoder
+
+    store = CaseStore(small_cache)
+    case = store["case_000"]
+    label = case["label"].long().numpy()
+    depth, (h, w) = label.shape[0], label.shape[1:]
+    torch.manual_seed(1)
+    decoder = build_decoder(DecoderConfig(channels=(8, 8, 8, 8)), 3, 32)
+    with torch.no_grad():
+        plain = decoder(case["features"][None].float())[-1][0].argmax(0)[:, :h, :w].numpy()
+    result = validate(decoder, store, ["case_000"], depth + 3, 3, torch.device("cpu"))
+    assert result["dice_per_class"] == pytest.approx(dice_per_class(plain, label, 3), nan_ok=True)
+
+    blended = WindowDecoder(decoder, 4, PredictConfig().overlap).labels(case["features"], (h, w)).numpy()
+    result = validate(decoder, store, ["case_000"], 4, 3, torch.device("cpu"))
+    assert result["dice_per_class"] == pytest.approx(dice_per_class(blended, label, 3), nan_ok=True)
+    assert decoder.training  # handed back in training mode

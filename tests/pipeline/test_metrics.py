@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sam3dseg.cli import main
-from sam3dseg.io import Geometry, write_volume
-from sam3dseg.metrics import class_metrics, summarise
+from sam3dseg.data.volumes import Geometry, write_volume
+from sam3dseg.pipeline.metrics import class_metrics, summarise
 
 
 def _box(shape, lo, hi):

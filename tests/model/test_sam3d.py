@@ -8,7 +8,7 @@ import torch
 from sam_reference import randomize_
 
 from sam3dseg import SAM3D, SAM3DDecoder, deep_supervision_loss
-from sam3dseg.encoder import SAMImageEncoder, to_encoder_input
+from sam3dseg.model.encoder import SAMImageEncoder, to_encoder_input
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_channel_mismatch_is_explained(tiny_model):
 
 
 def test_readme_example_runs():
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 12
     namespace: dict = {}

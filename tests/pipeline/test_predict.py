@@ -1,37 +1,19 @@
 """Prediction: depth windows and their blending, the streamed way back, files and bad input."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder
+from helpers import tiny_encoder, tiny_model_file
 
 from sam3dseg.cli import main
-from sam3dseg.config import load_run_config, to_dict
-from sam3dseg.decoder import SAM3DDecoder
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.data.synthetic import make_case
+from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.errors import UserError
-from sam3dseg.inference import PredictConfig, Predictor, gaussian_weights, predict_probabilities, window_starts
-from sam3dseg.io import read_volume, write_volume
-from sam3dseg.preprocess import PreprocessConfig
-from sam3dseg.synthetic import make_case
-from sam3dseg.train import load_model_file
-
-
-def _state(preprocess=PreprocessConfig(), image_size=64, crop_depth=4, seed=0):
-    """A model-file dict around an untrained small decoder (32 feature channels, K = 3)."""
-    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]"])
-    torch.manual_seed(seed)
-    decoder = SAM3DDecoder(3, 32, run.decoder.channels)
-    return {
-        "config": to_dict(run),
-        "class_names": ["background", "a", "b"],
-        "channel_names": ["MR"],
-        "preprocess": dataclasses.asdict(preprocess),
-        "encoder": {"name": "tiny", "image_size": image_size},
-        "feature_channels": 32,
-        "decoder": decoder.state_dict(),
-    }
+from sam3dseg.pipeline.config import PredictConfig
+from sam3dseg.pipeline.model_file import load_model_file
+from sam3dseg.pipeline.predict import Predictor, predict_probabilities
+from sam3dseg.pipeline.windows import gaussian_weights, window_starts
 
 
 def test_window_starts_cover_the_volume():
@@ -52,14 +34,14 @@ def test_gaussian_weights():
 def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, monkeypatch):
     """Windows whose outputs encode each slice's own index blend back to exactly that index:
     every slice is covered, weights normalise to 1 (borders included), offsets line up."""
-    predictor = Predictor(_state(), tiny_encoder(), PredictConfig(window=window, overlap=overlap))
+    predictor = Predictor(tiny_model_file(), tiny_encoder(), PredictConfig(window=window, overlap=overlap))
 
     def coded(features, start):
         n = min(window, features.shape[1] - start)
         z = torch.arange(start, start + n, dtype=torch.float32)
         return z.view(1, n, 1, 1).expand(3, n, 2, 2).clone()
 
-    monkeypatch.setattr(predictor, "_window_probs", coded)
+    monkeypatch.setattr(predictor.windows, "window_probs", coded)
     out = list(predictor.model_slices(torch.zeros(32, depth, 4, 4), (2, 2)))
     assert len(out) == depth
     for z, s in enumerate(out):
@@ -67,7 +49,7 @@ def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, m
 
 
 def test_window_covering_the_depth_equals_one_pass():
-    predictor = Predictor(_state(), tiny_encoder(), PredictConfig(window=16))
+    predictor = Predictor(tiny_model_file(), tiny_encoder(), PredictConfig(window=16))
     features = torch.randn(32, 11, 4, 4)
     streamed = torch.stack(list(predictor.model_slices(features, (60, 64))), dim=1)
     with torch.no_grad():
@@ -78,7 +60,7 @@ def test_window_covering_the_depth_equals_one_pass():
 @pytest.mark.parametrize("target", [None, (1.0, 1.0, 1.0)])  # with and without depth resampling
 def test_streamed_labels_equal_full_probability_restore(target):
     images, _, geometry = make_case(np.random.default_rng(4))
-    state = _state(PreprocessConfig(target_spacing=target))
+    state = tiny_model_file(PreprocessConfig(target_spacing=target))
     predictor = Predictor(state, tiny_encoder(), PredictConfig(window=4, overlap=0.5))
     labels, t = predictor.predict_array(images[0], geometry)
     probs = predict_probabilities(predictor, images[0], geometry)
@@ -177,8 +159,17 @@ def test_bad_input_one_line_exit_2(vit_b_model, generated_dataset, tmp_path, cap
 
 
 def test_volume_with_other_channel_count_is_refused():
-    predictor = Predictor(_state(), tiny_encoder())
+    predictor = Predictor(tiny_model_file(), tiny_encoder())
     images, _, geometry = make_case(np.random.default_rng(1), channels=2)
     with pytest.raises(UserError, match=r"has 2 channel\(s\) but the model was trained on 1"):
         predictor.predict_array(np.stack(images), geometry)
 
+
+
+def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_path):
+    from sam3dseg.pipeline.predict import collect_inputs
+
+    image = generated_dataset / "imagesTr" / "case_003_0000.nii.gz"
+    assert collect_inputs(image, 1) == [("case_003", [image])]
+    folder = collect_inputs(generated_dataset / "imagesTr", 1)
+    assert ("case_003", [image]) in folder and len(folder) == 6

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from sam3dseg.dataset import load_dataset
+from sam3dseg.data.datasets import load_dataset
 from sam3dseg.errors import UserError
-from sam3dseg.synthetic import write_dataset
+from sam3dseg.data.synthetic import write_dataset
 
 
 def test_nnunet_layout(generated_dataset):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sam3dseg.decoder import SAM3DDecoder
-from sam3dseg.losses import (
+from sam3dseg.model.decoder import SAM3DDecoder
+from sam3dseg.model.losses import (
     DEEP_SUPERVISION_WEIGHTS,
     DeepSupervisionLoss,
     cross_entropy,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sam_reference import official_encoder, randomize_
 
-from sam3dseg.encoder import (
+from sam3dseg.model.encoder import (
     ENCODERS,
     PIXEL_MEAN,
     PIXEL_STD,
@@ -69,7 +69,7 @@ def test_mask_blocking_gives_same_result(tiny_spec, monkeypatch):
     ours = randomize_(SAMImageEncoder(tiny_spec, image_size=128), seed=2)
     x = torch.randn(2, 3, 128, 128)
     whole = ours(x)
-    monkeypatch.setattr("sam3dseg.encoder._MASK_BUDGET", 4 * 2 * 2 * 64 * 5)  # 5 query rows a block
+    monkeypatch.setattr("sam3dseg.model.vit._MASK_BUDGET", 4 * 2 * 2 * 64 * 5)  # 5 query rows a block
     assert torch.allclose(ours(x), whole, atol=1e-6)
 
 

@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_cache, tiny_encoder
+from helpers import make_cache, tiny_encoder
 
-from sam3dseg.cache import EncoderInfo, load_case, read_manifest
-from sam3dseg.io import read_volume, write_volume
-from sam3dseg.preprocess import PreprocessConfig
+from sam3dseg.pipeline.cache import EncoderInfo, load_case, read_manifest
+from sam3dseg.data.volumes import read_volume, write_volume
+from sam3dseg.data.preprocess import PreprocessConfig
 
 
 class CountingEncoder:
@@ -94,7 +94,7 @@ def test_sharded_ranks_cover_all_cases(generated_dataset, tmp_path):
 
 
 def test_multichannel_features_concatenate(tmp_path):
-    from sam3dseg.synthetic import write_dataset
+    from sam3dseg.data.synthetic import write_dataset
 
     ds = write_dataset(tmp_path / "ds", 1, "nnunet", channels=2, depth=(4, 5), size=(20, 24))
     make_cache(ds, tmp_path / "c")
@@ -182,7 +182,7 @@ def test_msd_four_d_and_nnunet_channels_give_the_same_features(tmp_path):
 
     import SimpleITK as sitk
 
-    from sam3dseg.synthetic import write_dataset
+    from sam3dseg.data.synthetic import write_dataset
 
     nn = write_dataset(tmp_path / "nn", 1, "nnunet", channels=2, depth=(4, 5), size=(20, 24))
     msd = tmp_path / "msd"
@@ -210,7 +210,7 @@ def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
         "-m", "sam3dseg", "cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"),
@@ -235,3 +235,32 @@ def test_damaged_cached_case_is_explained(generated_dataset, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="cached case not found: .*case_404.pt"):
         load_case(tmp_path / "c", "case_404")
+
+
+def test_cache_yaml_repeats_the_run(generated_dataset, tmp_path, capsys):
+    from sam3dseg.cli import main
+    from sam3dseg.pipeline.config import load_cache_config
+
+    out = tmp_path / "c"
+    base = ["cache", "--dataset", str(generated_dataset), "--out", str(out), "--quiet"]
+    assert main([*base, "--image-size", "32", "--ct-window", "50", "350", "--intensity", "ct"]) == 0
+    config = load_cache_config(out / "cache.yaml")
+    assert config.image_size == 32 and config.preprocess.ct_window == (50.0, 350.0) and config.preprocess.intensity == "ct"
+    capsys.readouterr()
+    assert main([*base, "--config", str(out / "cache.yaml")]) == 0
+    assert "0 case(s) encoded, 6 already cached" in capsys.readouterr().out
+    assert main([*base, "--config", str(out / "cache.yaml"), "--image-size", "48"]) == 0  # a flag overrides the file
+    assert "6 case(s) encoded" in capsys.readouterr().out and load_cache_config(out / "cache.yaml").image_size == 48
+
+
+def test_cache_of_another_format_version_is_refused(generated_dataset, tmp_path):
+    import json
+
+    from sam3dseg.errors import UserError
+
+    make_cache(generated_dataset, tmp_path / "c", image_size=32)
+    path = tmp_path / "c" / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**manifest, "version": 2}), encoding="utf-8")
+    with pytest.raises(UserError, match="has cache format version 2; this sam3dseg reads version 1"):
+        read_manifest(tmp_path / "c")

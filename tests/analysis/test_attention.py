@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3dseg.analysis import count_flops
-from sam3dseg.attention import AttentionDecoder, AttentionUpBlock
-from sam3dseg.decoder import SAM3DDecoder
-from sam3dseg.memory_probe import measure_peak_memory
+from sam3dseg.analysis.measurements import count_flops
+from sam3dseg.analysis.attention import AttentionDecoder, AttentionUpBlock
+from sam3dseg.model.decoder import SAM3DDecoder
+from sam3dseg.analysis.memory_probe import measure_peak_memory
 
 
 @pytest.mark.parametrize("depth,h,w", [(2, 1, 1), (3, 3, 5), (4, 2, 3)])

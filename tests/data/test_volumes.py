@@ -1,11 +1,13 @@
 """Reading and writing volumes with their geometry."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from sam3dseg.errors import UserError
-from sam3dseg.io import Geometry, read_volume, write_volume
+from sam3dseg.data.volumes import Geometry, read_volume, write_volume
 
 # A rotated, permuted frame: columns are the index axes' directions.
 DIRECTION = tuple(np.array([[0, 0, 1], [0.8, -0.6, 0], [0.6, 0.8, 0]], dtype=float).ravel())
@@ -105,3 +107,22 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_volume(np.zeros((2, 2, 2), np.uint8), GEOMETRY, tmp_path / "seg.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name,case",
+    [("liver_003_0000.nii.gz", "liver_003_0000"), ("CT.NII.GZ", "CT"), ("a.nhdr", "a"), ("b.MHD", "b"), ("scan.mha", "scan"), ("x.nii", "x")],
+)
+def test_one_case_naming_rule(name, case):
+    from sam3dseg.data.volumes import case_name
+
+    assert case_name(Path(name)) == case
+
+
+def test_channel_part_and_series_folders(tmp_path):
+    from sam3dseg.data.volumes import case_name, split_channel
+
+    assert split_channel("liver_003_0001") == ("liver_003", 1) and split_channel("liver_003") == ("liver_003", None)
+    series = tmp_path / "1.2.840.113619.2"
+    series.mkdir()
+    assert case_name(series) == "1.2.840.113619.2"  # a series folder keeps its dots

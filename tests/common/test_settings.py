@@ -1,0 +1,88 @@
+"""Every option checked at the door: one place per rule, one line per mistake, nothing done before."""
+
+import dataclasses
+
+import pytest
+
+from sam3dseg.cli import main
+from sam3dseg.common.settings import describe, from_dict
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.demo import DemoConfig
+from sam3dseg.errors import UserError
+from sam3dseg.pipeline.config import CacheConfig, PredictConfig, RunConfig, TrainConfig
+
+SETTINGS = [CacheConfig, PreprocessConfig, RunConfig, PredictConfig, DemoConfig]
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_every_setting_has_a_rule_that_its_default_passes(cls):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name in ("decoder", "loss", "train", "preprocess"):
+            continue
+        assert "rule" in f.metadata, f"{cls.__name__}.{f.name} has no rule"
+    cls()  # the defaults pass their own rules
+    assert describe(cls)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "decoder.activation=foo"], "decoder.activation must be one of relu, leaky_relu, got 'foo'"),
+        (["train", "train.epochs=0"], "train.epochs must be a positive integer, got 0"),
+        (["train", "train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
+        (["train", "train.val_fraction=1"], "train.val_fraction must be a number in [0, 1), got 1.0"),
+        (["train", "train.lr=-1"], "train.lr must be a number > 0, got -1.0"),
+        (["train", "train.device=gpu"], "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["train", "decoder.channels=[8,8,8]"], "decoder.channels must be four positive integers, got (8, 8, 8)"),
+        (["train", "decoder.shortcut_kernel=5"], "decoder.shortcut_kernel must be one of 3, 1, got 5"),
+        (["train", "loss.weights=[1,2]"], "loss.weights must be four numbers >= 0 with a positive sum"),
+        (["train", "loss.target_mode=max"], "loss.target_mode must be one of average, nearest, got 'max'"),
+        (["train", "train.epochs=[1"], "the value is not valid YAML"),
+        (["cache", "--ct-window", "40", "0"], "preprocess.ct_window (--ct-window) must be a level and a width > 0 (HU), got (40.0, 0.0)"),
+        (["cache", "--image-size", "40"], "image_size (--image-size) must be a positive multiple of 16, got 40"),
+        (["cache", "--encoder", "vit_x"], "encoder (--encoder) must be one of vit_b, vit_l, vit_h, got 'vit_x'"),
+        (["cache", "--slice-batch", "0"], "slice_batch (--slice-batch) must be a positive integer, got 0"),
+        (["cache", "--checkpoint", "missing.pth"], "checkpoint (--checkpoint) must be null (random encoder) or an existing file"),
+        (["cache", "--slicing-axis", "oblique"], "preprocess.slicing_axis (--slicing-axis) must be one of axial, coronal, sagittal"),
+        (["cache", "--target-spacing", "1", "0", "1"], "preprocess.target_spacing (--target-spacing) must be null or three numbers > 0"),
+        (["cache", "--device", "tpu"], "device (--device) must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["predict", "--window", "0"], "predict.window (--window) must be null (the training crop depth) or a positive integer, got 0"),
+        (["predict", "--overlap", "1"], "predict.overlap (--overlap) must be a number in [0, 1), got 1.0"),
+        (["predict", "--slice-batch", "-2"], "predict.slice_batch (--slice-batch) must be a positive integer, got -2"),
+        (["demo", "--epochs", "0"], "epochs (--epochs) must be a positive integer, got 0"),
+        (["evaluate", "--nsd-tolerance", "-1"], "--nsd-tolerance must be >= 0 mm, got -1.0"),
+    ],
+)
+def test_bad_option_is_one_line_before_any_work(argv, message, tmp_path, capsys):
+    """Paths point nowhere: the option must be refused before any of them is looked at."""
+    paths = {
+        "train": ["--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")],
+        "cache": ["--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")],
+        "predict": ["--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")],
+        "demo": ["--out", str(tmp_path / "demo")],
+        "evaluate": ["--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")],
+    }[argv[0]]
+    assert main([argv[0], *paths, *argv[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sam3dseg: error: ") and message in err[0], err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_python_construction_is_checked_too():
+    with pytest.raises(UserError, match="train.epochs must be a positive integer, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(UserError, match=r"preprocess.percentiles must be two numbers 0 <= low < high <= 100"):
+        PreprocessConfig(percentiles=(99, 1))
+    with pytest.raises(UserError, match="train.epochs must be an integer, got 2.5"):
+        from_dict(RunConfig, {"train": {"epochs": 2.5}})
+    with pytest.raises(UserError, match="unknown config key"):
+        from_dict(RunConfig, {"train": {"epoch": 2}})
+
+
+def test_train_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key, default, allowed, _ in describe(RunConfig):
+        assert key in out and allowed in out
+    assert "train.epochs             50" in out and "train.steps_per_epoch    50" in out

@@ -1,0 +1,44 @@
+"""Helpers the tests share: tiny encoders, a cache built with one, a model file around a small decoder.
+
+Importable from every test folder (``pythonpath = ["tests"]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
+from sam3dseg.pipeline.config import load_run_config
+from sam3dseg.pipeline.model_file import ModelFile, build_decoder
+
+TINY_SPEC = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
+
+
+def tiny_encoder(image_size: int = 64, seed: int = 0) -> SAMImageEncoder:
+    """A two-block SAM-structured encoder (one windowed, one global block) with 32 output channels."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return SAMImageEncoder(TINY_SPEC, image_size=image_size, name="tiny")
+
+
+def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, **kwargs):
+    """Encode a dataset folder with the tiny encoder; returns the build summary."""
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.pipeline.cache import build_cache
+
+    enc = tiny_encoder(image_size, seed)
+    info = EncoderInfo.of(enc, None)
+    return build_cache(load_dataset(dataset_dir), cache_dir, enc, info, preprocess or PreprocessConfig(), progress=False, **kwargs)
+
+
+def tiny_model_file(
+    preprocess: PreprocessConfig = PreprocessConfig(), image_size: int = 64, crop_depth: int = 4, seed: int = 0, channels: tuple = ("MR",)
+) -> ModelFile:
+    """A model file around an untrained small decoder (32 feature channels per image channel, K = 3)."""
+    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]"])
+    torch.manual_seed(seed)
+    encoder = EncoderInfo.of(tiny_encoder(image_size), None)
+    decoder = build_decoder(run.decoder, 3, 32 * len(channels))
+    return ModelFile(run, ["background", "a", "b"], list(channels), preprocess, encoder, 32 * len(channels), decoder.state_dict())

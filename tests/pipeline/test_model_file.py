@@ -1,0 +1,81 @@
+"""The model file: one record, written and read in one place, its version checked, old files kept loading."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_encoder, tiny_model_file
+
+from sam3dseg.data.synthetic import make_case
+from sam3dseg.errors import UserError
+from sam3dseg.pipeline import model_file
+from sam3dseg.pipeline.config import PredictConfig
+from sam3dseg.pipeline.model_file import MODEL_VERSION, ModelFile, load_model_file
+from sam3dseg.pipeline.predict import Predictor
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def test_round_trip(tmp_path):
+    record = tiny_model_file(crop_depth=6)
+    record.history, record.best_dice, record.epoch = [{"epoch": 1, "train_loss": 0.5}], 0.25, 1
+    loaded = load_model_file(record.save(tmp_path / "m.pt"))
+    assert loaded.config == record.config and loaded.preprocess == record.preprocess and loaded.encoder == record.encoder
+    assert (loaded.class_names, loaded.channel_names, loaded.feature_channels) == (["background", "a", "b"], ["MR"], 32)
+    assert (loaded.epoch, loaded.best_dice, loaded.history) == (1, 0.25, record.history)
+    assert all(torch.equal(loaded.decoder[k], v) for k, v in record.decoder.items())
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["version"] == MODEL_VERSION
+
+
+def test_a_file_written_by_version_1_still_loads_and_predicts_the_same():
+    """tests/fixtures/model_v1.pt was written by `train` at commit 1723ee4 (tests/fixtures/make_model_v1.py),
+    and model_v1_prediction.npz is what that code's Predictor made of generated case 4."""
+    record = load_model_file(FIXTURES / "model_v1.pt")
+    assert record.epoch == 1 and record.config.decoder.channels == (8, 8, 8, 8) and record.encoder.name == "tiny"
+    images, _, geometry = make_case(np.random.default_rng(4))
+    labels, _ = Predictor(record, tiny_encoder(32), PredictConfig(window=4)).predict_array(images[0], geometry)
+    assert np.array_equal(labels, np.load(FIXTURES / "model_v1_prediction.npz")["labels"])
+
+
+def _with(tmp_path, **changes):
+    state = tiny_model_file().to_state()
+    state.update(changes)
+    path = tmp_path / "m.pt"
+    torch.save({k: v for k, v in state.items() if v is not ...}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"version": MODEL_VERSION + 1}, f"was written by a newer sam3dseg (model format version {MODEL_VERSION + 1}"),
+        ({"version": "one"}, "has an unknown model format version 'one'"),
+        ({"version": ...}, "has an unknown model format version None"),
+        ({"class_names": ...}, "is damaged"),
+        ({"format": "other"}, "is not a sam3dseg model file"),
+    ],
+)
+def test_unknown_versions_and_damage_are_one_line(tmp_path, changes, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")) as err:
+        load_model_file(_with(tmp_path, **changes))
+    assert "\n" not in str(err.value)
+
+
+def test_older_versions_pass_through_the_migrations(tmp_path, monkeypatch):
+    """The hook: a version-1 file read by a version-2 reader goes through _MIGRATIONS[1]."""
+    path = tiny_model_file().save(tmp_path / "v1.pt")
+
+    def v1_to_v2(state: dict) -> dict:
+        return {**state, "class_names": [n.upper() for n in state["class_names"]]}
+
+    monkeypatch.setattr(model_file, "MODEL_VERSION", 2)
+    monkeypatch.setattr(model_file, "_MIGRATIONS", {1: v1_to_v2})
+    assert load_model_file(path).class_names == ["BACKGROUND", "A", "B"]
+
+
+def test_the_record_rebuilds_its_decoder():
+    record: ModelFile = tiny_model_file()
+    decoder = record.build_decoder()
+    assert decoder.in_channels == 32 and decoder.num_classes == 3
+    assert all(torch.equal(decoder.state_dict()[k], v) for k, v in record.decoder.items())

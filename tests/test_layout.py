@@ -1,0 +1,110 @@
+"""The architecture holds: data flows one way, stages do not reach into each other, no cycles,
+``import sam3dseg`` stays free of the analysis, and every benchmark still starts."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "src" / "sam3dseg"
+BENCH = Path(__file__).parents[1] / "bench"
+
+# Which top-level parts of the package each part may import (errors is below everything).
+ALLOWED = {
+    "common": {"common", "errors"},
+    "data": {"common", "data", "errors"},
+    "model": {"common", "model", "errors"},
+    "pipeline": {"common", "data", "model", "pipeline", "errors"},
+    "analysis": {"common", "model", "analysis", "errors"},
+    "demo": {"common", "data", "pipeline", "errors"},
+    "cli": {"__init__", "common", "data", "pipeline", "analysis", "demo", "errors"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """``{module: modules of sam3dseg it imports}``, function-level imports included."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.startswith("sam3dseg"):
+                    # `from . import analysis` names a module, not an attribute
+                    subs = [f"{target}.{a.name}" for a in node.names if (PACKAGE.parent / f"{target}.{a.name}".replace(".", "/")).exists()]
+                    found.update(subs or [target])
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("sam3dseg"))
+        graph[name] = {m for m in found if m != name}
+    return graph
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_each_part_imports_only_what_lies_below_it():
+    wrong = []
+    for module, targets in _imports().items():
+        part = _part(module)
+        if part in ALLOWED:
+            wrong += [f"{module} -> {t}" for t in targets if _part(t) not in ALLOWED[part]]
+    assert not wrong, wrong
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_training_and_prediction_never_import_each_other():
+    graph = _imports()
+    assert "sam3dseg.pipeline.train" not in _reachable(graph, "sam3dseg.pipeline.predict")
+    assert "sam3dseg.pipeline.predict" not in _reachable(graph, "sam3dseg.pipeline.train")
+    assert not any("sam3dseg.cli" in targets for m, targets in graph.items() if m != "sam3dseg.__main__")
+
+
+def test_no_import_cycle():
+    graph = _imports()
+    # the package's __init__ re-exports the API: leave it out, as every module's parent
+    graph = {m: {t for t in ts if t != "sam3dseg"} for m, ts in graph.items() if m != "sam3dseg"}
+    cycles = [m for m in graph if m in _reachable(graph, m)]
+    assert not cycles, cycles
+
+
+def test_import_sam3dseg_leaves_the_analysis_unloaded():
+    code = (
+        "import sys, sam3dseg\n"
+        "assert not [m for m in sys.modules if m.startswith('sam3dseg.analysis')], 'analysis imported'\n"
+        "assert sam3dseg.AttentionDecoder.__module__ == 'sam3dseg.analysis.attention'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_benchmark_starts(script):
+    """``bench/X.py --help`` runs: a benchmark cannot rot unseen when the package moves."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, encoding="utf-8", env=env, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
