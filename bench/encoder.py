@@ -14,7 +14,6 @@ size or differs by more than 1e-4.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from sam_reference import official_encoder, randomize_  # noqa: E402
 
 from sam3dseg.model.encoder import ENCODERS  # noqa: E402
 from sam3dseg.model.vit import SAMImageEncoder  # noqa: E402
+from sam3dseg.common.files import write_json  # noqa: E402
 
 
 def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -88,7 +88,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json(args.json, results)
     slower = [r for r in results if r["speedup"] < 1.0]
     off = [r for r in results if r["max_abs_diff"] > 1e-4]
     if slower or off:

@@ -13,7 +13,6 @@ optimiser in ``TrainConfig`` was chosen.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.pipeline.train import train
+from sam3dseg.common.files import write_json
 
 CANDIDATES = {
     "adamw lr=1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],
@@ -73,7 +73,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:>24}: {r['epoch_reaching_threshold'] or 'never'}, {r['final_dice']:.4f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
 from sam3dseg.pipeline.config import PredictConfig, load_run_config
 from sam3dseg.pipeline.model_file import ModelFile, build_decoder
 from sam3dseg.pipeline.predict import Predictor, predict_probabilities
+from sam3dseg.common.files import write_json
 
 
 def _child(mode: str, depth: int, size: int) -> dict:
@@ -74,7 +75,7 @@ def main() -> None:
         peaks = [r["peak_rss_mib"] for r in results if r["mode"] == mode]
         print(f"{mode:>13}: +{peaks[-1] - peaks[0]:.0f} MiB from {args.depths[0]} to {args.depths[-1]} slices")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

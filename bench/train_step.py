@@ -34,7 +34,7 @@ import torch
 
 from sam3dseg.common.files import save_tensors, write_json
 from sam3dseg.model.decoder import SAM3DDecoder
-from sam3dseg.model.encoder import build_encoder, encode_slices, to_encoder_input
+from sam3dseg.model.encoder import build_encoder, encode_volume, to_encoder_input
 from sam3dseg.model.losses import deep_supervision_loss
 from sam3dseg.pipeline.samples import CaseStore, sample_batch
 
@@ -79,10 +79,9 @@ def _child(mode: str, args: argparse.Namespace) -> dict:
                 s = int(torch.randint(total_depth - args.depth + 1, (1,), generator=generator))
                 slices = volume[s : s + args.depth]
                 if mode == "on-the-fly":
-                    feats = encode_slices(encoder, slices, batch_size=8)
+                    feats = encode_volume(encoder, slices[None])[None]  # (1, 256, D, g, g)
                 else:
-                    feats = run_official(slices)
-                feats = feats.transpose(0, 1)[None]  # (1, 256, D, g, g)
+                    feats = run_official(slices).transpose(0, 1)[None]
                 labels = label[s : s + args.depth].long()[None]
             loss = deep_supervision_loss(decoder(feats), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -131,7 +130,7 @@ def main() -> None:
           f"×{ratio_official:.2f} against the official one (the original SAM3D); goal ≥ {args.goal:g}")
     if args.json:
         result = {"runs": runs, "summary": summary, "speedup": ratio, "speedup_official": ratio_official}
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_json(args.json, result)
     if ratio < args.goal:
         print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; README, 'Speed')")
         sys.exit(1)

@@ -19,8 +19,13 @@ from . import __version__
 from .common.runtime import is_main_process
 from .common.settings import format_settings, load_settings
 from .data.preprocess import PreprocessConfig
+from .demo import DemoConfig, run_demo
 from .errors import UserError
+from .pipeline.cache import run_cache
 from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
+from .pipeline.evaluate import evaluate_folders
+from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
+from .pipeline.train import train
 
 EPILOG_CACHE = """\
 Every case is preprocessed (reoriented so slices run along --slicing-axis, intensities
@@ -80,7 +85,7 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) ->
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     rule = f.metadata["rule"]
     default = f.default if f.default is not dataclasses.MISSING else None
-    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else ("none" if default is None else default)
     help_text = rule.help if isinstance(default, bool) else f"{rule.help}: {rule.allowed} (default {shown})"
     parser.add_argument(rule.flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
@@ -98,11 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
+    for add in (_cache_options, _train_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
+        add(sub)
+    return parser
 
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _cache_options(sub) -> None:
     c = sub.add_parser("cache", help="encode a dataset's slices once with the frozen SAM encoder",
                        description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
-                       epilog=EPILOG_CACHE, formatter_class=raw)  # fmt: skip
+                       epilog=EPILOG_CACHE, formatter_class=RAW)  # fmt: skip
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
     c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
@@ -117,18 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     _setting(c, CacheConfig, "device")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _train_options(sub) -> None:
     t = sub.add_parser("train", help="train the decoder on a cache",
                        description="Train the 3-D decoder with deep supervision on cached encoder features.",
-                       epilog=EPILOG_TRAIN + format_settings(RunConfig), formatter_class=raw)  # fmt: skip
+                       epilog=EPILOG_TRAIN + format_settings(RunConfig), formatter_class=RAW)  # fmt: skip
     t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _predict_options(sub) -> None:
     p = sub.add_parser("predict", help="segment new volumes with a trained model",
                        description="Segment volumes with a model file written by `sam3dseg train`.",
-                       epilog=EPILOG_PREDICT, formatter_class=raw)  # fmt: skip
+                       epilog=EPILOG_PREDICT, formatter_class=RAW)  # fmt: skip
     p.add_argument("--model", required=True, type=Path, help="RUN/best.pt (or last.pt)")
     p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
     p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
@@ -143,9 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     _setting(p, PredictConfig, "device")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _evaluate_options(sub) -> None:
     e = sub.add_parser("evaluate", help="score predictions against references (Dice, HD95, NSD)",
                        description="Score segmentations against references, per case and class.",
-                       epilog=EPILOG_EVALUATE, formatter_class=raw)  # fmt: skip
+                       epilog=EPILOG_EVALUATE, formatter_class=RAW)  # fmt: skip
     e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
     e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
@@ -154,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _demo_options(sub) -> None:
     d = sub.add_parser("demo", help="run the whole pipeline on a small brain dataset made from the MNI152 template",
                        description="Dataset -> cache -> train -> predict -> evaluate on deformations of the MNI152 "
                        "template shipped with nilearn (no download). About 10 minutes on a 2-core CPU.")  # fmt: skip
@@ -162,21 +182,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=12, help="training epochs, a positive integer (default 12)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+
+def _analyze_options(sub) -> None:
     a = sub.add_parser("analyze", help="measure the write-up's complexity, gradient and Lipschitz claims; write a report",
                        description="Check the write-up's claims (method §2.2-§5) on the real modules: FLOPs and peak "
                        "memory of the conv decoder against a 3-D self-attention baseline, FLOPs per level against "
                        "the write-up's formula, gradients through four ways of joining the block's paths, the ‖W‖₁ "
                        "Lipschitz bound, and the deep-supervision gradient sum.",
-                       epilog=EPILOG_ANALYZE, formatter_class=raw)  # fmt: skip
+                       epilog=EPILOG_ANALYZE, formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
     a.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from .pipeline.cache import run_cache
-
     given = _given(args, CacheConfig)
     if "checkpoint" in given:
         given["checkpoint"] = str(given["checkpoint"])
@@ -193,8 +212,6 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .pipeline.train import train
-
     config = load_run_config(args.config, args.overrides)
     summary = train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
@@ -202,8 +219,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
-
     config = load_settings(PredictConfig, given=_given(args, PredictConfig))
     predictor = load_predictor(args.model, args.checkpoint, config)
     outputs = FolderOutputs(probabilities=args.probabilities, png=args.png, overwrite=args.overwrite)
@@ -213,19 +228,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .pipeline.evaluate import evaluate_folders
-
     evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png, args.quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
-
     run_demo(args.out, args.checkpoint, DemoConfig(epochs=args.epochs, device=args.device))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
-    from .analysis import run_analysis
+    from .analysis import run_analysis  # the analysis wing loads only for this command
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the report")

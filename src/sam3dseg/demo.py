@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,11 +128,31 @@ def build_dataset(root: Path, config: DemoConfig) -> Path:
     return root
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None) -> dict:
-    """Dataset → cache → train → predict → evaluate under ``out``; prints and returns a summary."""
+@contextmanager
+def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    times[stage] = time.perf_counter() - start
+
+
+def _montages(data: Path, preds: Path, names: list[str]) -> Path | None:
+    """A montage per predicted test case, prediction solid and reference dashed; the last one's path."""
     from .common.plots import save_montage
     from .data.preprocess import anatomical_view
     from .data.volumes import read_volume
+
+    montage = None
+    for name in names:
+        array, geometry = read_volume(data / "imagesTs" / f"{name}_0000.nii.gz")
+        label, reference = read_volume(preds / f"{name}.nii.gz")[0], read_volume(data / "labelsTs" / f"{name}.nii.gz")[0]
+        (img, seg, ref), aspect = anatomical_view([array, label, reference], geometry)
+        title = f"{name}: prediction (solid), reference (dashed)"
+        montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=title, aspect=aspect)
+    return montage
+
+
+def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None) -> dict:
+    """Dataset → cache → train → predict → evaluate under ``out``; prints and returns a summary."""
     from .pipeline.cache import run_cache
     from .pipeline.config import CacheConfig, PredictConfig, load_run_config
     from .pipeline.evaluate import evaluate_folders
@@ -138,11 +160,8 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     from .pipeline.train import train
 
     config = config or DemoConfig()
-    cache_config = CacheConfig(
-        image_size=config.image_size, checkpoint=None if checkpoint is None else str(checkpoint), device=config.device
-    )
-    out = Path(out)
-    times: dict[str, float] = {}
+    cache_config = CacheConfig(image_size=config.image_size, checkpoint=checkpoint and str(checkpoint), device=config.device)
+    out, times = Path(out), {}
     if checkpoint is None:
         print(
             "\n*** sam3dseg demo: NO SAM CHECKPOINT GIVEN, THE ENCODER HAS RANDOM WEIGHTS. ***\n"
@@ -150,45 +169,20 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
             "*** (or MedSAM's medsam_vit_b.pth) to use real SAM features.\n",
             flush=True,
         )
-
-    start = time.perf_counter()
-    data = build_dataset(out / "Dataset900_MNI152demo", config)
-    times["dataset"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    run_cache(data, out / "cache", cache_config)
-    times["cache"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    run_config = load_run_config(
-        None,
-        [
-            f"train.epochs={config.epochs}",
-            f"train.steps_per_epoch={config.steps_per_epoch}",
-            f"train.crop_depth={config.crop_depth}",
-            f"train.seed={config.seed}",
-            f"train.device={config.device}",
-            "train.val_fraction=0.25",
-        ],
-    )
-    result = train(out / "cache", out / "run", run_config)
-    times["train"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=config.device))
-    preds = out / "predictions"
-    written = predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"]
-    montage = None
-    for name in written:
-        (array, geometry), (label, _) = read_volume(data / "imagesTs" / f"{name}_0000.nii.gz"), read_volume(preds / f"{name}.nii.gz")
-        reference, _ = read_volume(data / "labelsTs" / f"{name}.nii.gz")
-        (img, seg, ref), aspect = anatomical_view([array, label, reference], geometry)
-        montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=f"{name}: prediction (solid), reference (dashed)", aspect=aspect)
-    times["predict"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    summary = evaluate_folders(preds, data / "labelsTs", out / "evaluation", data / "dataset.json", quiet=True)
-    times["evaluate"] = time.perf_counter() - start
+    with _timed(times, "dataset"):
+        data = build_dataset(out / "Dataset900_MNI152demo", config)
+    with _timed(times, "cache"):
+        run_cache(data, out / "cache", cache_config)
+    with _timed(times, "train"):
+        settings = [f"epochs={config.epochs}", f"steps_per_epoch={config.steps_per_epoch}", f"crop_depth={config.crop_depth}",
+                    f"seed={config.seed}", f"device={config.device}", "val_fraction=0.25"]  # fmt: skip
+        result = train(out / "cache", out / "run", load_run_config(None, [f"train.{s}" for s in settings]))
+    with _timed(times, "predict"):
+        predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=config.device))
+        preds = out / "predictions"
+        montage = _montages(data, preds, predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"])
+    with _timed(times, "evaluate"):
+        summary = evaluate_folders(preds, data / "labelsTs", out / "evaluation", data / "dataset.json", quiet=True)
 
     lines = [
         "",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..common.files import write_json
+from ..common.settings import to_dict
 from ..model.decoder import ResidualUpBlock, SAM3DDecoder
 from ..model.losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
 from .memory_probe import METHOD as MEMORY_METHOD
@@ -488,7 +489,7 @@ def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = pr
     config = analysis_config(quick)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, Any] = {"quick": quick, "config": asdict(config), "torch": torch.__version__}
+    results: dict[str, Any] = {"quick": quick, "config": to_dict(config), "torch": torch.__version__}
     steps = [
         ("complexity", lambda: measure_complexity(config, log)),
         ("level_flops", lambda: measure_level_flops(config)),

@@ -73,6 +73,17 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> Path:
+    """Write ``rows`` as CSV with a header of ``columns`` (other keys left out), atomically."""
+    import csv
+
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with the non-finite floats standard JSON cannot hold replaced: NaN -> null, ±inf -> "inf"/"-inf"."""
     if isinstance(obj, dict):

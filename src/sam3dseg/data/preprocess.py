@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common.settings import check_settings, one_of, setting
+from ..common.settings import check_settings, one_of, setting, to_dict
 from ..errors import UserError
 from .volumes import Geometry
 
@@ -92,9 +92,7 @@ class Transform:
     geometry: Geometry
 
     def to_dict(self) -> dict:
-        d = {k: list(v) for k, v in vars(self).items() if k != "geometry"}
-        d["geometry"] = self.geometry.to_dict()
-        return d
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Transform:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.files import atomic_output
+from ..common.settings import to_dict
 from ..errors import UserError
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -36,7 +37,7 @@ class Geometry:
     direction: tuple[float, ...]  # 3×3, row-major, columns are the index axes' directions
 
     def to_dict(self) -> dict:
-        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Geometry:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common.files import file_sha256, load_tensors
+from ..common.settings import to_dict
 from ..errors import CheckpointError, UserError
 from .vit import EncoderSpec, SAMImageEncoder
 
@@ -257,14 +258,14 @@ class EncoderInfo:
     @classmethod
     def of(cls, encoder: SAMImageEncoder, checkpoint: str | Path | None) -> EncoderInfo:
         digest = file_sha256(Path(checkpoint)) if checkpoint else weights_sha256(encoder)
-        return cls(encoder.name, encoder.image_size, str(checkpoint) if checkpoint else None, digest, asdict(encoder.spec))
+        return cls(encoder.name, encoder.image_size, str(checkpoint) if checkpoint else None, digest, to_dict(encoder.spec))
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderInfo:
         return cls(d["name"], int(d["image_size"]), d.get("checkpoint"), d["checkpoint_sha256"], dict(d.get("spec", {})))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_dict(self)
 
     @property
     def random(self) -> bool:

@@ -126,10 +126,10 @@ def build_cache(
         meta_path = cases_dir / f"{case.name}.json"
         if meta_path.is_file() and (cases_dir / f"{case.name}.pt").is_file():
             try:
-                if json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
+                if read_json(meta_path).get("key") == key:
                     reused.append(case.name)
                     continue
-            except json.JSONDecodeError:
+            except UserError:
                 pass  # a damaged record: encode again
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
         start = time.perf_counter()

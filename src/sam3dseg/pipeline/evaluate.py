@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from ..common.files import atomic_output, write_json
+from ..common.files import write_csv, write_json
 from ..common.plots import save_montage
 from ..data.datasets import read_class_names
 from ..data.preprocess import anatomical_view
@@ -70,10 +69,7 @@ def evaluate_folders(
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
 
-    with atomic_output(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "class", "dice", "hd95", "nsd"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
     write_json(out_dir / "summary.json", summary)
     if not quiet:
         print(format_table(summary, len(pairs)))

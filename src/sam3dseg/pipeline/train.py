@@ -18,7 +18,6 @@ which equals the one-process gradient because the loss is a per-sample mean.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..common.files import atomic_output, write_text
+from ..common.files import write_csv, write_text
 from ..common.plots import save_curves
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, from_dict, to_dict
@@ -37,10 +36,10 @@ from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss
 from .cache import read_manifest
-from .config import PredictConfig, RunConfig
+from .config import PredictConfig, RunConfig, TrainConfig
 from .metrics import dice_per_class, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
-from .samples import CaseStore, sample_batch
+from .samples import Batch, CaseStore, sample_batch
 from .windows import WindowDecoder
 
 
@@ -84,14 +83,6 @@ def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
 
 
-def _write_log(history: list[dict], path: Path) -> None:
-    keys = ["epoch", "train_loss", "val_dice", "lr", "seconds"]
-    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-
-
 @dataclass
 class _Data:
     """The cache as training sees it."""
@@ -100,6 +91,14 @@ class _Data:
     store: CaseStore
     train_names: list[str]
     val_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["class_names"])
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest["encoder"]["image_size"]
 
     @classmethod
     def open(cls, cache: Path, val_fraction: float) -> _Data:
@@ -140,29 +139,71 @@ def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler) -> boo
     return True
 
 
+@dataclass
+class _Stepper:
+    """One optimiser step: forward (bf16 autocast on CUDA only), deep-supervised loss, backward, clip, update."""
+
+    decoder: SAM3DDecoder
+    model: torch.nn.Module  # the decoder, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: DeepSupervisionLoss
+    device: torch.device
+    config: TrainConfig
+    world: int
+
+    def step(self, batch: Batch) -> float:
+        """Train on ``batch``; the loss averaged over the processes."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.amp and self.device.type == "cuda"):
+            outputs = self.model(batch.features.to(self.device))
+        loss = self.loss_fn([o.float() for o in outputs], batch.labels.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        value = loss.detach()
+        if self.world > 1:
+            dist.all_reduce(value)
+            value /= self.world
+        return value.item()
+
+
+def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: bool) -> float:
+    """The epoch's steps on batches drawn from a generator seeded by ``(seed, epoch)``; the mean loss."""
+    from tqdm import tqdm
+
+    t = stepper.config
+    generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+    losses = []
+    bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
+    for _ in bar:
+        batch = sample_batch(data.store, data.train_names, t.batch_size, t.crop_depth, data.image_size, generator, t.flip_depth, part)
+        losses.append(stepper.step(batch))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    return sum(losses) / len(losses)
+
+
 def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool = True) -> dict:
     """Train a decoder on a cache; write ``out/{config.yaml,last.pt,best.pt,log.csv,curves.png}``.
 
     Resumes from ``out/last.pt`` when it exists (same configuration required).
     Returns the run summary.
     """
-    from tqdm import tqdm
-
     # set-up
     rank, world = init_distributed()
-    cache, out, t = Path(cache), Path(out), config.train
+    out, t = Path(out), config.train
     if t.batch_size % world:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     device = resolve_device(t.device, world)
-    data = _Data.open(cache, t.val_fraction)
-    num_classes = len(data.manifest["class_names"])
-    image_size = data.manifest["encoder"]["image_size"]
+    data = _Data.open(Path(cache), t.val_fraction)
     torch.manual_seed(t.seed)
-    decoder = build_decoder(config.decoder, num_classes, data.manifest["feature_channels"]).to(device)
+    decoder = build_decoder(config.decoder, data.num_classes, data.manifest["feature_channels"]).to(device)
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
     loss_fn = DeepSupervisionLoss(config.loss.weights, config.loss.target_mode)
+    stepper = _Stepper(decoder, model, optimizer, scheduler, loss_fn, device, t, world)
     record = data.model_file(config, decoder)
 
     # resume
@@ -176,37 +217,18 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
     for epoch in range(record.epoch, t.epochs):
         # one epoch
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-        losses = []
-        bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress or rank != 0, leave=False)
-        for _ in bar:
-            batch = sample_batch(data.store, data.train_names, t.batch_size, t.crop_depth, image_size, generator, t.flip_depth, part)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and device.type == "cuda"):
-                outputs = model(batch.features.to(device))
-            loss = loss_fn([o.float() for o in outputs], batch.labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(decoder.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            value = loss.detach()
-            if world > 1:
-                dist.all_reduce(value)
-                value /= world
-            losses.append(value.item())
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-        entry = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0], "val_dice": None}
+        loss = _train_epoch(stepper, data, epoch, part, progress and rank == 0)
+        entry = {"epoch": epoch + 1, "train_loss": loss, "lr": scheduler.get_last_lr()[0], "val_dice": None}
 
         # validate
         if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-            result = validate(decoder, data.store, data.val_names, t.crop_depth, num_classes, device)
+            result = validate(decoder, data.store, data.val_names, t.crop_depth, data.num_classes, device)
             entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
         entry["seconds"] = time.perf_counter() - start
         record.history.append(entry)
         improved = entry["val_dice"] is not None and entry["val_dice"] > record.best_dice
         if improved:
             record.best_dice = entry["val_dice"]
-
         # save
         if rank == 0:
             record.epoch, record.decoder = epoch + 1, decoder.state_dict()
@@ -214,7 +236,7 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
             record.save(out / "last.pt")
             if improved or not data.val_names:
                 record.save(out / "best.pt")
-            _write_log(record.history, out / "log.csv")
+            write_csv(out / "log.csv", record.history, ["epoch", "train_loss", "val_dice", "lr", "seconds"])
             save_curves(record.history, out / "curves.png")
             if progress:
                 dice = f", val Dice {entry['val_dice']:.4f}" if entry["val_dice"] is not None else ""
