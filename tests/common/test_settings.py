@@ -38,6 +38,8 @@ def test_every_setting_has_a_rule_that_its_default_passes(cls):
         (["train", "loss.weights=[1,2]"], "loss.weights must be four numbers >= 0 with a positive sum"),
         (["train", "loss.target_mode=max"], "loss.target_mode must be one of average, nearest, got 'max'"),
         (["train", "train.epochs=[1"], "the value is not valid YAML"),
+        (["train", "loss.dice=dice"], "loss.dice must be one of joint, per_class, got 'dice'"),
+        (["train", "loss.smooth=-1"], "loss.smooth must be a number >= 0, got -1.0"),
         (["cache", "--ct-window", "40", "0"], "preprocess.ct_window (--ct-window) must be a level and a width > 0 (HU), got (40.0, 0.0)"),
         (["cache", "--image-size", "40"], "image_size (--image-size) must be a positive multiple of 16, got 40"),
         (["cache", "--encoder", "vit_x"], "encoder (--encoder) must be one of vit_b, vit_l, vit_h, got 'vit_x'"),

@@ -15,6 +15,7 @@ from sam3dseg.model.losses import (
     level_loss,
     level_target,
     one_hot,
+    per_class_dice_loss,
 )
 
 
@@ -136,3 +137,81 @@ def test_bad_labels_are_refused():
         deep_supervision_loss(logits, torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="4 outputs but 3 weights"):
         deep_supervision_loss(logits, torch.zeros(1, 1, 32, 32, dtype=torch.long), weights=(0.2, 0.3, 0.5))
+
+
+# --- the per-class soft Dice (loss.dice=per_class), nnU-Net's form --------------------------
+
+
+def test_per_class_dice_golden():
+    logits, target = _two_voxels()
+    # class 1 only: Σ YŶ = 1/2, Σ Ŷ = 3/4, Σ Y = 1 -> 1 - 1/(7/4) = 3/7
+    assert per_class_dice_loss(logits, target, smooth=0).item() == pytest.approx(3 / 7, abs=1e-7)
+    # with the background: class 0 scores 2·(3/4) / (1 + 5/4) = 2/3, mean (2/3 + 4/7)/2 = 13/21
+    assert per_class_dice_loss(logits, target, include_background=True, smooth=0).item() == pytest.approx(8 / 21, abs=1e-7)
+
+
+def test_per_class_dice_batch_golden():
+    """Sample A as above; sample B has both voxels in class 1: Σ YŶ = 3/4, Σ Ŷ = 3/4, Σ Y = 2."""
+    logits, target_a = _two_voxels()
+    target_b = one_hot(torch.tensor([1, 1]).reshape(1, 1, 1, 2), 2)
+    logits, target = torch.cat([logits, logits]), torch.cat([target_a, target_b])
+    per_sample = 1 - (4 / 7 + 6 / 11) / 2  # mean of 1/(7/4) and (3/2)/(11/4)
+    assert per_class_dice_loss(logits, target, smooth=0).item() == pytest.approx(per_sample, abs=1e-7)
+    batch = 1 - (2 * 5 / 4) / (3 + 3 / 2)  # sums over the batch first
+    assert per_class_dice_loss(logits, target, batch_dice=True, smooth=0).item() == pytest.approx(batch, abs=1e-7)
+
+
+def test_per_class_dice_smooth_scores_an_absent_class():
+    logits = torch.zeros(1, 2, 1, 1, 2)  # Ŷ1 = 1/2 at both voxels; class 1 absent from Y
+    target = one_hot(torch.zeros(1, 1, 1, 2, dtype=torch.long), 2)
+    assert per_class_dice_loss(logits, target, smooth=1.0).item() == pytest.approx(1 - 1 / 2, abs=1e-7)  # (0+1)/(0+1+1)
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("batch", [False, True])
+def test_per_class_dice_equals_monai(include_background, batch):
+    monai_losses = pytest.importorskip("monai.losses")
+    torch.manual_seed(3)
+    logits = torch.randn(3, 4, 2, 5, 6, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 2, 5, 6))
+    labels[1][labels[1] == 2] = 0  # a class missing from one sample
+    target = one_hot(labels, 4).double()
+    ours = per_class_dice_loss(logits, target, include_background, batch, smooth=1e-5)
+    reference = monai_losses.DiceLoss(
+        include_background=include_background, softmax=True, batch=batch, smooth_nr=1e-5, smooth_dr=1e-5
+    )(logits, target)
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+
+
+def test_joint_is_the_default_and_unchanged():
+    """`loss.dice=joint` (the default) runs the write-up's formula: the same numbers bit for bit."""
+    from sam3dseg.pipeline.config import LossConfig
+    from sam3dseg.pipeline.train import build_loss
+
+    logits = [torch.randn(2, 3, 2, 2 * 2**lvl, 2 * 2**lvl) for lvl in (1, 2, 3, 4)]
+    labels = torch.randint(0, 3, (2, 2, 32, 32))
+    written = sum(a * (cross_entropy(x, t) + dice_loss(x, t)) for a, x, t in zip(
+        DEEP_SUPERVISION_WEIGHTS, logits, [level_target(one_hot(labels, 3), 2 ** (3 - i)) for i in range(4)]))  # fmt: skip
+    assert torch.equal(build_loss(LossConfig())(logits, labels), deep_supervision_loss(logits, labels))
+    assert torch.equal(deep_supervision_loss(logits, labels), written)
+    per_class = build_loss(LossConfig(dice="per_class"))(logits, labels)
+    assert not torch.equal(per_class, deep_supervision_loss(logits, labels))
+
+
+@pytest.mark.parametrize("form", ["joint", "per_class"])
+def test_total_gradient_is_the_weighted_sum_for_both_dice_forms(form):
+    from sam3dseg.pipeline.config import LossConfig
+    from sam3dseg.pipeline.train import build_loss
+
+    loss = build_loss(LossConfig(dice=form))
+    dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4))
+    feats, labels = torch.randn(2, 8, 3, 2, 2), torch.randint(0, 3, (2, 3, 32, 32))
+    params = list(dec.parameters())
+    total = torch.autograd.grad(loss(dec(feats), labels), params)
+    target, summed = one_hot(labels, 3), [torch.zeros_like(p) for p in params]
+    for lvl, alpha in enumerate(DEEP_SUPERVISION_WEIGHTS):
+        level = level_loss(dec(feats)[lvl], level_target(target, 2 ** (3 - lvl)), loss.dice)
+        for acc, g in zip(summed, torch.autograd.grad(level, params, allow_unused=True)):
+            if g is not None:
+                acc += alpha * g
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(total, summed))

@@ -174,3 +174,21 @@ def test_validation_decodes_as_predict_does(small_cache):
     result = validate(decoder, store, ["case_000"], 4, 3, torch.device("cpu"))
     assert result["dice_per_class"] == pytest.approx(dice_per_class(blended, label, 3), nan_ok=True)
     assert decoder.training  # handed back in training mode
+
+
+def test_validation_shows_every_class(small_cache, tmp_path, capsys):
+    """log.csv, the epoch line and the curves carry the Dice per class; a class never found is called out."""
+    import csv
+
+    from sam3dseg.pipeline.train import _dice_text
+
+    code = main(["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "train.epochs=2", *SMALL])
+    assert code == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch 2/2"))
+    assert "val Dice" in line and "class1 " in line and "class2 " in line
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open(encoding="utf-8")))
+    assert list(rows[0]) == ["epoch", "train_loss", "val_dice", "val_dice_class1", "val_dice_class2", "lr", "seconds"]
+    state = load_model_file(tmp_path / "run" / "last.pt")
+    assert [float(rows[-1][f"val_dice_class{k}"]) for k in (1, 2)] == pytest.approx(state.history[-1]["val_dice_per_class"])
+    entry = {"val_dice": 0.45, "val_dice_per_class": [0.9, 0.0, float("nan")]}
+    assert _dice_text(entry, ["liver", "kidney", "lesion"]) == ", val Dice 0.4500 (liver 0.900, kidney 0.000 NOT FOUND, lesion absent)"

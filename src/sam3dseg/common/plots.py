@@ -30,8 +30,12 @@ def save_figure(fig, path: str | Path, dpi: int = 100, **savefig: object) -> Pat
     return Path(path)
 
 
-def save_curves(history: list[dict], path: str | Path) -> Path:
-    """Training loss and validation Dice per epoch, side by side (``RUN/curves.png``)."""
+def save_curves(history: list[dict], path: str | Path, classes: list[str] = ()) -> Path:
+    """Training loss and validation Dice per epoch, side by side (``RUN/curves.png``).
+
+    The Dice panel shows the mean and, when ``classes`` are named, each foreground
+    class (``val_dice_per_class``), so a class that is never found shows at 0.
+    """
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -39,7 +43,12 @@ def save_curves(history: list[dict], path: str | Path) -> Path:
     ax[0].set(xlabel="epoch", ylabel="training loss (deep supervision)", title="loss")
     val = [(h["epoch"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
     if val:
-        ax[1].plot(*zip(*val), marker=".", color="tab:green")
+        ax[1].plot(*zip(*val), marker=".", color="black", label="mean")
+        for k, name in enumerate(classes):
+            per_class = [(h["epoch"], h["val_dice_per_class"][k]) for h in history if h.get("val_dice_per_class")]
+            ax[1].plot(*zip(*per_class), marker=".", linewidth=1, color=COLOURS[k % len(COLOURS)], label=name)
+        if classes:
+            ax[1].legend(fontsize=7)
     ax[1].set(xlabel="epoch", ylabel="mean foreground Dice", title="validation Dice", ylim=(0, 1))
     fig.tight_layout()
     return save_figure(fig, path)

@@ -22,11 +22,15 @@ Decisions where the write-up is silent (docs/method.md, "Decisions"):
 - ``Y(ℓ)``, the label on level ℓ's coarser grid, is the one-hot label
   average-pooled in-plane (soft targets; the write-up's ``Y²`` and ``KL(Y‖Ŷ)`` allow
   them). Nearest-neighbour subsampling is the option.
+- The joint Dice is dominated by the background on small structures (decision D9):
+  :func:`per_class_dice_loss`, nnU-Net's soft Dice per class, is the option
+  (``loss.dice=per_class``). With ``batch_dice`` its value depends on the whole
+  batch, so a data-parallel run no longer equals one process exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -38,6 +42,9 @@ DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
 
 TargetMode = Literal["average", "nearest"]
 TARGET_MODES: tuple[TargetMode, ...] = ("average", "nearest")
+DiceForm = Literal["joint", "per_class"]
+DICE_FORMS: tuple[DiceForm, ...] = ("joint", "per_class")
+DiceLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -64,9 +71,41 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
     return (1 - 2 * overlap / energy).mean()
 
 
-def level_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """``L(ℓ) = L_CE + L_Dice`` (method §5.1) for one level: ``(B, K, …)`` each -> scalar."""
-    return cross_entropy(logits, target) + dice_loss(logits, target)
+def per_class_dice_loss(
+    logits: Tensor, target: Tensor, include_background: bool = False, batch_dice: bool = False, smooth: float = 1e-5
+) -> Tensor:
+    """``1 - mean_k (2 Σ_n Y_kn Ŷ_kn + s) / (Σ_n Y_kn + Σ_n Ŷ_kn + s)``: a soft Dice per class, averaged.
+
+    nnU-Net's soft Dice (``MemoryEfficientSoftDiceLoss``; the original SAM3D trains with
+    it), written as a loss in [0, 1]: each class counts alike whatever its size, so a
+    small organ weighs as much as the liver (decision D9). The write-up's form is
+    :func:`dice_loss`.
+
+    Args:
+        logits: ``(B, K, *spatial)``.
+        target: ``(B, K, *spatial)``, probabilities over K.
+        include_background: also score class 0.
+        batch_dice: sum over the batch before the ratio (one Dice per class for the
+            whole batch) instead of one per sample and class.
+        smooth: ``s``, added to numerator and denominator (a class absent from both
+            scores 1).
+    """
+    probs = torch.softmax(logits, dim=1)
+    if not include_background:
+        probs, target = probs[:, 1:], target[:, 1:]
+    axes = tuple(range(2, probs.ndim))
+    overlap, predicted, present = (probs * target).sum(axes), probs.sum(axes), target.sum(axes)  # (B, K') each
+    if batch_dice:
+        overlap, predicted, present = overlap.sum(0), predicted.sum(0), present.sum(0)
+    return 1 - ((2 * overlap + smooth) / (present + predicted + smooth).clamp_min(1e-8)).mean()
+
+
+def level_loss(logits: Tensor, target: Tensor, dice: DiceLoss = dice_loss) -> Tensor:
+    """``L(ℓ) = L_CE + L_Dice`` (method §5.1) for one level: ``(B, K, …)`` each -> scalar.
+
+    ``dice`` is the write-up's joint form by default, or e.g. :func:`per_class_dice_loss`.
+    """
+    return cross_entropy(logits, target) + dice(logits, target)
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -99,6 +138,7 @@ def deep_supervision_loss(
     labels: Tensor,
     weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS,
     target_mode: TargetMode = "average",
+    dice: DiceLoss = dice_loss,
 ) -> Tensor:
     """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (method §5.2).
 
@@ -108,6 +148,7 @@ def deep_supervision_loss(
         labels: integer labels ``(B, D, H, W)`` in ``[0, K)``.
         weights: α_ℓ in the same order as ``logits``; default ``(1, 2, 4, 8) / 15``.
         target_mode: how ``Y(ℓ)`` is made from the labels (see :func:`level_target`).
+        dice: the Dice term of every level (the write-up's joint form by default).
 
     Returns:
         The scalar total loss.
@@ -124,19 +165,21 @@ def deep_supervision_loss(
         factor = h // lh
         if level_logits.shape[:3] != (b, k, d) or (lh * factor, lw * factor) != (h, w):
             raise ValueError(f"output {tuple(level_logits.shape)} is not an in-plane subsampling of {(h, w)}")
-        total = total + alpha * level_loss(level_logits, level_target(target, factor, target_mode))
+        total = total + alpha * level_loss(level_logits, level_target(target, factor, target_mode), dice)
     return total
 
 
 class DeepSupervisionLoss(nn.Module):
-    """The deep-supervision sum as a module: weights and target mode held, per-level loss plain.
+    """The deep-supervision sum as a module: weights, target mode and Dice term held, per-level loss plain.
 
-    ``loss(logits, labels)`` equals ``deep_supervision_loss(logits, labels, weights, target_mode)``.
+    ``loss(logits, labels)`` equals ``deep_supervision_loss(logits, labels, weights, target_mode, dice)``.
     """
 
-    def __init__(self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average") -> None:
+    def __init__(
+        self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average", dice: DiceLoss = dice_loss
+    ) -> None:
         super().__init__()
-        self.weights, self.target_mode = tuple(weights), target_mode
+        self.weights, self.target_mode, self.dice = tuple(weights), target_mode, dice
 
     def forward(self, logits: Sequence[Tensor], labels: Tensor) -> Tensor:
-        return deep_supervision_loss(logits, labels, self.weights, self.target_mode)
+        return deep_supervision_loss(logits, labels, self.weights, self.target_mode, self.dice)

@@ -33,7 +33,7 @@ from ..common.settings import (
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, SLICE_BATCH
-from ..model.losses import DEEP_SUPERVISION_WEIGHTS, TARGET_MODES
+from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
 
 
 def _device(default: str = "auto", flag: str | None = None):
@@ -72,6 +72,10 @@ class LossConfig:
         "α_1..α_4, coarse to fine (write-up: 1, 2, 4, 8 over 15)",
     )
     target_mode: str = one_of("average", TARGET_MODES, "Y(ℓ): one-hot label average-pooled or nearest-subsampled")
+    dice: str = one_of("joint", DICE_FORMS, "joint: the write-up's Dice over classes and voxels (method §5.1); per_class: nnU-Net's soft Dice per class")
+    include_background: bool = switch(False, "per_class only: also score the background class")
+    batch_dice: bool = switch(False, "per_class only: one Dice per class over the whole batch")
+    smooth: float = non_negative_number(1e-5, "per_class only: added to the Dice numerator and denominator")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,9 +35,9 @@ from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
-from ..model.losses import DeepSupervisionLoss
+from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
 from .cache import read_manifest
-from .config import PredictConfig, RunConfig, TrainConfig
+from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
 from .metrics import dice_per_class, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .samples import Batch, CaseStore, sample_batch
@@ -74,6 +75,15 @@ def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: 
 
 def _poly(total_steps: int, power: float):
     return lambda step: (1 - min(step, total_steps) / total_steps) ** power
+
+
+def build_loss(config: LossConfig) -> DeepSupervisionLoss:
+    """The deep-supervised loss a run configuration describes (method §5, decision D9)."""
+    if config.dice == "joint":
+        dice = dice_loss
+    else:
+        dice = partial(per_class_dice_loss, include_background=config.include_background, batch_dice=config.batch_dice, smooth=config.smooth)
+    return DeepSupervisionLoss(config.weights, config.target_mode, dice)
 
 
 def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
@@ -123,6 +133,29 @@ class _Data:
             feature_channels=m["feature_channels"],
             decoder=decoder.state_dict(),
         )
+
+
+def _log_columns(classes: list[str]) -> list[str]:
+    return ["epoch", "train_loss", "val_dice", *[f"val_dice_{c}" for c in classes], "lr", "seconds"]
+
+
+def _log_rows(history: list[dict], classes: list[str]) -> list[dict]:
+    """History entries with the per-class validation Dice as columns ``val_dice_{class}``."""
+    return [{**h, **dict(zip([f"val_dice_{c}" for c in classes], h.get("val_dice_per_class") or []))} for h in history]
+
+
+def _dice_text(entry: dict, classes: list[str]) -> str:
+    """``, val Dice 0.61 (liver 0.93, kidney 0.00 NOT FOUND, ...)``, or '' for an epoch without validation.
+
+    A class no validation case contains is "absent"; a class present but never
+    predicted scores 0 and is called out, so it shows during training.
+    """
+    if entry["val_dice"] is None:
+        return ""
+    parts = []
+    for name, value in zip(classes, entry["val_dice_per_class"]):
+        parts.append(f"{name} absent" if math.isnan(value) else f"{name} {value:.3f}" + (" NOT FOUND" if value == 0 else ""))
+    return f", val Dice {entry['val_dice']:.4f} ({', '.join(parts)})"
 
 
 def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler) -> bool:
@@ -202,7 +235,7 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
-    loss_fn = DeepSupervisionLoss(config.loss.weights, config.loss.target_mode)
+    loss_fn = build_loss(config.loss)
     stepper = _Stepper(decoder, model, optimizer, scheduler, loss_fn, device, t, world)
     record = data.model_file(config, decoder)
 
@@ -236,11 +269,11 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
             record.save(out / "last.pt")
             if improved or not data.val_names:
                 record.save(out / "best.pt")
-            write_csv(out / "log.csv", record.history, ["epoch", "train_loss", "val_dice", "lr", "seconds"])
-            save_curves(record.history, out / "curves.png")
+            classes = record.class_names[1:]
+            write_csv(out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
+            save_curves(record.history, out / "curves.png", classes)
             if progress:
-                dice = f", val Dice {entry['val_dice']:.4f}" if entry["val_dice"] is not None else ""
-                print(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{dice} ({entry['seconds']:.1f} s)", flush=True)
+                print(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)", flush=True)
     if world > 1:
         barrier()
     return {
