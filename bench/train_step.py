@@ -36,7 +36,7 @@ from sam3dseg.common.files import save_tensors, write_json
 from sam3dseg.model.decoder import SAM3DDecoder
 from sam3dseg.model.encoder import build_encoder, encode_volume, to_encoder_input
 from sam3dseg.model.losses import deep_supervision_loss
-from sam3dseg.pipeline.samples import CaseStore, sample_batch
+from sam3dseg.pipeline.samples import CaseStore, Sampling, sample_batch
 
 
 def _child(mode: str, args: argparse.Namespace) -> dict:
@@ -73,7 +73,7 @@ def _child(mode: str, args: argparse.Namespace) -> dict:
         for step in range(args.steps + 1):  # the first step warms up
             start = time.perf_counter()
             if mode == "cached":
-                batch = sample_batch(store, ["case"], 1, args.depth, args.size, generator)
+                batch = sample_batch(store, ["case"], Sampling(1, args.depth, args.size), generator)
                 feats, labels = batch.features, batch.labels
             else:
                 s = int(torch.randint(total_depth - args.depth + 1, (1,), generator=generator))

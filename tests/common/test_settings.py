@@ -1,6 +1,7 @@
 """Every option checked at the door: one place per rule, one line per mistake, nothing done before."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -40,6 +41,7 @@ def test_every_setting_has_a_rule_that_its_default_passes(cls):
         (["train", "train.epochs=[1"], "the value is not valid YAML"),
         (["train", "loss.dice=dice"], "loss.dice must be one of joint, per_class, got 'dice'"),
         (["train", "loss.smooth=-1"], "loss.smooth must be a number >= 0, got -1.0"),
+        (["train", "train.foreground_fraction=1.5"], "train.foreground_fraction must be a number in [0, 1], got 1.5"),
         (["cache", "--ct-window", "40", "0"], "preprocess.ct_window (--ct-window) must be a level and a width > 0 (HU), got (40.0, 0.0)"),
         (["cache", "--image-size", "40"], "image_size (--image-size) must be a positive multiple of 16, got 40"),
         (["cache", "--encoder", "vit_x"], "encoder (--encoder) must be one of vit_b, vit_l, vit_h, got 'vit_x'"),
@@ -87,4 +89,4 @@ def test_train_help_lists_every_key_with_its_default(capsys):
     out = capsys.readouterr().out
     for key, default, allowed, _ in describe(RunConfig):
         assert key in out and allowed in out
-    assert "train.epochs             50" in out and "train.steps_per_epoch    50" in out
+    assert re.search(r"train\.epochs +50\n", out) and re.search(r"train\.steps_per_epoch +50\n", out)

@@ -57,8 +57,9 @@ def _interrupt_after(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(training, "sample_batch", sample)
 
 
-def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch):
-    config = load_run_config(None, ["train.epochs=3", *SMALL])
+@pytest.mark.parametrize("extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"]])
+def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
+    config = load_run_config(None, ["train.epochs=3", *SMALL, *extra])
     whole = train(small_cache, tmp_path / "whole", config, progress=False)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         _interrupt_after(patch, 5)  # mid epoch 2

@@ -40,6 +40,24 @@ def _blob_volume(shape: tuple[int, int, int], num_classes: int, rng: np.random.G
     return image.astype(np.float32), label
 
 
+def _small_structures(shape: tuple[int, int, int], num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_blob_volume`, but each class is two small blobs (radius 2.5-5 voxels in-plane,
+    1.5-3 slices deep: about 1 % of the voxels) of low contrast against a textured background."""
+    d, h, w = shape
+    zz, yy, xx = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
+    label = np.zeros(shape, dtype=np.uint8)
+    image = 200 + 40 * np.sin(xx / 3.0 + rng.uniform(0, 6)) * np.sin(yy / 4.0)
+    for k in range(1, num_classes):
+        for _ in range(2):
+            centre = rng.uniform(0.2, 0.8, size=3) * np.array(shape)
+            radii = [rng.uniform(1.5, 3.0), rng.uniform(2.5, 5.0), rng.uniform(2.5, 5.0)]
+            inside = sum(((c - m) / r) ** 2 for c, m, r in zip((zz, yy, xx), centre, radii)) <= 1
+            label[inside] = k
+            image = np.where(inside, 230 + 45 * k, image)  # a step of 45 against noise σ 25 and texture ±40
+    image = image + rng.normal(0, 25, size=shape)
+    return image.astype(np.float32), label
+
+
 def _random_pose(array: np.ndarray, spacing_dhw: tuple[float, float, float], rng: np.random.Generator):
     """Store an aligned ``(D, H, W)`` = (S, P, L) array under a random axis order and flips.
 
@@ -66,12 +84,20 @@ def _random_pose(array: np.ndarray, spacing_dhw: tuple[float, float, float], rng
 
 
 def make_case(
-    rng: np.random.Generator, num_classes: int = 3, channels: int = 1, depth: tuple[int, int] = (10, 16), size: tuple[int, int] = (40, 64)
+    rng: np.random.Generator,
+    num_classes: int = 3,
+    channels: int = 1,
+    depth: tuple[int, int] = (10, 16),
+    size: tuple[int, int] = (40, 64),
+    small: bool = False,
 ) -> tuple[list[np.ndarray], np.ndarray, Geometry]:
-    """One generated case: per-channel ``(z, y, x)`` images, the label and the geometry."""
+    """One generated case: per-channel ``(z, y, x)`` images, the label and the geometry.
+
+    ``small``: small, low-contrast structures (:func:`_small_structures`) instead of large ellipsoids.
+    """
     shape = (int(rng.integers(*depth)), int(rng.integers(*size)), int(rng.integers(*size)))
     spacing = (float(rng.uniform(1.5, 3.0)), float(rng.uniform(0.6, 1.2)), float(rng.uniform(0.6, 1.2)))
-    image, label = _blob_volume(shape, num_classes, rng)
+    image, label = (_small_structures if small else _blob_volume)(shape, num_classes, rng)
     images = [image * (1 + 0.3 * c) + 50 * c for c in range(channels)]  # channels differ in contrast
     pose_seed = int(rng.integers(1 << 31))  # one pose for the label and every channel
     label_file, geometry, _ = _random_pose(label, spacing, np.random.default_rng(pose_seed))
@@ -89,6 +115,7 @@ def write_dataset(
     seed: int = 0,
     depth: tuple[int, int] = (10, 16),
     size: tuple[int, int] = (40, 64),
+    small: bool = False,
 ) -> Path:
     """Write a generated dataset in the nnU-Net v2 (``nnunet``) or MSD (``msd``) layout.
 
@@ -107,7 +134,7 @@ def write_dataset(
     training = []
     for i in range(num_cases):
         name = f"case_{i:03d}"
-        images, label, geometry = make_case(rng, num_classes, channels, depth, size)
+        images, label, geometry = make_case(rng, num_classes, channels, depth, size, small)
         write_volume(label, geometry, root / "labelsTr" / f"{name}.nii.gz")
         if layout == "nnunet":
             for c, im in enumerate(images):

@@ -92,6 +92,7 @@ class TrainConfig:
     batch_size: int = positive_int(2, "crops per step (divisible by the number of torchrun processes)")
     crop_depth: int = positive_int(16, "slices per training crop; shorter volumes are padded")
     flip_depth: bool = switch(True, "flip crops along depth (exact on cached features)")
+    foreground_fraction: float = fraction(0.0, "share of crops placed on a voxel of a class the case holds (nnU-Net: 1/3)")
     # SGD with Nesterov momentum 0.99 and poly decay, as the original SAM3D (nnU-Net):
     # on generated data it lowered the loss faster than AdamW and reached held-out
     # Dice 0.85 an epoch earlier, final Dice equal (bench/optimizers.py).

@@ -28,12 +28,45 @@ class Batch:
     labels: torch.Tensor  # (B, d, S, S) int64, padded with background like the encoder input
 
 
+# Voxels kept per class and case for foreground sampling (evenly spaced in scan order).
+MAX_LOCATIONS = 10_000
+
+
+def class_locations(label: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Where each foreground class lies: ``(D, H, W)`` labels -> ``{k: (n, 3) int64 (d, h, w)}``.
+
+    Classes absent from the label are left out; a class with more than
+    :data:`MAX_LOCATIONS` voxels keeps that many, evenly spaced in scan order
+    (deterministic, so resuming replays the same crops).
+    """
+    out = {}
+    for k in torch.unique(label).tolist():
+        if k == 0:
+            continue
+        idx = (label == k).nonzero()
+        if len(idx) > MAX_LOCATIONS:
+            idx = idx[torch.linspace(0, len(idx) - 1, MAX_LOCATIONS).long()]
+        out[int(k)] = idx
+    return out
+
+
 class CaseStore:
-    """Cached cases by name, kept in memory up to ``capacity`` at a time (least recently used out)."""
+    """Cached cases by name, kept in memory up to ``capacity`` at a time (least recently used out).
+
+    Class locations (:func:`class_locations`) are computed once per case, on first
+    use, and kept (they are small: at most ``MAX_LOCATIONS`` voxels per class).
+    """
 
     def __init__(self, cache: str | Path, capacity: int = 64) -> None:
         self.cache, self.capacity = Path(cache), capacity
         self._items: OrderedDict[str, dict] = OrderedDict()
+        self._locations: dict[str, dict[int, torch.Tensor]] = {}
+
+    def locations(self, name: str) -> dict[int, torch.Tensor]:
+        """Foreground voxels of case ``name`` by class (model grid, ``(d, h, w)`` rows)."""
+        if name not in self._locations:
+            self._locations[name] = class_locations(self[name]["label"])
+        return self._locations[name]
 
     def __getitem__(self, name: str) -> dict:
         if name in self._items:
@@ -63,32 +96,57 @@ def crop_depth(features: torch.Tensor, label: torch.Tensor, start: int, depth: i
     return f, y
 
 
-def sample_batch(
-    store: CaseStore,
-    names: list[str],
-    batch_size: int,
-    depth: int,
-    image_size: int,
-    generator: torch.Generator,
-    flip: bool = True,
-    part: slice = slice(None),
-) -> Batch:
+@dataclass(frozen=True)
+class Sampling:
+    """How training crops are drawn."""
+
+    batch_size: int
+    depth: int  # slices per crop
+    image_size: int  # S, the side labels are padded to
+    flip: bool = True  # flip along depth with probability 1/2
+    foreground_fraction: float = 0.0  # share of crops placed on a voxel of a class the case holds
+
+
+def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: torch.Generator, part: slice = slice(None)) -> Batch:
     """Draw a batch: case, crop start and flip per sample, all from ``generator``.
 
-    Every rank of a data-parallel run draws the same global batch and builds only
-    ``part`` of it, so N ranks see exactly the samples one process would.
+    With ``spec.foreground_fraction = p`` each crop is, with probability p, placed so
+    that it holds a voxel of a foreground class drawn uniformly among those the case
+    contains (nnU-Net's oversampling; it uses p = 1/3), the voxel drawn uniformly from
+    that class's locations (:meth:`CaseStore.locations`); other crops start uniformly
+    at random. With p = 0 no further numbers are drawn, so runs without it are
+    unchanged. Every rank of a data-parallel run draws the same global batch and
+    builds only ``part`` of it, so N ranks see exactly the samples one process would.
     """
-    picks = torch.randint(len(names), (batch_size,), generator=generator).tolist()
-    offsets = torch.rand(batch_size, generator=generator).tolist()
-    flips = (torch.rand(batch_size, generator=generator) < 0.5).tolist()
+    n = spec.batch_size
+    picks = torch.randint(len(names), (n,), generator=generator).tolist()
+    offsets = torch.rand(n, generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    forced, which = [False] * n, [(0.0, 0.0)] * n
+    if spec.foreground_fraction > 0:
+        forced = (torch.rand(n, generator=generator) < spec.foreground_fraction).tolist()
+        which = torch.rand(n, 2, generator=generator).tolist()  # the class, then the voxel
     feats, labels = [], []
-    for i in range(batch_size)[part]:
-        case = store[names[picks[i]]]
+    for i in range(n)[part]:
+        name = names[picks[i]]
+        case = store[name]
         total = case["features"].shape[1]
-        start = int(offsets[i] * (max(total - depth, 0) + 1))
-        f, y = crop_depth(case["features"], padded_label(case["label"], image_size), start, depth)
-        if flip and flips[i]:
+        start = int(offsets[i] * (max(total - spec.depth, 0) + 1))
+        if forced[i]:
+            start = _start_on_foreground(store.locations(name), which[i], total, spec.depth, start)
+        f, y = crop_depth(case["features"], padded_label(case["label"], spec.image_size), start, spec.depth)
+        if spec.flip and flips[i]:
             f, y = f.flip(1), y.flip(0)
         feats.append(f.float())
         labels.append(y)
     return Batch(torch.stack(feats), torch.stack(labels))
+
+
+def _start_on_foreground(locations: dict[int, torch.Tensor], draw: tuple[float, float], total: int, depth: int, default: int) -> int:
+    """A crop start whose ``depth`` slices hold the drawn voxel, centred on it where the volume allows."""
+    if not locations:
+        return default  # a case without foreground: a random crop
+    classes = sorted(locations)
+    voxels = locations[classes[min(int(draw[0] * len(classes)), len(classes) - 1)]]
+    z = int(voxels[min(int(draw[1] * len(voxels)), len(voxels) - 1), 0])
+    return min(max(z - depth // 2, 0), max(total - depth, 0))

@@ -40,7 +40,7 @@ from .cache import read_manifest
 from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
 from .metrics import dice_per_class, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
-from .samples import Batch, CaseStore, sample_batch
+from .samples import Batch, CaseStore, Sampling, sample_batch
 from .windows import WindowDecoder
 
 
@@ -207,11 +207,12 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     from tqdm import tqdm
 
     t = stepper.config
+    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction)
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
     for _ in bar:
-        batch = sample_batch(data.store, data.train_names, t.batch_size, t.crop_depth, data.image_size, generator, t.flip_depth, part)
+        batch = sample_batch(data.store, data.train_names, spec, generator, part)
         losses.append(stepper.step(batch))
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     return sum(losses) / len(losses)

@@ -1,0 +1,138 @@
+"""Which training recipe segments best: the Dice form × foreground sampling, measured.
+
+Trains every combination of ``loss.dice`` (``joint``, the write-up's §5.1 form; ``per_class``,
+nnU-Net's soft Dice without background) and ``train.foreground_fraction`` (0 or 1/3) on
+generated datasets, several seeds each, with everything else equal, and reports the
+held-out Dice per class (the validation cases of each run, at the last epoch, decoded as
+``predict`` decodes):
+
+- ``small``: small, low-contrast structures, K = 6 (each class about 1 % of the voxels);
+- ``large``: three large ellipsoid classes (the test suite's generated data);
+- ``mni152``: the demo's brain data (grey and white matter; needs nilearn).
+
+The encoder is a small random SAM-structured one (as in the tests), so the comparison is
+about the decoder's training, at a cost this CPU can pay (about 20 minutes for the whole
+table). Exit status 1 when the default recipe (``sam3dseg train``'s defaults) trails the
+best combination on any dataset by more than ``--tolerance``.
+
+    python bench/recipes.py [--seeds 3] [--datasets small large mni152] [--json out.json]
+
+Status (first trial, one seed): on ``small`` every combination predicts background only,
+even after 20 × 15 steps — the blobs (radius 5-10 pixels at 128²) are smaller than one
+16-pixel token and the decoder has no path from the full-resolution image. The table
+needs either an image path (issue 11, point 4) or larger structures before it can choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sam3dseg.common.files import write_json
+from sam3dseg.data.datasets import load_dataset
+from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.data.synthetic import write_dataset
+from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
+from sam3dseg.pipeline.cache import build_cache
+from sam3dseg.pipeline.config import LossConfig, TrainConfig, load_run_config
+from sam3dseg.pipeline.train import train
+
+VARIANTS = {
+    "joint": ["loss.dice=joint", "train.foreground_fraction=0"],
+    "joint + fg 1/3": ["loss.dice=joint", "train.foreground_fraction=0.3333"],
+    "per_class": ["loss.dice=per_class", "train.foreground_fraction=0"],
+    "per_class + fg 1/3": ["loss.dice=per_class", "train.foreground_fraction=0.3333"],
+}
+# image size, crop depth, epochs, steps per epoch, per dataset
+DATASETS = {"small": (128, 8, 8, 15), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
+
+
+def _make(name: str, root: Path) -> Path:
+    if name == "small":
+        return write_dataset(root, 10, "nnunet", num_classes=6, seed=11, depth=(12, 16), size=(48, 64), small=True)
+    if name == "large":
+        return write_dataset(root, 10, "nnunet", seed=1)
+    from sam3dseg.demo import DemoConfig, build_dataset
+
+    return build_dataset(root, DemoConfig(train_cases=8, test_cases=1))
+
+
+def _encoder(image_size: int) -> SAMImageEncoder:
+    spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return SAMImageEncoder(spec, image_size=image_size, name="small")
+
+
+def _default_variant() -> str:
+    loss, t = LossConfig(), TrainConfig()
+    return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per combination (default 3)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--tolerance", type=float, default=0.05, help="how far the default may trail the best (default 0.05)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    results: dict[str, dict[str, list[list[float]]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            size, depth, epochs, steps = DATASETS[dataset]
+            data = load_dataset(_make(dataset, Path(tmp) / dataset / "data"))
+            encoder = _encoder(size)
+            cache = Path(tmp) / dataset / "cache"
+            build_cache(data, cache, encoder, EncoderInfo.of(encoder, None), PreprocessConfig(), progress=False)
+            results[dataset] = {}
+            for variant, overrides in VARIANTS.items():
+                runs = []
+                for seed in range(args.seeds):
+                    start = time.perf_counter()
+                    config = load_run_config(None, [
+                        *overrides, f"train.seed={seed}", f"train.epochs={epochs}", f"train.steps_per_epoch={steps}",
+                        f"train.crop_depth={depth}", "train.val_interval=100", "decoder.channels=[32,32,16,16]",
+                    ])  # fmt: skip
+                    out = Path(tmp) / dataset / f"run_{variant.replace(' ', '_').replace('/', '')}_{seed}"
+                    history = train(cache, out, config, progress=False)["history"]
+                    runs.append(history[-1]["val_dice_per_class"])
+                    mean = statistics.fmean(x for x in runs[-1] if x == x)
+                    print(f"{dataset:>7} {variant:<19} seed {seed}: held-out Dice {mean:.3f} "
+                          f"({' '.join(f'{x:.2f}' for x in runs[-1])}) in {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+                results[dataset][variant] = runs
+
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; held-out mean foreground Dice, mean ± sd over {args.seeds} seeds")
+    print("| dataset | " + " | ".join(VARIANTS) + " |")
+    print("|---|" + "---|" * len(VARIANTS))
+    failed = []
+    default = _default_variant()
+    for dataset, by_variant in results.items():
+        means = {}
+        cells = []
+        for variant, runs in by_variant.items():
+            per_run = [statistics.fmean(x for x in r if x == x) for r in runs]
+            means[variant] = statistics.fmean(per_run)
+            sd = statistics.stdev(per_run) if len(per_run) > 1 else 0.0
+            cells.append(f"{means[variant]:.3f} ± {sd:.3f}")
+        print(f"| {dataset} | " + " | ".join(cells) + " |")
+        best = max(means, key=means.get)
+        if means[default] < means[best] - args.tolerance:
+            failed.append(f"{dataset}: default '{default}' {means[default]:.3f} < best '{best}' {means[best]:.3f}")
+    print(f"default recipe: {default}")
+    if args.json:
+        write_json(args.json, {"results": results, "default": default, "seeds": args.seeds})
+    if failed:
+        print("DEFAULT NOT BEST: " + "; ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
