@@ -49,7 +49,7 @@ def save_curves(history: list[dict], path: str | Path, classes: list[str] = ()) 
             ax[1].plot(*zip(*per_class), marker=".", linewidth=1, color=COLOURS[k % len(COLOURS)], label=name)
         if classes:
             ax[1].legend(fontsize=7)
-    ax[1].set(xlabel="epoch", ylabel="mean foreground Dice", title="validation Dice", ylim=(0, 1))
+    ax[1].set(xlabel="epoch", ylabel="foreground Dice", title="validation Dice", ylim=(0, 1))
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -41,8 +41,8 @@ def _blob_volume(shape: tuple[int, int, int], num_classes: int, rng: np.random.G
 
 
 def _small_structures(shape: tuple[int, int, int], num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`_blob_volume`, but each class is two small blobs (radius 2.5-5 voxels in-plane,
-    1.5-3 slices deep: about 1 % of the voxels) of low contrast against a textured background."""
+    """Like :func:`_blob_volume`, but each class is two small blobs (radius 4-6 voxels in-plane,
+    2-3 slices deep: 1-2 % of the voxels) of low contrast against a textured background."""
     d, h, w = shape
     zz, yy, xx = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
     label = np.zeros(shape, dtype=np.uint8)
@@ -50,7 +50,7 @@ def _small_structures(shape: tuple[int, int, int], num_classes: int, rng: np.ran
     for k in range(1, num_classes):
         for _ in range(2):
             centre = rng.uniform(0.2, 0.8, size=3) * np.array(shape)
-            radii = [rng.uniform(1.5, 3.0), rng.uniform(2.5, 5.0), rng.uniform(2.5, 5.0)]
+            radii = [rng.uniform(2.0, 3.0), rng.uniform(4.0, 6.0), rng.uniform(4.0, 6.0)]
             inside = sum(((c - m) / r) ** 2 for c, m, r in zip((zz, yy, xx), centre, radii)) <= 1
             label[inside] = k
             image = np.where(inside, 230 + 45 * k, image)  # a step of 45 against noise σ 25 and texture ±40
