@@ -13,21 +13,18 @@ optimiser in ``TrainConfig`` was chosen.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import make_cache  # noqa: E402
 
-from sam3dseg.pipeline.cache import build_cache
-from sam3dseg.pipeline.config import load_run_config
-from sam3dseg.data.datasets import load_dataset
-from sam3dseg.model.encoder import EncoderInfo
-from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
-from sam3dseg.data.preprocess import PreprocessConfig
-from sam3dseg.data.synthetic import write_dataset
-from sam3dseg.pipeline.train import train
-from sam3dseg.common.files import write_json
+from sam3dseg.common.files import write_json  # noqa: E402
+from sam3dseg.data.synthetic import write_dataset  # noqa: E402
+from sam3dseg.pipeline.config import load_run_config  # noqa: E402
+from sam3dseg.pipeline.train import train  # noqa: E402
 
 CANDIDATES = {
     "adamw lr=1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],
@@ -50,10 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_dataset(tmp / "ds", args.cases, "nnunet", seed=1)
-        spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
-        torch.manual_seed(0)
-        encoder = SAMImageEncoder(spec, image_size=128, name="tiny")
-        build_cache(load_dataset(tmp / "ds"), tmp / "cache", encoder, EncoderInfo.of(encoder, None), PreprocessConfig(), progress=False)
+        make_cache(tmp / "ds", tmp / "cache", image_size=128)  # the tests' small SAM-structured encoder
         common = [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"]
         for name, overrides in CANDIDATES.items():
             start = time.perf_counter()

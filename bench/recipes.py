@@ -37,13 +37,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import make_cache  # noqa: E402
+
 from sam3dseg.common.files import write_json
-from sam3dseg.data.datasets import load_dataset
-from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.synthetic import write_dataset
-from sam3dseg.model.encoder import EncoderInfo
-from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
-from sam3dseg.pipeline.cache import build_cache
 from sam3dseg.pipeline.config import LossConfig, TrainConfig, load_run_config
 from sam3dseg.pipeline.train import train
 
@@ -67,13 +65,6 @@ def _make(name: str, root: Path) -> Path:
     return build_dataset(root, DemoConfig(train_cases=8, test_cases=1))
 
 
-def _encoder(image_size: int) -> SAMImageEncoder:
-    spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return SAMImageEncoder(spec, image_size=image_size, name="small")
-
-
 def _default_variant() -> str:
     loss, t = LossConfig(), TrainConfig()
     return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}"
@@ -91,10 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             size, depth, epochs, steps = DATASETS[dataset]
-            data = load_dataset(_make(dataset, Path(tmp) / dataset / "data"))
-            encoder = _encoder(size)
             cache = Path(tmp) / dataset / "cache"
-            build_cache(data, cache, encoder, EncoderInfo.of(encoder, None), PreprocessConfig(), progress=False)
+            make_cache(_make(dataset, Path(tmp) / dataset / "data"), cache, image_size=size)  # the tests' small encoder
             results[dataset] = {}
             for variant, overrides in VARIANTS.items():
                 runs = []
