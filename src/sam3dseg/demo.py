@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from .common.files import write_json
-from .common.runtime import DEVICE_PATTERN
-from .common.settings import check_settings, non_negative_int, positive_int, setting
+from .common.settings import check_settings, non_negative_int, positive_int
 from .data.volumes import Geometry, write_volume
 from .errors import UserError
+from .pipeline.config import device_setting, image_size_setting
 
 CLASS_NAMES = ["background", "grey_matter", "white_matter"]
 
@@ -39,12 +39,12 @@ class DemoConfig:
 
     train_cases: int = positive_int(8, "generated training cases, of which the last 2 (by name) validate")
     test_cases: int = positive_int(2, "generated test cases, predicted and scored")
-    image_size: int = setting(128, "a positive multiple of 16", lambda v: v >= 16 and v % 16 == 0, "encoder input side")
+    image_size: int = image_size_setting(128, "encoder input side")
     epochs: int = positive_int(12, "training epochs", flag="--epochs")
     steps_per_epoch: int = positive_int(20, "optimiser steps per epoch")
     crop_depth: int = positive_int(16, "slices per training crop")
     seed: int = non_negative_int(0, "seed of the data and the training")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N", lambda v: bool(DEVICE_PATTERN.match(v)), "where to compute", "--device")
+    device: str = device_setting(flag="--device")
 
     def __post_init__(self) -> None:
         check_settings(self)

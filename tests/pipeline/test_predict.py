@@ -163,6 +163,8 @@ def test_volume_with_other_channel_count_is_refused():
     images, _, geometry = make_case(np.random.default_rng(1), channels=2)
     with pytest.raises(UserError, match=r"has 2 channel\(s\) but the model was trained on 1"):
         predictor.predict_array(np.stack(images), geometry)
+    with pytest.raises(UserError, match=r"has 2 channel\(s\) but the model was trained on 1"):
+        predict_probabilities(predictor, np.stack(images), geometry)  # the same check on the probabilities path
 
 
 

@@ -36,10 +36,16 @@ from ..model.encoder import ENCODERS, SLICE_BATCH
 from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
 
 
-def _device(default: str = "auto", flag: str | None = None):
+def device_setting(default: str = "auto", flag: str | None = None):
+    """The ``device`` setting every stage has: auto, cpu, cuda or cuda:N."""
     return setting(
         default, "auto, cpu, cuda or cuda:N", lambda v: bool(DEVICE_PATTERN.match(v)), "where to compute", flag
     )
+
+
+def image_size_setting(default: int, help: str, flag: str | None = None):
+    """The encoder's input side S: any multiple of the 16-pixel patch."""
+    return setting(default, "a positive multiple of 16", lambda v: v >= 16 and v % 16 == 0, help, flag)
 
 
 @dataclass
@@ -105,7 +111,7 @@ class TrainConfig:
     val_fraction: float = fraction(0.2, "share of cases held out for validation (the last by name)", upper_open=True)
     val_interval: int = positive_int(1, "epochs between validations")
     seed: int = non_negative_int(0, "seed of the initial weights and of every epoch's draws")
-    device: str = _device()
+    device: str = device_setting()
     amp: bool = switch(True, "bf16 autocast for the decoder on CUDA; never on CPU")
 
     def __post_init__(self) -> None:
@@ -126,10 +132,6 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     return load_settings(RunConfig, path, overrides or [])
 
 
-def _image_size_ok(v: int) -> bool:
-    return v >= 16 and v % 16 == 0
-
-
 def _checkpoint_ok(v: str | None) -> bool:
     return v is None or Path(v).is_file()
 
@@ -141,14 +143,12 @@ class CacheConfig:
     SECTION: ClassVar[str] = ""
 
     encoder: str = one_of("vit_b", ENCODERS, "SAM variant", flag="--encoder")
-    image_size: int = setting(
-        1024, "a positive multiple of 16", _image_size_ok, "encoder input side (SAM was trained at 1024)", flag="--image-size"
-    )
+    image_size: int = image_size_setting(1024, "encoder input side (SAM was trained at 1024)", flag="--image-size")
     checkpoint: str | None = setting(
         None, "null (random encoder) or an existing file", _checkpoint_ok, "SAM / MedSAM checkpoint (.pth)", flag="--checkpoint"
     )
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
-    device: str = _device(flag="--device")
+    device: str = device_setting(flag="--device")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
@@ -176,7 +176,7 @@ class PredictConfig:
     overlap: float = fraction(0.5, "share of a window overlapping the next", upper_open=True, flag="--overlap")
     flip_tta: bool = switch(False, "also predict the depth-flipped volume and average", flag="--tta")
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
-    device: str = _device(flag="--device")
+    device: str = device_setting(flag="--device")
 
     def __post_init__(self) -> None:
         check_settings(self)

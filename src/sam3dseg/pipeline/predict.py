@@ -66,8 +66,8 @@ class Predictor:
         return self.windows.slices(features, valid_hw)
 
     @torch.no_grad()
-    def predict_array(self, array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Transform]:
-        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> uint8 labels on its own grid ``(z, y, x)``."""
+    def features(self, array: np.ndarray, geometry: Geometry) -> tuple[Tensor, Transform]:
+        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> its features on the device and the transform back."""
         channels = 1 if array.ndim == 3 else array.shape[0]
         if channels != len(self.channel_names):
             raise UserError(
@@ -75,9 +75,13 @@ class Predictor:
                 f"({', '.join(self.channel_names)})"
             )
         volume, t = preprocess_image(array, geometry, self.channel_names, self.preprocess, self.image_size)
-        features = self.encode(volume)
-        slices = self.model_slices(features, t.model_shape[1:])
-        oriented = _stream_to_grid(slices, t)
+        return self.encode(volume), t
+
+    @torch.no_grad()
+    def predict_array(self, array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Transform]:
+        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> uint8 labels on its own grid ``(z, y, x)``."""
+        features, t = self.features(array, geometry)
+        oriented = _stream_to_grid(self.model_slices(features, t.model_shape[1:]), t)
         return np.ascontiguousarray(unreorient(oriented, t)), t
 
 
@@ -164,8 +168,7 @@ def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[
 
 def predict_probabilities(predictor: Predictor, array: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Class probabilities on the file's grid ``(K, z, y, x)`` (float32, the whole volume in memory)."""
-    volume, t = preprocess_image(array, geometry, predictor.channel_names, predictor.preprocess, predictor.image_size)
-    features = predictor.encode(volume)
+    features, t = predictor.features(array, geometry)
     probs = torch.stack(list(predictor.model_slices(features, t.model_shape[1:])), dim=1)
     return restore_probabilities(probs.cpu(), t)
 
