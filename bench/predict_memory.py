@@ -40,7 +40,7 @@ def _child(mode: str, depth: int, size: int) -> dict:
     spec = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
     encoder = SAMImageEncoder(spec, image_size=size, name="small")
     run = load_run_config(None, ["train.crop_depth=16"])
-    decoder = build_decoder(run.decoder, 3, 32)
+    decoder = build_decoder(run.decoder, 3, 32, 1)
     model = ModelFile(run, ["background", "a", "b"], ["CT"], PreprocessConfig(), EncoderInfo.of(encoder, None), 32, decoder.state_dict())
     predictor = Predictor(model, encoder, PredictConfig(window=16, overlap=0.5))
     volume = np.random.default_rng(0).normal(0, 300, size=(depth, size, size)).astype(np.float32)

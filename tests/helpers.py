@@ -34,11 +34,16 @@ def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, prep
 
 
 def tiny_model_file(
-    preprocess: PreprocessConfig = PreprocessConfig(), image_size: int = 64, crop_depth: int = 4, seed: int = 0, channels: tuple = ("MR",)
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    image_size: int = 64,
+    crop_depth: int = 4,
+    seed: int = 0,
+    channels: tuple = ("MR",),
+    image_path: bool = False,
 ) -> ModelFile:
     """A model file around an untrained small decoder (32 feature channels per image channel, K = 3)."""
-    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]"])
+    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]", f"decoder.image_path={str(image_path).lower()}"])
     torch.manual_seed(seed)
     encoder = EncoderInfo.of(tiny_encoder(image_size), None)
-    decoder = build_decoder(run.decoder, 3, 32 * len(channels))
+    decoder = build_decoder(run.decoder, 3, 32 * len(channels), len(channels))
     return ModelFile(run, ["background", "a", "b"], list(channels), preprocess, encoder, 32 * len(channels), decoder.state_dict())

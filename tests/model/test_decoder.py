@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from sam3dseg.model.decoder import ResidualUpBlock, SAM3DDecoder
+from sam3dseg.model.decoder import ResidualUpBlock, SAM3DDecoder, image_path_input
 
 
 @pytest.mark.parametrize("depth,h,w", [(2, 1, 1), (3, 3, 5), (5, 2, 7), (2, 6, 4)])
@@ -129,3 +129,35 @@ def test_bad_options_are_refused():
         SAM3DDecoder(num_classes=2, upsample="cubic")
     with pytest.raises(ValueError, match="num_classes"):
         SAM3DDecoder(num_classes=1)
+
+
+def test_image_path_input_pads_with_the_encoders_grey_and_pools():
+    volume = torch.arange(2 * 3 * 6 * 4, dtype=torch.float32).view(2, 3, 6, 4)  # C=2, D=3, H'=6, W'=4
+    out = image_path_input(volume, 16)
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 8, 8)
+    assert torch.equal(out[..., :3, :2], F.avg_pool2d(volume.view(6, 1, 6, 4), 2).view(2, 3, 3, 2).round().to(torch.uint8))
+    assert (out[..., 3:, :] == 114).all() and (out[..., :, 2:] == 114).all()  # mean of SAM's pixel means, 114.495
+    with pytest.raises(ValueError, match="do not fit"):
+        image_path_input(torch.zeros(1, 2, 20, 4), 16)
+
+
+def test_image_path_joins_the_image_at_every_block():
+    """Each block reads C_ℓ + C channels; the output depends on sub-token detail of the image only with the path."""
+    torch.manual_seed(0)
+    dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4), image_channels=2)
+    assert [b.conv1.in_channels for b in dec.blocks] == [10, 10, 10, 6]
+    features = torch.randn(1, 8, 3, 2, 2)
+    image = torch.randint(0, 256, (1, 2, 3, 16, 16), dtype=torch.uint8)
+    outs = dec(features, image)
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 3, 2**lvl * 2, 2**lvl * 2) for lvl in (1, 2, 3, 4)]
+    changed = image.clone()
+    changed[0, 0, 1, 5, 6] = 255 - changed[0, 0, 1, 5, 6]  # one pixel of one slice, well inside a token
+    assert not torch.allclose(dec(features, changed)[-1], outs[-1])
+    with pytest.raises(ValueError, match="image path expects"):
+        dec(features)
+    with pytest.raises(ValueError, match="image path expects"):
+        dec(features, image[..., :8, :8])
+    assert SAM3DDecoder(3, 8, (8, 8, 4, 4)).image_channels == 0
+    flops = dec.level_flops(3, 2, 2)
+    plain = SAM3DDecoder(3, 8, (8, 8, 4, 4)).level_flops(3, 2, 2)
+    assert all(a > b for a, b in zip(flops, plain))

@@ -35,6 +35,26 @@ def test_cache_contents(generated_dataset, tmp_path):
     d = case["label"].shape[0]
     assert case["features"].dtype == torch.float16 and case["features"].shape == (32, d, 4, 4)
     assert case["label"].dtype == torch.uint8 and max(case["label"].shape[1:]) == 64
+    assert case["image"].dtype == torch.uint8 and case["image"].shape == (1, d, 32, 32)  # S/2 for the image path
+
+
+def test_predict_reads_the_image_the_cache_stored(generated_dataset, tmp_path):
+    """The image path sees at prediction exactly the image training read from the cache."""
+    from helpers import tiny_model_file
+
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.data.volumes import read_channels
+    from sam3dseg.pipeline.predict import Predictor
+
+    make_cache(generated_dataset, tmp_path / "c")
+    case = load_dataset(generated_dataset).cases[2]
+    predictor = Predictor(tiny_model_file(image_path=True), tiny_encoder())
+    array, geometry = read_channels(list(case.images))
+    encoded, _ = predictor.features(array[0], geometry)
+    cached = load_case(tmp_path / "c", case.name)
+    assert torch.equal(encoded.image, cached["image"])
+    assert torch.allclose(encoded.features, cached["features"].float(), atol=2e-3)
+    assert Predictor(tiny_model_file(), tiny_encoder()).features(array[0], geometry)[0].image is None
 
 
 def test_second_run_encodes_nothing(generated_dataset, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import PredictConfig
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.predict import Predictor, predict_probabilities
+from sam3dseg.pipeline.predict import Encoded, Predictor, predict_probabilities
 from sam3dseg.pipeline.windows import gaussian_weights, window_starts
 
 
@@ -36,13 +36,13 @@ def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, m
     every slice is covered, weights normalise to 1 (borders included), offsets line up."""
     predictor = Predictor(tiny_model_file(), tiny_encoder(), PredictConfig(window=window, overlap=overlap))
 
-    def coded(features, start):
+    def coded(features, start, image=None):
         n = min(window, features.shape[1] - start)
         z = torch.arange(start, start + n, dtype=torch.float32)
         return z.view(1, n, 1, 1).expand(3, n, 2, 2).clone()
 
     monkeypatch.setattr(predictor.windows, "window_probs", coded)
-    out = list(predictor.model_slices(torch.zeros(32, depth, 4, 4), (2, 2)))
+    out = list(predictor.model_slices(Encoded(torch.zeros(32, depth, 4, 4), None), (2, 2)))
     assert len(out) == depth
     for z, s in enumerate(out):
         assert torch.allclose(s, torch.full_like(s, float(z)), atol=1e-5), z
@@ -51,7 +51,7 @@ def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, m
 def test_window_covering_the_depth_equals_one_pass():
     predictor = Predictor(tiny_model_file(), tiny_encoder(), PredictConfig(window=16))
     features = torch.randn(32, 11, 4, 4)
-    streamed = torch.stack(list(predictor.model_slices(features, (60, 64))), dim=1)
+    streamed = torch.stack(list(predictor.model_slices(Encoded(features, None), (60, 64))), dim=1)
     with torch.no_grad():
         whole = torch.softmax(predictor.decoder(features[None])[-1][0], dim=0)[:, :, :60, :64]
     assert torch.allclose(streamed, whole, atol=1e-6)

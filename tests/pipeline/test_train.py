@@ -57,7 +57,9 @@ def _interrupt_after(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(training, "sample_batch", sample)
 
 
-@pytest.mark.parametrize("extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.image_path=true"]]
+)
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
     config = load_run_config(None, ["train.epochs=3", *SMALL, *extra])
     whole = train(small_cache, tmp_path / "whole", config, progress=False)
@@ -150,7 +152,8 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     assert [h["train_loss"] for h in b.history] == pytest.approx(losses, rel=1e-5)
 
 
-def test_validation_decodes_as_predict_does(small_cache):
+@pytest.mark.parametrize("image_path", [False, True])
+def test_validation_decodes_as_predict_does(small_cache, image_path):
     """Validation uses predict's window decoder: a case no deeper than the window is one plain, unpadded
     pass (the old validation zero-padded it to the crop depth), a deeper one is blended like predict."""
     from sam3dseg.pipeline.config import DecoderConfig, PredictConfig
@@ -165,13 +168,15 @@ def test_validation_decodes_as_predict_does(small_cache):
     label = case["label"].long().numpy()
     depth, (h, w) = label.shape[0], label.shape[1:]
     torch.manual_seed(1)
-    decoder = build_decoder(DecoderConfig(channels=(8, 8, 8, 8)), 3, 32)
+    decoder = build_decoder(DecoderConfig(channels=(8, 8, 8, 8), image_path=image_path), 3, 32, 1)
+    image = case["image"] if image_path else None
     with torch.no_grad():
-        plain = decoder(case["features"][None].float())[-1][0].argmax(0)[:, :h, :w].numpy()
+        plain = decoder(case["features"][None].float(), *([image[None]] if image_path else []))
+        plain = plain[-1][0].argmax(0)[:, :h, :w].numpy()
     result = validate(decoder, store, ["case_000"], depth + 3, 3, torch.device("cpu"))
     assert result["dice_per_class"] == pytest.approx(dice_per_class(plain, label, 3), nan_ok=True)
 
-    blended = WindowDecoder(decoder, 4, PredictConfig().overlap).labels(case["features"], (h, w)).numpy()
+    blended = WindowDecoder(decoder, 4, PredictConfig().overlap).labels(case["features"], (h, w), image).numpy()
     result = validate(decoder, store, ["case_000"], 4, 3, torch.device("cpu"))
     assert result["dice_per_class"] == pytest.approx(dice_per_class(blended, label, 3), nan_ok=True)
     assert decoder.training  # handed back in training mode
@@ -193,3 +198,18 @@ def test_validation_shows_every_class(small_cache, tmp_path, capsys):
     assert [float(rows[-1][f"val_dice_class{k}"]) for k in (1, 2)] == pytest.approx(state.history[-1]["val_dice_per_class"])
     entry = {"val_dice": 0.45, "val_dice_per_class": [0.9, 0.0, float("nan")]}
     assert _dice_text(entry, ["liver", "kidney", "lesion"]) == ", val Dice 0.4500 (liver 0.900, kidney 0.000 NOT FOUND, lesion absent)"
+
+
+def test_image_path_needs_a_cache_with_images(generated_dataset, tmp_path, capsys):
+    """A cache written before images were stored: one line that says to cache again, exit 2."""
+    cache = tmp_path / "c"
+    make_cache(generated_dataset, cache, image_size=32)
+    path = cache / "cases" / "case_000.pt"
+    record = torch.load(path, weights_only=True)
+    del record["image"]
+    torch.save(record, path)
+    code = main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "decoder.image_path=true", *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "has no image" in err and "sam3dseg cache" in err
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "plain"), "train.epochs=1", *SMALL]) == 0

@@ -9,6 +9,11 @@ Block ℓ (method §2.1), for ``g(ℓ) ∈ R^{C_ℓ × D × H_ℓ × W_ℓ}``::
 with ``*`` a 3×3×3 convolution, IN instance norm, σ the activation and ``U_2x``
 linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``;
 ``Ŷ(ℓ) = softmax(head_ℓ(g(ℓ)))`` for ℓ = 1..4, so ``Ŷ(4)`` is at full resolution.
+
+The optional image path (not in the write-up; ``decoder.image_path``) joins the
+preprocessed slices, average-pooled to each block's input grid, to that block's
+input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
+this gives it the grey values of structures smaller than a token.
 """
 
 from __future__ import annotations
@@ -16,14 +21,45 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .encoder import PIXEL_MEAN, PIXEL_STD
 
 Activation = Literal["relu", "leaky_relu"]
 Upsample = Literal["linear", "nearest"]
 ACTIVATIONS: tuple[Activation, ...] = ("relu", "leaky_relu")
 UPSAMPLES: tuple[Upsample, ...] = ("linear", "nearest")
 SHORTCUT_KERNELS = (3, 1)
+# The image path's grid is S / IMAGE_STRIDE: the finest block input (block 4 reads S/2).
+IMAGE_STRIDE = 2
+
+
+def image_path_input(volume: Tensor, image_size: int) -> Tensor:
+    """Preprocessed slices as the image path stores them: ``(C, D, H', W')`` in ``[0, 255]`` -> uint8 ``(C, D, S/2, S/2)``.
+
+    Padded bottom/right to ``S × S`` with SAM's mean grey (where the encoder's
+    padding lies, so the padding reads as the encoder's), then average-pooled
+    2×2 to the finest grid a block reads, and rounded to uint8: a quarter of the
+    bytes at full resolution, and exactly what :class:`LevelDecoder` pools further.
+    """
+    c, d, h, w = volume.shape
+    if h > image_size or w > image_size:
+        raise ValueError(f"slices of {h}×{w} do not fit the {image_size}×{image_size} grid")
+    grey = sum(PIXEL_MEAN) / 3
+    x = F.pad(volume.float(), (0, image_size - w, 0, image_size - h), value=grey)
+    x = F.avg_pool3d(x, (1, IMAGE_STRIDE, IMAGE_STRIDE))
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _pooled_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, C, d, S/2, S/2)`` uint8 or float -> SAM-normalised ``(B, C, d, h, w)`` float, average-pooled to ``size``."""
+    factor = image.shape[-1] // size[-1]
+    x = image.float()
+    if factor > 1:
+        x = F.avg_pool3d(x, (1, factor, factor))
+    return (x - sum(PIXEL_MEAN) / 3) / (sum(PIXEL_STD) / 3)
 
 
 def activation_layer(name: Activation) -> nn.Module:
@@ -103,7 +139,9 @@ class LevelDecoder(nn.Module):
     Subclasses pass ``make_block(C_ℓ, C_ℓ+1)``, which builds a module ``(B, C_ℓ, D, h, w)
     -> (B, C_ℓ+1, D, 2h, 2w)``; this class owns the heads and the forward pass, so
     the write-up's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
-    take the same input and return the same four outputs.
+    take the same input and return the same four outputs. With ``image_channels = C > 0``
+    (the image path) block ℓ is built for ``C_ℓ + C`` input channels and ``forward``
+    takes the image too.
     """
 
     def __init__(
@@ -112,16 +150,20 @@ class LevelDecoder(nn.Module):
         in_channels: int,
         channels: tuple[int, ...],
         make_block: Callable[[int, int], nn.Module],
+        image_channels: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         if len(channels) != 4:
             raise ValueError(f"channels must give the four widths C_1..C_4, got {channels}")
+        if image_channels < 0:
+            raise ValueError(f"image_channels must be >= 0, got {image_channels}")
         self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
+        self.image_channels = image_channels
         widths = (in_channels, *channels)
         # Blocks before heads: the order random initialisation draws in.
-        self.blocks = nn.ModuleList(make_block(widths[i], widths[i + 1]) for i in range(4))
+        self.blocks = nn.ModuleList(make_block(widths[i] + image_channels, widths[i + 1]) for i in range(4))
         self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in channels)
 
     @property
@@ -129,15 +171,26 @@ class LevelDecoder(nn.Module):
         """``(C_0, C_1, …, C_4)``."""
         return (self.in_channels, *self.channels)
 
-    def forward(self, features: Tensor) -> list[Tensor]:
-        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``."""
+    def forward(self, features: Tensor, image: Tensor | None = None) -> list[Tensor]:
+        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``.
+
+        ``image``: with the image path, ``(B, C, D, 8h, 8w)`` from :func:`image_path_input`.
+        """
         if features.ndim != 5 or features.shape[1] != self.in_channels:
             raise ValueError(
                 f"decoder expects features (B, {self.in_channels}, D, h, w), got {tuple(features.shape)}"
             )
+        if self.image_channels:
+            b, _, d, h, w = features.shape
+            expected = (b, self.image_channels, d, h * 16 // IMAGE_STRIDE, w * 16 // IMAGE_STRIDE)
+            if image is None or tuple(image.shape) != expected:
+                got = None if image is None else tuple(image.shape)
+                raise ValueError(f"the decoder's image path expects an image {expected}, got {got}")
         outputs = []
         g = features
         for block, head in zip(self.blocks, self.heads):
+            if self.image_channels:
+                g = torch.cat([g, _pooled_image(image, g.shape[-2:]).to(g.dtype)], dim=1)
             g = block(g)
             outputs.append(head(g))
         return outputs
@@ -166,6 +219,7 @@ class SAM3DDecoder(LevelDecoder):
         shortcut_kernel: int = 3,
         activation: Activation = "relu",
         upsample: Upsample = "linear",
+        image_channels: int = 0,
     ) -> None:
         """
         Args:
@@ -175,12 +229,14 @@ class SAM3DDecoder(LevelDecoder):
             shortcut_kernel: kernel of W0, 3 (write-up) or 1 (original SAM3D).
             activation: σ, ``relu`` (write-up) or ``leaky_relu`` (original).
             upsample: U_2x, ``linear`` (write-up) or ``nearest`` (original).
+            image_channels: the image path's channels (the volume's C), 0 for none (the write-up).
         """
         super().__init__(
             num_classes,
             in_channels,
             channels,
             lambda cin, cout: ResidualUpBlock(cin, cout, shortcut_kernel, activation, upsample),
+            image_channels,
         )
         self.shortcut_kernel = shortcut_kernel
 
@@ -197,7 +253,7 @@ class SAM3DDecoder(LevelDecoder):
         widths = self.widths
         flops = []
         for i in range(4):
-            cin, cout = widths[i], widths[i + 1]
+            cin, cout = widths[i] + self.image_channels, widths[i + 1]
             voxels_in = depth * height * width * 4**i
             block_macs = voxels_in * (27 * cin * cout + 27 * cout * cout + k0 * cin * cout)
             head_macs = 4 * voxels_in * cout * self.num_classes

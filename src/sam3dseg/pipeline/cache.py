@@ -6,10 +6,13 @@ Layout of a cache folder::
     CACHE/manifest.json        format version, encoder, preprocessing, classes and the list of cases
                                (written last, once every case is on disk)
     CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/16, S/16), "label": uint8 (D', H', W'),
-                                "transform": dict}  (tensors and plain types: loads weights_only)
+                                "image": uint8 (C, D', S/2, S/2), "transform": dict}
+                               (tensors and plain types: loads weights_only)
     CACHE/cases/{case}.json    {"key": ..., ...}  written after the .pt: its presence marks the case done
 
-A case's key hashes everything its features depend on: the bytes of its image and
+``image`` is the preprocessed volume for the decoder's optional image path
+(:func:`~sam3dseg.model.decoder.image_path_input`), a quarter of the features' bytes
+at most. A case's key hashes everything its features depend on: the bytes of its image and
 label files, the preprocessing settings, the encoder name, size and checkpoint
 hash. A later run re-encodes exactly the cases whose key changed. Each file is
 written to a temporary name and renamed, and a killed run resumes where it
@@ -34,6 +37,7 @@ from ..data.datasets import Case, Dataset, load_dataset
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..data.volumes import read_channels, read_volume
 from ..errors import UserError
+from ..model.decoder import IMAGE_STRIDE, image_path_input
 from ..model.encoder import SLICE_BATCH, EncoderInfo, build_encoder, encode_volume
 from ..model.vit import SAMImageEncoder
 from .config import CacheConfig
@@ -50,12 +54,13 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
         "label": file_sha256(case.label) if case.label else None,
         "preprocess": to_dict(preprocess),
         "encoder": {k: v for k, v in encoder.to_dict().items() if k != "checkpoint"},
+        "image": IMAGE_STRIDE,  # cases cached before the image path was stored are encoded again
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def load_case(cache: Path, name: str) -> dict:
-    """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``transform``."""
+    """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``image`` (uint8), ``transform``."""
     path = Path(cache) / "cases" / f"{name}.pt"
     return load_tensors(path, "cached case", hint="; run `sam3dseg cache` again (delete the file if it is damaged)")
 
@@ -134,7 +139,11 @@ def build_cache(
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
         start = time.perf_counter()
         features = encode_volume(encoder, torch.from_numpy(volume), slice_batch)  # (256·C, D', g, g)
-        record = {"features": features.to("cpu", torch.float16).contiguous(), "transform": transform.to_dict()}
+        record = {
+            "features": features.to("cpu", torch.float16).contiguous(),
+            "image": image_path_input(torch.from_numpy(volume), info.image_size),
+            "transform": transform.to_dict(),
+        }
         if label is not None:
             record["label"] = torch.from_numpy(label)
         save_tensors(record, cases_dir / f"{case.name}.pt")

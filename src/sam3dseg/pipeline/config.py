@@ -60,6 +60,9 @@ class DecoderConfig:
     shortcut_kernel: int = one_of(3, SHORTCUT_KERNELS, "kernel of the shortcut W0: 3 (write-up) or 1 (original SAM3D)")
     activation: str = one_of("relu", ACTIVATIONS, "σ: relu (write-up) or leaky_relu (original SAM3D)")
     upsample: str = one_of("linear", UPSAMPLES, "U_2x: linear (write-up) or nearest (original SAM3D)")
+    image_path: bool = switch(
+        False, "join the preprocessed slices, pooled to each block's grid, to each block's input (not in the write-up)"
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -39,9 +39,11 @@ MODEL_VERSION = 1
 _MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 
-def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int) -> SAM3DDecoder:
-    """The decoder a run configuration describes, for ``num_classes`` classes and ``in_channels`` features."""
-    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample)
+def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int) -> SAM3DDecoder:
+    """The decoder a run configuration describes, for ``num_classes`` classes, ``in_channels`` features
+    and ``image_channels`` image channels (used with ``config.image_path`` only)."""
+    joined = image_channels if config.image_path else 0
+    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class ModelFile:
 
     def build_decoder(self) -> SAM3DDecoder:
         """The decoder with these weights loaded (on the CPU, in training mode)."""
-        decoder = build_decoder(self.config.decoder, len(self.class_names), self.feature_channels)
+        decoder = build_decoder(self.config.decoder, len(self.class_names), self.feature_channels, len(self.channel_names))
         decoder.load_state_dict(self.decoder)
         return decoder
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,11 +29,19 @@ from ..common.runtime import resolve_device
 from ..data.preprocess import Transform, anatomical_view, preprocess_image, restore_probabilities, unreorient
 from ..data.volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
+from ..model.decoder import image_path_input
 from ..model.encoder import encode_volume
 from ..model.vit import SAMImageEncoder
 from .config import PredictConfig
 from .model_file import ModelFile, load_model_file
 from .windows import WindowDecoder
+
+
+class Encoded(NamedTuple):
+    """What the decoder reads of one volume, on the device."""
+
+    features: Tensor  # (256·C, D', S/16, S/16)
+    image: Tensor | None  # (C, D', S/2, S/2) uint8 with the image path, else None
 
 
 class Predictor:
@@ -61,13 +70,13 @@ class Predictor:
         """``(C, D', H', W')`` grey values -> features ``(256·C, D', S/16, S/16)`` on the device."""
         return encode_volume(self.encoder, torch.from_numpy(volume), self.config.slice_batch)
 
-    def model_slices(self, features: Tensor, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
+    def model_slices(self, encoded: Encoded, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
         """Each model-grid slice's class probabilities ``(K, H', W')``, in order (:class:`WindowDecoder`)."""
-        return self.windows.slices(features, valid_hw)
+        return self.windows.slices(encoded.features, valid_hw, encoded.image)
 
     @torch.no_grad()
-    def features(self, array: np.ndarray, geometry: Geometry) -> tuple[Tensor, Transform]:
-        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> its features on the device and the transform back."""
+    def features(self, array: np.ndarray, geometry: Geometry) -> tuple[Encoded, Transform]:
+        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> what the decoder reads, on the device, and the transform back."""
         channels = 1 if array.ndim == 3 else array.shape[0]
         if channels != len(self.channel_names):
             raise UserError(
@@ -75,13 +84,14 @@ class Predictor:
                 f"({', '.join(self.channel_names)})"
             )
         volume, t = preprocess_image(array, geometry, self.channel_names, self.preprocess, self.image_size)
-        return self.encode(volume), t
+        image = image_path_input(torch.from_numpy(volume), self.image_size).to(self.device) if self.decoder.image_channels else None
+        return Encoded(self.encode(volume), image), t
 
     @torch.no_grad()
     def predict_array(self, array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Transform]:
         """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> uint8 labels on its own grid ``(z, y, x)``."""
-        features, t = self.features(array, geometry)
-        oriented = _stream_to_grid(self.model_slices(features, t.model_shape[1:]), t)
+        encoded, t = self.features(array, geometry)
+        oriented = _stream_to_grid(self.model_slices(encoded, t.model_shape[1:]), t)
         return np.ascontiguousarray(unreorient(oriented, t)), t
 
 
@@ -168,8 +178,8 @@ def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[
 
 def predict_probabilities(predictor: Predictor, array: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Class probabilities on the file's grid ``(K, z, y, x)`` (float32, the whole volume in memory)."""
-    features, t = predictor.features(array, geometry)
-    probs = torch.stack(list(predictor.model_slices(features, t.model_shape[1:])), dim=1)
+    encoded, t = predictor.features(array, geometry)
+    probs = torch.stack(list(predictor.model_slices(encoded, t.model_shape[1:])), dim=1)
     return restore_probabilities(probs.cpu(), t)
 
 

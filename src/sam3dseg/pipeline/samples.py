@@ -26,6 +26,7 @@ from .cache import load_case
 class Batch:
     features: torch.Tensor  # (B, C_f, d, g, g) float32
     labels: torch.Tensor  # (B, d, S, S) int64, padded with background like the encoder input
+    images: torch.Tensor | None = None  # (B, C, d, S/2, S/2) uint8, for the decoder's image path
 
 
 # Voxels kept per class and case for foreground sampling (evenly spaced in scan order).
@@ -84,16 +85,12 @@ def padded_label(label: torch.Tensor, image_size: int) -> torch.Tensor:
     return F.pad(label.long(), (0, image_size - w, 0, image_size - h))
 
 
-def crop_depth(features: torch.Tensor, label: torch.Tensor, start: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slices ``start .. start+depth`` of ``(C, D, g, g)`` features and ``(D, S, S)`` labels,
-    padded at the end (zero features, background labels) when the volume is shorter."""
-    f = features[:, start : start + depth]
-    y = label[start : start + depth]
-    missing = depth - f.shape[1]
-    if missing > 0:
-        f = F.pad(f, (0, 0, 0, 0, 0, missing))
-        y = F.pad(y, (0, 0, 0, 0, 0, missing))
-    return f, y
+def crop_depth(volume: torch.Tensor, start: int, depth: int) -> torch.Tensor:
+    """Slices ``start .. start+depth`` along the third-last axis (``(C, D, h, w)`` features or images,
+    ``(D, S, S)`` labels), zero-padded at the end (zero features, background labels) when the volume is shorter."""
+    out = volume[..., start : start + depth, :, :]
+    missing = depth - out.shape[-3]
+    return F.pad(out, (0, 0, 0, 0, 0, missing)) if missing > 0 else out
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,7 @@ class Sampling:
     image_size: int  # S, the side labels are padded to
     flip: bool = True  # flip along depth with probability 1/2
     foreground_fraction: float = 0.0  # share of crops placed on a voxel of a class the case holds
+    image: bool = False  # also crop the cached image (the decoder's image path)
 
 
 def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: torch.Generator, part: slice = slice(None)) -> Batch:
@@ -126,7 +124,7 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
     if spec.foreground_fraction > 0:
         forced = (torch.rand(n, generator=generator) < spec.foreground_fraction).tolist()
         which = torch.rand(n, 2, generator=generator).tolist()  # the class, then the voxel
-    feats, labels = [], []
+    feats, labels, images = [], [], []
     for i in range(n)[part]:
         name = names[picks[i]]
         case = store[name]
@@ -134,12 +132,15 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
         start = int(offsets[i] * (max(total - spec.depth, 0) + 1))
         if forced[i]:
             start = _start_on_foreground(store.locations(name), which[i], total, spec.depth, start)
-        f, y = crop_depth(case["features"], padded_label(case["label"], spec.image_size), start, spec.depth)
+        crops = [case["features"], padded_label(case["label"], spec.image_size)] + ([case["image"]] if spec.image else [])
+        crops = [crop_depth(v, start, spec.depth) for v in crops]
         if spec.flip and flips[i]:
-            f, y = f.flip(1), y.flip(0)
-        feats.append(f.float())
-        labels.append(y)
-    return Batch(torch.stack(feats), torch.stack(labels))
+            crops = [v.flip(-3) for v in crops]
+        feats.append(crops[0].float())
+        labels.append(crops[1])
+        if spec.image:
+            images.append(crops[2])
+    return Batch(torch.stack(feats), torch.stack(labels), torch.stack(images) if spec.image else None)
 
 
 def _start_on_foreground(locations: dict[int, torch.Tensor], draw: tuple[float, float], total: int, depth: int, default: int) -> int:

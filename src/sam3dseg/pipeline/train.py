@@ -66,7 +66,8 @@ def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: 
     for name in names:
         case = store[name]
         label = case["label"].long().numpy()
-        pred = windows.labels(case["features"].to(device), label.shape[1:])
+        image = case["image"].to(device) if decoder.image_channels else None
+        pred = windows.labels(case["features"].to(device), label.shape[1:], image)
         per_case.append(dice_per_class(pred.cpu().numpy(), label, num_classes))
     decoder.train()
     per_class = [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
@@ -106,12 +107,14 @@ class _Data:
     def num_classes(self) -> int:
         return len(self.manifest["class_names"])
 
+    image: bool  # the decoder's image path reads the cached images
+
     @property
     def image_size(self) -> int:
         return self.manifest["encoder"]["image_size"]
 
     @classmethod
-    def open(cls, cache: Path, val_fraction: float) -> _Data:
+    def open(cls, cache: Path, val_fraction: float, image: bool) -> _Data:
         manifest = read_manifest(cache)
         train_names, val_names = split_cases(manifest["cases"], val_fraction)
         if not train_names:
@@ -120,7 +123,12 @@ class _Data:
         for name in train_names + val_names:
             if "label" not in store[name]:
                 raise UserError(f"cached case {name} has no label; training needs labelled cases")
-        return cls(manifest, store, train_names, val_names)
+            if image and "image" not in store[name]:
+                raise UserError(
+                    f"cached case {name} has no image (cached by an older sam3dseg) and decoder.image_path needs it: "
+                    f"run `sam3dseg cache` again on {cache}"
+                )
+        return cls(manifest, store, train_names, val_names, image)
 
     def model_file(self, config: RunConfig, decoder: SAM3DDecoder) -> ModelFile:
         m = self.manifest
@@ -188,7 +196,8 @@ class _Stepper:
     def step(self, batch: Batch) -> float:
         """Train on ``batch``; the loss averaged over the processes."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.amp and self.device.type == "cuda"):
-            outputs = self.model(batch.features.to(self.device))
+            images = () if batch.images is None else (batch.images.to(self.device),)
+            outputs = self.model(batch.features.to(self.device), *images)
         loss = self.loss_fn([o.float() for o in outputs], batch.labels.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,7 +216,7 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     from tqdm import tqdm
 
     t = stepper.config
-    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction)
+    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image)
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
@@ -230,9 +239,10 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
     if t.batch_size % world:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     device = resolve_device(t.device, world)
-    data = _Data.open(Path(cache), t.val_fraction)
+    data = _Data.open(Path(cache), t.val_fraction, config.decoder.image_path)
     torch.manual_seed(t.seed)
-    decoder = build_decoder(config.decoder, data.num_classes, data.manifest["feature_channels"]).to(device)
+    channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
+    decoder = build_decoder(config.decoder, data.num_classes, *channels).to(device)
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))

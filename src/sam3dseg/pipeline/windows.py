@@ -55,20 +55,26 @@ class WindowDecoder:
         self.weights = gaussian_weights(window)
 
     @torch.no_grad()
-    def window_probs(self, features: Tensor, start: int) -> Tensor:
-        """Softmax of the finest output for slices ``start .. start+window`` -> ``(K, n, S, S)``."""
-        chunk = features[:, start : start + self.window]
-        probs = torch.softmax(self.decoder(chunk[None].float())[-1][0].float(), dim=0)
+    def window_probs(self, features: Tensor, start: int, image: Tensor | None = None) -> Tensor:
+        """Softmax of the finest output for slices ``start .. start+window`` -> ``(K, n, S, S)``.
+
+        ``image``: the ``(C, D, S/2, S/2)`` image of a decoder with the image path, else None.
+        """
+        inputs = [v[:, start : start + self.window][None] for v in (features, image) if v is not None]
+        probs = self._probs(inputs)
         if self.flip_tta:
-            flipped = torch.softmax(self.decoder(chunk.flip(1)[None].float())[-1][0].float(), dim=0).flip(1)
-            probs = (probs + flipped) / 2
+            probs = (probs + self._probs([v.flip(2) for v in inputs]).flip(1)) / 2
         return probs
 
+    def _probs(self, inputs: list[Tensor]) -> Tensor:
+        return torch.softmax(self.decoder(inputs[0].float(), *inputs[1:])[-1][0].float(), dim=0)
+
     @torch.no_grad()
-    def slices(self, features: Tensor, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
+    def slices(self, features: Tensor, valid_hw: tuple[int, int], image: Tensor | None = None) -> Iterator[Tensor]:
         """Class probabilities of each model-grid slice, in order: ``(C_f, D, g, g)`` -> ``(K, h, w)`` × D.
 
-        ``valid_hw`` crops away the encoder's square padding (bottom/right).
+        ``valid_hw`` crops away the encoder's square padding (bottom/right); ``image``
+        as in :meth:`window_probs`.
         """
         depth = features.shape[1]
         h, w = valid_hw
@@ -77,7 +83,7 @@ class WindowDecoder:
         weight: dict[int, float] = {}
         done = 0
         for i, start in enumerate(starts):
-            probs = self.window_probs(features, start)[:, :, :h, :w]
+            probs = self.window_probs(features, start, image)[:, :, :h, :w]
             for j in range(probs.shape[1]):
                 z, g = start + j, float(self.weights[j])
                 acc[z] = acc[z] + g * probs[:, j] if z in acc else g * probs[:, j]
@@ -88,6 +94,6 @@ class WindowDecoder:
             done = final
 
     @torch.no_grad()
-    def labels(self, features: Tensor, valid_hw: tuple[int, int]) -> Tensor:
+    def labels(self, features: Tensor, valid_hw: tuple[int, int], image: Tensor | None = None) -> Tensor:
         """The argmax of :meth:`slices` on the model grid: ``(D, h, w)`` int64 on the features' device."""
-        return torch.stack([p.argmax(0) for p in self.slices(features, valid_hw)])
+        return torch.stack([p.argmax(0) for p in self.slices(features, valid_hw, image)])
