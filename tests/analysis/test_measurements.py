@@ -13,6 +13,7 @@ from sam3dseg.analysis.measurements import (
     fit_memory_law,
     fit_slope,
     measure_deep_supervision,
+    measure_dice_forms,
     measure_level_flops,
     saved_activation_bytes,
 )
@@ -84,13 +85,29 @@ def test_deep_supervision_gradient_is_the_weighted_sum():
     assert sum(row["first_block_per_level"]) >= row["first_block_total"] - 1e-12  # triangle inequality
 
 
+def test_joint_dice_is_the_cosine_and_scores_all_background_as_accuracy():
+    """Method §5.1: one-hot Y and Ŷ have equal norms, so Dice = cosine = voxel accuracy; the per-class form
+    scores all background 0, and sends a small class a larger share of its gradient than the joint form."""
+    result = measure_dice_forms(AnalysisConfig(dice_grid=(4, 32, 32), dice_fractions=(0.1, 0.01, 0.002)))
+    for row in result["identity"]:
+        assert row["dice"] == pytest.approx(row["cosine"], abs=1e-12) == pytest.approx(row["accuracy"], abs=1e-12)
+    for row in result["background"]:
+        assert row["joint_dice"] == pytest.approx(1 - row["voxels"] / 4096, abs=1e-6)
+        assert row["per_class_dice"] < 1e-5
+    assert [g["fraction"] for g in result["gradients"]] == [0.01, 0.002]
+    for g in result["gradients"]:
+        assert g["joint"][-1] == pytest.approx(g["voxels"] / 4096, rel=0.2)  # the voxel share, like CE
+        assert g["per_class"][-1] > 5 * g["joint"][-1]
+
+
 def test_analyze_quick_writes_report_with_expected_slopes(tmp_path):
     out = tmp_path / "analysis"
     assert main(["analyze", "--out", str(out), "--quick", "--quiet"]) == 0
     report = (out / "report.md").read_text(encoding="utf-8")
     results = json.loads((out / "results.json").read_text())
     assert "## Verdicts" in report and "| §2.2 conv decoder FLOPs are O(HWD)" in report
-    for png in ("complexity_flops", "complexity_memory", "level_flops", "gradients", "lipschitz", "deep_supervision"):
+    assert "| §5.1 ‖Y‖₂ = ‖Ŷ‖₂ ⇒ Dice = cosine" in report
+    for png in ("complexity_flops", "complexity_memory", "level_flops", "gradients", "lipschitz", "deep_supervision", "dice_forms"):
         assert (out / f"{png}.png").stat().st_size > 1000
         assert f"({png}.png)" in report
     slopes = results["complexity"]["slopes"]

@@ -15,6 +15,9 @@ Five measurements, each a function returning plain numbers (``results.json``):
   norm by power iteration (method §3).
 - :func:`measure_deep_supervision`: ``∇L_tot = Σ α_ℓ ∇L(ℓ)`` and the gradient reaching
   the first block with and without the auxiliary levels (method §5.2).
+- :func:`measure_dice_forms`: the joint Dice's ``Dice = cosine`` identity, how it scores the
+  all-background prediction as the foreground shrinks, and the share of the Dice gradient a
+  small class receives under the joint and the per-class form (method §5.1).
 
 :func:`run_analysis` runs them all and writes the report (:mod:`sam3dseg.analysis.report`).
 """
@@ -36,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..common.files import write_json
 from ..common.settings import to_dict
 from ..model.decoder import ResidualUpBlock, SAM3DDecoder
-from ..model.losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
+from ..model.losses import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss, dice_loss, one_hot, per_class_dice_loss
 from .memory_probe import METHOD as MEMORY_METHOD
 from .memory_probe import decoder_of_kind, measure_peak_memory, saved_storages
 
@@ -72,6 +75,8 @@ class AnalysisConfig:
     lipschitz_grid: tuple[int, int, int] = (8, 16, 16)
     power_iterations: int = 60
     supervision_grid: tuple[int, int, int] = (4, 4, 4)  # decoder input (D, h, w)
+    dice_grid: tuple[int, int, int] = (8, 64, 64)  # label volume (D, H, W) for the Dice forms
+    dice_fractions: tuple[float, ...] = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 
 
 def analysis_config(quick: bool) -> AnalysisConfig:
@@ -479,6 +484,78 @@ def measure_deep_supervision(config: AnalysisConfig) -> dict[str, Any]:
     return {"weights": list(DEEP_SUPERVISION_WEIGHTS), "grid": [d, h, w], "dtype": "float64", "seeds": rows}
 
 
+def _labels_with_fraction(grid: tuple[int, int, int], fractions: list[float], generator: torch.Generator) -> Tensor:
+    """``(1, D, H, W)`` labels: class k + 1 on a random ``fractions[k]`` share of the voxels, the rest background."""
+    n = grid[0] * grid[1] * grid[2]
+    order = torch.randperm(n, generator=generator)
+    labels = torch.zeros(n, dtype=torch.long)
+    start = 0
+    for k, f in enumerate(fractions, 1):
+        count = max(1, round(f * n))
+        labels[order[start : start + count]] = k
+        start += count
+    return labels.view(1, *grid)
+
+
+def _class_gradient_shares(logits: Tensor, labels: Tensor, loss: Callable[[Tensor, Tensor], Tensor]) -> list[float]:
+    """Share of ``‖∂loss/∂logits‖²`` on each class's voxels, ``[background, class 1, ...]``."""
+    x = logits.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(x, labels), x)
+    per_voxel = (grad**2).sum(dim=1)  # (1, D, H, W)
+    total = float(per_voxel.sum())
+    return [float(per_voxel[labels == k].sum()) / total for k in range(logits.shape[1])]
+
+
+def measure_dice_forms(config: AnalysisConfig) -> dict[str, Any]:
+    """Method §5.1's claim "if ‖Y‖₂ = ‖Ŷ‖₂, Dice = cosine" and what it means for small classes.
+
+    ``identity``: for one-hot predictions (``‖Y‖² = ‖Ŷ‖² = N``) the joint Dice equals
+    the cosine of Y and Ŷ, and both equal voxel accuracy. ``background``: the
+    all-background prediction's joint Dice, per-class Dice (no background) and
+    accuracy as the foreground fraction f shrinks. ``gradients``: a background, a
+    large class (20 %) and a small class of fraction f, logits of small random
+    noise (an untrained network); the share of the Dice term's squared gradient on
+    each class's voxels under the joint form (method §5.1) and the per-class form,
+    with cross-entropy's for reference.
+    """
+    generator = torch.Generator().manual_seed(0)
+    grid, n = config.dice_grid, math.prod(config.dice_grid)
+    identity, background = [], []
+    for f in config.dice_fractions:
+        labels = _labels_with_fraction(grid, [f], generator)
+        y = one_hot(labels, 2).double()
+        for name, pred in (("all background", torch.zeros_like(labels)), ("random", torch.randint(0, 2, labels.shape, generator=generator))):
+            p = one_hot(pred, 2).double()
+            dice = 2 * float((y * p).sum()) / float((y * y).sum() + (p * p).sum())
+            cosine = float(F.cosine_similarity(y.flatten(), p.flatten(), dim=0))
+            identity.append({"fraction": f, "prediction": name, "dice": dice, "cosine": cosine,
+                             "accuracy": float((pred == labels).double().mean())})  # fmt: skip
+        logits = 20.0 * (one_hot(torch.zeros_like(labels), 2).double() - 0.5)  # a confident all-background prediction
+        background.append({
+            "fraction": f, "voxels": round(f * n),
+            "joint_dice": 1 - float(dice_loss(logits, y)),
+            "per_class_dice": 1 - float(per_class_dice_loss(logits, y)),
+            "accuracy": 1 - f,
+        })  # fmt: skip
+    gradients = []
+    for f in config.dice_fractions:
+        if f > 0.05:
+            continue
+        labels = _labels_with_fraction(grid, [0.2, f], generator)
+        y = one_hot(labels, 3).double()
+        logits = 0.01 * torch.randn(1, 3, *grid, generator=generator, dtype=torch.float64)
+        forms = {
+            "joint": lambda x, t: dice_loss(x, t),
+            "per_class": lambda x, t: per_class_dice_loss(x, t),
+            "cross_entropy": lambda x, t: F.cross_entropy(x, t.argmax(1)),
+        }
+        row = {"fraction": f, "voxels": round(f * n)}
+        for name, loss in forms.items():
+            row[name] = _class_gradient_shares(logits, labels, lambda x, _, loss=loss: loss(x, y))
+        gradients.append(row)
+    return {"grid": list(grid), "identity": identity, "background": background, "gradients": gradients}
+
+
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -496,6 +573,7 @@ def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = pr
         ("gradient_forms", lambda: measure_gradient_forms(config)),
         ("lipschitz", lambda: measure_lipschitz(config)),
         ("deep_supervision", lambda: measure_deep_supervision(config)),
+        ("dice_forms", lambda: measure_dice_forms(config)),
     ]
     for i, (name, step) in enumerate(steps, 1):
         t0 = time.perf_counter()

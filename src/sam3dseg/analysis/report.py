@@ -143,6 +143,25 @@ def _plot_supervision(ds: dict[str, Any], out: Path) -> str:
     return _save(fig, out / "deep_supervision.png")
 
 
+def _plot_dice_forms(df: dict[str, Any], out: Path) -> str:
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.5))
+    bg = df["background"]
+    f = [b["fraction"] for b in bg]
+    left.semilogx(f, [b["joint_dice"] for b in bg], "o-", color="tab:red", label="joint Dice (write-up §5.1)")
+    left.semilogx(f, [b["per_class_dice"] for b in bg], "s-", color="tab:blue", label="per-class Dice, no background")
+    left.set_xlabel("foreground fraction f")
+    left.set_ylabel("score of the all-background prediction")
+    left.legend(fontsize=8)
+    g = df["gradients"]
+    f = [x["fraction"] for x in g]
+    for name, colour in (("joint", "tab:red"), ("per_class", "tab:blue"), ("cross_entropy", "tab:gray")):
+        right.loglog(f, [x[name][-1] for x in g], "o-", color=colour, label=name)
+    right.set_xlabel("small class's voxel fraction f")
+    right.set_ylabel("its share of ‖∇ loss‖²")
+    right.legend(fontsize=8)
+    return _save(fig, out / "dice_forms.png")
+
+
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -221,6 +240,18 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  f"final and auxiliary gradients at block 1 have cosine {cosine:.2f}: "
                  + ("nearly orthogonal, they add in quadrature" if abs(cosine) < 0.2
                     else "partly aligned" if cosine > 0 else "partly opposed")))
+    if "dice_forms" in r:
+        df = r["dice_forms"]
+        gap = max(abs(x["dice"] - x["cosine"]) for x in df["identity"])
+        smallest, tiny = df["background"][-1], df["gradients"][-1]
+        rows.append(("§5.1 ‖Y‖₂ = ‖Ŷ‖₂ ⇒ Dice = cosine (maximises correlation energy)",
+                     f"one-hot predictions: max abs(Dice − cos) {gap:.1e}; all-background scores joint Dice "
+                     f"{smallest['joint_dice']:.4f} at f = {smallest['fraction']:.1%}; a class of "
+                     f"{tiny['fraction']:.1%} gets {tiny['joint'][-1]:.2%} of the joint Dice's gradient, "
+                     f"{tiny['per_class'][-1]:.2%} of the per-class one",
+                     "holds, and is why the joint form misses small classes",
+                     "with one-hot Ŷ both norms are √N, so the joint Dice is voxel accuracy (1 − f for "
+                     "all background); the per-class form scores that 0"))
     return rows
 
 
@@ -246,6 +277,8 @@ def write_report(r: dict[str, Any], out: Path) -> Path:
         "lipschitz": _plot_lipschitz(r["lipschitz"], out),
         "supervision": _plot_supervision(r["deep_supervision"], out),
     }
+    if "dice_forms" in r:
+        plots["dice_forms"] = _plot_dice_forms(r["dice_forms"], out)
     verdicts = _verdicts(r)
     lines = [
         "# The write-up's analysis, measured",
@@ -267,6 +300,8 @@ def write_report(r: dict[str, Any], out: Path) -> Path:
     lines += _gradient_section(r, plots)
     lines += _lipschitz_section(r, plots)
     lines += _supervision_section(r, plots)
+    if "dice_forms" in r:
+        lines += _dice_forms_section(r, plots)
     return write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
@@ -515,6 +550,56 @@ def _supervision_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         f"directly. Against L(4) with weight 1, i.e. training without deep supervision, the norm is "
         f"×{total / alone:.2f}: Σα = 1 spreads the same unit of weight over four outputs, which keeps the "
         "total on the scale of one level's loss (the write-up's stability remark) rather than adding gradient.",
+        "",
+    ]
+    return lines
+
+
+def _dice_forms_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    df = r["dice_forms"]
+    d, h, w = df["grid"]
+    lines = [
+        "## §5.1: the joint Dice, the cosine, and small classes",
+        "",
+        "> 若 ‖Y‖₂ = ‖Ŷ‖₂，Dice = cosine，相当于最大化相关能量。",
+        "> (If ‖Y‖₂ = ‖Ŷ‖₂, Dice = cosine: maximising the correlation energy.)",
+        "",
+        f"A label volume of {d}×{h}×{w} voxels with a foreground class on a random share f of the voxels. "
+        "With one-hot Y and Ŷ both norms are √N, so the identity applies, and the joint Dice "
+        "(`loss.dice=joint`, the write-up's form) of the all-background prediction is its voxel accuracy, 1 − f. "
+        "The per-class soft Dice without background (`loss.dice=per_class`, nnU-Net's) scores it 0.",
+        "",
+        f"![Dice forms]({plots['dice_forms']})",
+        "",
+        "| f | voxels | all background: joint Dice | per-class Dice | voxel accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for b in df["background"]:
+        lines.append(f"| {b['fraction']:.1%} | {b['voxels']} | {b['joint_dice']:.4f} | {b['per_class_dice']:.4f} | {b['accuracy']:.4f} |")
+    gap = max(abs(x["dice"] - x["cosine"]) for x in df["identity"])
+    lines += [
+        "",
+        f"Over one-hot predictions (all background and random) the largest abs(Dice − cosine) is {gap:.1e}.",
+        "",
+        "The gradient at an untrained network (logits of small random noise), three classes: background, "
+        "a large class on 20 % of the voxels and a small class on f. The share of each loss's squared "
+        "gradient (with respect to the logits) on the small class's voxels:",
+        "",
+        "| small class f | voxels | joint Dice | per-class Dice | cross-entropy |",
+        "|---|---|---|---|---|",
+    ]
+    for g in df["gradients"]:
+        lines.append(f"| {g['fraction']:.1%} | {g['voxels']} | {g['joint'][-1]:.3%} | {g['per_class'][-1]:.3%} | "
+                     f"{g['cross_entropy'][-1]:.3%} |")
+    tiny = df["gradients"][-1]
+    lines += [
+        "",
+        "Under the joint form, as under cross-entropy, a class's share of the gradient is its share of the "
+        f"voxels: every voxel weighs the same in one ratio. The per-class form normalises each class by its own "
+        f"size, so at f = {tiny['fraction']:.1%} the small class gets ×{tiny['per_class'][-1] / tiny['joint'][-1]:.0f} "
+        "the joint form's share. The identity holds; what it says is that the joint Dice is a correlation over "
+        "all voxels, background included, and so scores like voxel accuracy. This is why `loss.dice` defaults "
+        "to `per_class` (README, \"Training recipe\").",
         "",
     ]
     return lines
