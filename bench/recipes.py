@@ -54,11 +54,11 @@ from sam3dseg.pipeline.train import train
 
 VARIANTS = {
     "joint": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=false"],
-    "joint + fg 1/3": ["loss.dice=joint", "train.foreground_fraction=0.3333", "decoder.image_path=false"],
+    "joint + fg 1/3": ["loss.dice=joint", "train.foreground_fraction=0.33", "decoder.image_path=false"],
     "per_class": ["loss.dice=per_class", "train.foreground_fraction=0", "decoder.image_path=false"],
-    "per_class + fg 1/3": ["loss.dice=per_class", "train.foreground_fraction=0.3333", "decoder.image_path=false"],
+    "per_class + fg 1/3": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=false"],
     "joint + image": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=true"],
-    "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.3333", "decoder.image_path=true"],
+    "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=true"],
 }
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}

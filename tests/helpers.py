@@ -5,6 +5,8 @@ Importable from every test folder (``pythonpath = ["tests"]`` in pyproject.toml)
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from sam3dseg.data.preprocess import PreprocessConfig
@@ -47,3 +49,15 @@ def tiny_model_file(
     encoder = EncoderInfo.of(tiny_encoder(image_size), None)
     decoder = build_decoder(run.decoder, 3, 32 * len(channels), len(channels))
     return ModelFile(run, ["background", "a", "b"], list(channels), preprocess, encoder, 32 * len(channels), decoder.state_dict())
+
+
+def drop_images(cache, names):
+    """Make cached cases look as an older sam3dseg wrote them: no image in the record or its .json."""
+    for name in names:
+        path = cache / "cases" / f"{name}.pt"
+        record = torch.load(path, weights_only=True)
+        del record["image"]
+        torch.save(record, path)
+        meta = json.loads((cache / "cases" / f"{name}.json").read_text())
+        del meta["image"]
+        (cache / "cases" / f"{name}.json").write_text(json.dumps(meta))

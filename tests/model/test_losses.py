@@ -183,8 +183,8 @@ def test_per_class_dice_equals_monai(include_background, batch):
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
-def test_joint_is_the_default_and_unchanged():
-    """`loss.dice=joint` (the default) runs the write-up's formula: the same numbers bit for bit."""
+def test_joint_is_the_write_up_and_unchanged():
+    """`loss.dice=joint` runs the write-up's formula: the same numbers bit for bit; the default is per_class."""
     from sam3dseg.pipeline.config import LossConfig
     from sam3dseg.pipeline.train import build_loss
 
@@ -192,9 +192,10 @@ def test_joint_is_the_default_and_unchanged():
     labels = torch.randint(0, 3, (2, 2, 32, 32))
     written = sum(a * (cross_entropy(x, t) + dice_loss(x, t)) for a, x, t in zip(
         DEEP_SUPERVISION_WEIGHTS, logits, [level_target(one_hot(labels, 3), 2 ** (3 - i)) for i in range(4)]))  # fmt: skip
-    assert torch.equal(build_loss(LossConfig())(logits, labels), deep_supervision_loss(logits, labels))
+    assert torch.equal(build_loss(LossConfig(dice="joint"))(logits, labels), deep_supervision_loss(logits, labels))
     assert torch.equal(deep_supervision_loss(logits, labels), written)
-    per_class = build_loss(LossConfig(dice="per_class"))(logits, labels)
+    per_class = build_loss(LossConfig())(logits, labels)
+    assert torch.equal(per_class, build_loss(LossConfig(dice="per_class"))(logits, labels))
     assert not torch.equal(per_class, deep_supervision_loss(logits, labels))
 
 

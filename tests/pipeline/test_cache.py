@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import make_cache, tiny_encoder
+from helpers import drop_images, make_cache, tiny_encoder
 
 from sam3dseg.pipeline.cache import EncoderInfo, load_case, read_manifest
 from sam3dseg.data.volumes import read_volume, write_volume
@@ -36,6 +36,21 @@ def test_cache_contents(generated_dataset, tmp_path):
     assert case["features"].dtype == torch.float16 and case["features"].shape == (32, d, 4, 4)
     assert case["label"].dtype == torch.uint8 and max(case["label"].shape[1:]) == 64
     assert case["image"].dtype == torch.uint8 and case["image"].shape == (1, d, 32, 32)  # S/2 for the image path
+
+
+def test_cache_without_images_gains_them_without_encoding(generated_dataset, tmp_path, monkeypatch):
+    """A cache an older sam3dseg wrote (no images): the next run adds the images and encodes nothing;
+    the result is byte-identical to a cache written today."""
+    make_cache(generated_dataset, tmp_path / "new")
+    make_cache(generated_dataset, tmp_path / "old")
+    names = [f"case_{i:03d}" for i in range(6)]
+    drop_images(tmp_path / "old", names)
+    counter = CountingEncoder(tiny_encoder(), monkeypatch)
+    summary = make_cache(generated_dataset, tmp_path / "old")
+    assert counter.slices == 0 and summary["encoded"] == [] and summary["reused"] == names
+    for name in names:
+        for suffix in (".pt", ".json"):
+            assert (tmp_path / "old" / "cases" / f"{name}{suffix}").read_bytes() == (tmp_path / "new" / "cases" / f"{name}{suffix}").read_bytes()
 
 
 def test_predict_reads_the_image_the_cache_stored(generated_dataset, tmp_path):

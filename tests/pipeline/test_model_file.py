@@ -33,6 +33,7 @@ def test_a_file_written_by_version_1_still_loads_and_predicts_the_same():
     and model_v1_prediction.npz is what that code's Predictor made of generated case 4."""
     record = load_model_file(FIXTURES / "model_v1.pt")
     assert record.epoch == 1 and record.config.decoder.channels == (8, 8, 8, 8) and record.encoder.name == "tiny"
+    assert not record.config.decoder.image_path and record.config.loss.dice == "joint"  # the defaults of its day
     images, _, geometry = make_case(np.random.default_rng(4))
     labels, _ = Predictor(record, tiny_encoder(32), PredictConfig(window=4)).predict_array(images[0], geometry)
     assert np.array_equal(labels, np.load(FIXTURES / "model_v1_prediction.npz")["labels"])
@@ -62,16 +63,23 @@ def test_unknown_versions_and_damage_are_one_line(tmp_path, changes, message):
     assert "\n" not in str(err.value)
 
 
-def test_older_versions_pass_through_the_migrations(tmp_path, monkeypatch):
-    """The hook: a version-1 file read by a version-2 reader goes through _MIGRATIONS[1]."""
-    path = tiny_model_file().save(tmp_path / "v1.pt")
+def test_version_1_files_keep_the_defaults_they_were_trained_with(tmp_path, monkeypatch):
+    """Version 2 changed three defaults; a version-1 file without those keys reads with the old ones
+    (_MIGRATIONS[1]), and every file goes through the migration of each version step."""
+    state = tiny_model_file().to_state()
+    state["version"] = 1
+    del state["config"]["decoder"]["image_path"], state["config"]["loss"]["dice"], state["config"]["train"]["foreground_fraction"]
+    torch.save(state, tmp_path / "v1.pt")
+    record = load_model_file(tmp_path / "v1.pt")
+    assert (record.config.decoder.image_path, record.config.loss.dice, record.config.train.foreground_fraction) == (False, "joint", 0.0)
+    assert record.build_decoder().image_channels == 0
 
-    def v1_to_v2(state: dict) -> dict:
+    def v2_to_v3(state: dict) -> dict:
         return {**state, "class_names": [n.upper() for n in state["class_names"]]}
 
-    monkeypatch.setattr(model_file, "MODEL_VERSION", 2)
-    monkeypatch.setattr(model_file, "_MIGRATIONS", {1: v1_to_v2})
-    assert load_model_file(path).class_names == ["BACKGROUND", "A", "B"]
+    monkeypatch.setattr(model_file, "MODEL_VERSION", 3)
+    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 2: v2_to_v3})
+    assert load_model_file(tmp_path / "v1.pt").class_names == ["BACKGROUND", "A", "B"]
 
 
 def test_the_record_rebuilds_its_decoder():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import make_cache
+from helpers import drop_images, make_cache
 
 from sam3dseg.cli import main
 import sam3dseg.pipeline.train as training
@@ -55,6 +55,24 @@ def _interrupt_after(monkeypatch, batches: int) -> None:
 
     original = training.sample_batch
     monkeypatch.setattr(training, "sample_batch", sample)
+
+
+def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path):
+    """Small, low-contrast structures (two classes, about 1 % of the voxels each, blobs of about one
+    token), tiny random encoder at 64², 150 steps: the default recipe (per-class Dice, foreground
+    crops, image path) must beat `loss.dice=joint` with the same steps by 0.2 held-out Dice.
+    Measured: 0.52 against 0.00 (seeds 1, 2: 0.44 and 0.46 against 0.00)."""
+    from sam3dseg.data.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "data", 10, "nnunet", num_classes=3, seed=11, depth=(12, 16), size=(48, 64), small=True)
+    make_cache(data, tmp_path / "cache", image_size=64)
+    same = ["train.epochs=6", "train.steps_per_epoch=25", "train.crop_depth=8", "train.val_interval=100",
+            "decoder.channels=[32,32,16,16]"]  # fmt: skip
+    dice = {}
+    for name, extra in (("default", []), ("joint", ["loss.dice=joint"])):
+        result = train(tmp_path / "cache", tmp_path / name, load_run_config(None, [*same, *extra]), progress=False)
+        dice[name] = result["history"][-1]["val_dice"]
+    assert dice["default"] >= dice["joint"] + 0.2, dice
 
 
 @pytest.mark.parametrize(
@@ -146,8 +164,10 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     a = load_model_file(tmp_path / "single" / "last.pt")
     b = load_model_file(tmp_path / "ddp" / "last.pt")
+    # Batch 2 against 1 + 1 rounds differently (~1e-8 after 3 steps); with the image path and the
+    # per-class Dice that grows to ~2e-6 after 6 steps (weights ~0.07), as ReLUs near 0 flip.
     for k in a.decoder:
-        assert torch.allclose(a.decoder[k], b.decoder[k], atol=1e-6, rtol=1e-5), k
+        assert torch.allclose(a.decoder[k], b.decoder[k], atol=1e-5, rtol=1e-5), k
     losses = [h["train_loss"] for h in single["history"]]
     assert [h["train_loss"] for h in b.history] == pytest.approx(losses, rel=1e-5)
 
@@ -201,15 +221,13 @@ def test_validation_shows_every_class(small_cache, tmp_path, capsys):
 
 
 def test_image_path_needs_a_cache_with_images(generated_dataset, tmp_path, capsys):
-    """A cache written before images were stored: one line that says to cache again, exit 2."""
+    """A cache written before images were stored: one line that says how to add them, exit 2."""
     cache = tmp_path / "c"
     make_cache(generated_dataset, cache, image_size=32)
-    path = cache / "cases" / "case_000.pt"
-    record = torch.load(path, weights_only=True)
-    del record["image"]
-    torch.save(record, path)
+    drop_images(cache, ["case_000"])
     code = main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "decoder.image_path=true", *SMALL])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "has no image" in err and "sam3dseg cache" in err
-    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "plain"), "train.epochs=1", *SMALL]) == 0
+    assert "has no image" in err and f"sam3dseg cache --dataset {generated_dataset} --out {cache}" in err
+    plain = ["train.epochs=1", "decoder.image_path=false", *SMALL]
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "plain"), *plain]) == 0

@@ -8,11 +8,13 @@ Layout of a cache folder::
     CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/16, S/16), "label": uint8 (D', H', W'),
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
                                (tensors and plain types: loads weights_only)
-    CACHE/cases/{case}.json    {"key": ..., ...}  written after the .pt: its presence marks the case done
+    CACHE/cases/{case}.json    {"key": ..., "image": true, ...}  written after the .pt: its presence marks the case done
 
-``image`` is the preprocessed volume for the decoder's optional image path
-(:func:`~sam3dseg.model.decoder.image_path_input`), a quarter of the features' bytes
-at most. A case's key hashes everything its features depend on: the bytes of its image and
+``image`` is the preprocessed volume for the decoder's image path
+(:func:`~sam3dseg.model.decoder.image_path_input`), an eighth of the features' bytes. A
+case cached by an older sam3dseg, without it, gains it on the next run without being
+encoded again.
+A case's key hashes everything its features depend on: the bytes of its image and
 label files, the preprocessing settings, the encoder name, size and checkpoint
 hash. A later run re-encodes exactly the cases whose key changed. Each file is
 written to a temporary name and renamed, and a killed run resumes where it
@@ -37,7 +39,7 @@ from ..data.datasets import Case, Dataset, load_dataset
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..data.volumes import read_channels, read_volume
 from ..errors import UserError
-from ..model.decoder import IMAGE_STRIDE, image_path_input
+from ..model.decoder import image_path_input
 from ..model.encoder import SLICE_BATCH, EncoderInfo, build_encoder, encode_volume
 from ..model.vit import SAMImageEncoder
 from .config import CacheConfig
@@ -54,7 +56,6 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
         "label": file_sha256(case.label) if case.label else None,
         "preprocess": to_dict(preprocess),
         "encoder": {k: v for k, v in encoder.to_dict().items() if k != "checkpoint"},
-        "image": IMAGE_STRIDE,  # cases cached before the image path was stored are encoded again
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -129,28 +130,26 @@ def build_cache(
     for case in bar:
         key = case_key(case, preprocess, info)
         meta_path = cases_dir / f"{case.name}.json"
-        if meta_path.is_file() and (cases_dir / f"{case.name}.pt").is_file():
-            try:
-                if read_json(meta_path).get("key") == key:
-                    reused.append(case.name)
-                    continue
-            except UserError:
-                pass  # a damaged record: encode again
+        meta = _read_meta(meta_path) if (cases_dir / f"{case.name}.pt").is_file() else None
+        if meta is not None and meta.get("key") == key and meta.get("image"):
+            reused.append(case.name)
+            continue
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
-        start = time.perf_counter()
-        features = encode_volume(encoder, torch.from_numpy(volume), slice_batch)  # (256·C, D', g, g)
-        record = {
-            "features": features.to("cpu", torch.float16).contiguous(),
-            "image": image_path_input(torch.from_numpy(volume), info.image_size),
-            "transform": transform.to_dict(),
-        }
+        image = image_path_input(torch.from_numpy(volume), info.image_size)
+        if meta is not None and meta.get("key") == key:  # cached before images were stored: add the image only
+            features = load_case(out, case.name)["features"]
+            reused.append(case.name)
+        else:
+            start = time.perf_counter()
+            features = encode_volume(encoder, torch.from_numpy(volume), slice_batch).to("cpu", torch.float16)  # (256·C, D', g, g)
+            encoded.append(case.name)
+            bar.set_postfix(slices_per_s=f"{volume.shape[0] * volume.shape[1] / (time.perf_counter() - start):.1f}")
+        record = {"features": features.contiguous(), "image": image, "transform": transform.to_dict()}
         if label is not None:
             record["label"] = torch.from_numpy(label)
         save_tensors(record, cases_dir / f"{case.name}.pt")
-        write_json(meta_path, {"key": key, "model_shape": list(transform.model_shape), "slices": int(volume.shape[1])})
-        encoded.append(case.name)
-        rate = volume.shape[0] * volume.shape[1] / (time.perf_counter() - start)
-        bar.set_postfix(slices_per_s=f"{rate:.1f}")
+        shape = {"model_shape": list(transform.model_shape), "slices": int(volume.shape[1])}
+        write_json(meta_path, {"key": key, "image": True, **shape})
         if on_case_done:
             on_case_done(case.name)
     if world_size > 1:
@@ -158,6 +157,14 @@ def build_cache(
     if rank == 0:
         write_manifest(out, dataset, info, preprocess)
     return {"encoded": encoded, "reused": reused}
+
+
+def _read_meta(path: Path) -> dict | None:
+    """A case's ``.json`` record, or None when it is missing or damaged (the case is encoded again)."""
+    try:
+        return read_json(path) if path.is_file() else None
+    except UserError:
+        return None
 
 
 def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: PreprocessConfig) -> None:

@@ -7,7 +7,7 @@ encoder whose features it was trained on (:class:`~sam3dseg.model.encoder.Encode
 and, for resuming, the optimiser and schedule states and the history. On disk it
 is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
 
-    {"format": "sam3dseg-model", "version": 1, "epoch", "decoder", "optimizer",
+    {"format": "sam3dseg-model", "version": 2, "epoch", "decoder", "optimizer",
      "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
      "feature_channels", "history", "best_dice"}
 
@@ -33,10 +33,21 @@ from ..model.encoder import EncoderInfo
 from .config import DecoderConfig, RunConfig
 
 MODEL_FORMAT = "sam3dseg-model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
-# version v -> function turning a v state dict into a v + 1 one (none yet: 1 is the first).
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+def _v1_to_v2(state: dict) -> dict:
+    """Version 2 changed three defaults (the training recipe of bench/recipes.py). A version-1 file
+    that leaves one of these keys out was trained with the old default, so it is written in."""
+    config = state["config"]
+    config.setdefault("decoder", {}).setdefault("image_path", False)
+    config.setdefault("loss", {}).setdefault("dice", "joint")
+    config.setdefault("train", {}).setdefault("foreground_fraction", 0.0)
+    return state
+
+
+# version v -> function turning a v state dict into a v + 1 one.
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 
 def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int) -> SAM3DDecoder:

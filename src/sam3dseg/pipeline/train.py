@@ -126,7 +126,8 @@ class _Data:
             if image and "image" not in store[name]:
                 raise UserError(
                     f"cached case {name} has no image (cached by an older sam3dseg) and decoder.image_path needs it: "
-                    f"run `sam3dseg cache` again on {cache}"
+                    f"run `sam3dseg cache --dataset {manifest['dataset']} --out {cache}` again (it adds the images "
+                    "without encoding again), or train with decoder.image_path=false"
                 )
         return cls(manifest, store, train_names, val_names, image)
 
