@@ -30,6 +30,19 @@ def test_encode_slices_each_channel_and_stacks_along_depth(tiny_model):
                 assert torch.allclose(feats[b, 256 * c : 256 * (c + 1), d], f, atol=1e-5)
 
 
+def test_forward_with_the_image_path_reads_the_slices(tiny_model):
+    """A decoder with the image path gets each volume's slices as the cache stores them."""
+    from sam3dseg.model.decoder import image_path_input
+
+    torch.manual_seed(0)
+    dec = SAM3DDecoder(num_classes=3, in_channels=2 * 256, channels=(8, 8, 4, 4), image_channels=2)
+    model = SAM3D(tiny_model.encoder, dec, slice_batch=3)
+    volume = torch.rand(2, 2, 3, 32, 24) * 255
+    outs = model(volume)
+    expected = dec(model.encode(volume), torch.stack([image_path_input(v, 32) for v in volume]))
+    assert all(torch.equal(a, b) for a, b in zip(outs, expected))
+
+
 def test_forward_trains_only_the_decoder(tiny_model):
     volume = torch.rand(1, 2, 3, 32, 32) * 255
     outs = tiny_model(volume)

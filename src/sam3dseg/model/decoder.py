@@ -10,7 +10,7 @@ with ``*`` a 3×3×3 convolution, IN instance norm, σ the activation and ``U_2x
 linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``;
 ``Ŷ(ℓ) = softmax(head_ℓ(g(ℓ)))`` for ℓ = 1..4, so ``Ŷ(4)`` is at full resolution.
 
-The optional image path (not in the write-up; ``decoder.image_path``) joins the
+The image path (not in the write-up; decision D10, ``decoder.image_path``) joins the
 preprocessed slices, average-pooled to each block's input grid, to that block's
 input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
 this gives it the grey values of structures smaller than a token.

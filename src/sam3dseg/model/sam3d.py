@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .decoder import SAM3DDecoder
+from .decoder import SAM3DDecoder, image_path_input
 from .encoder import SLICE_BATCH, encode_volume
 from .vit import SAMImageEncoder
 
@@ -45,7 +45,11 @@ class SAM3D(nn.Module):
         return torch.stack([encode_volume(self.encoder, v, self.slice_batch) for v in volume])
 
     def forward(self, volume: Tensor) -> list[Tensor]:
-        """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits ``[(B, K, D, S·2^ℓ/16, S·2^ℓ/16) for ℓ = 1..4]``."""
+        """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits ``[(B, K, D, S·2^ℓ/16, S·2^ℓ/16) for ℓ = 1..4]``.
+
+        A decoder with the image path (decision D10) also reads the slices themselves,
+        padded and pooled as the cache stores them (:func:`~sam3dseg.model.decoder.image_path_input`).
+        """
         features = self.encode(volume)
         if features.shape[1] != self.decoder.in_channels:
             raise ValueError(
@@ -53,4 +57,7 @@ class SAM3D(nn.Module):
                 f"but the decoder was built for {self.decoder.in_channels} "
                 f"({self.decoder.in_channels // self.encoder.out_channels} channel(s))"
             )
+        if self.decoder.image_channels:
+            image = torch.stack([image_path_input(v, self.encoder.image_size) for v in volume]).to(features.device)
+            return self.decoder(features, image)
         return self.decoder(features)
