@@ -51,7 +51,7 @@ def main() -> None:
         common = [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"]
         for name, overrides in CANDIDATES.items():
             start = time.perf_counter()
-            run = train(tmp / "cache", tmp / name.replace(" ", "_"), load_run_config(None, common + overrides), progress=False)
+            run = train(tmp / "cache", tmp / name.replace(" ", "_"), load_run_config(None, common + overrides), progress=False, log=None)
             history = run["history"]
             reached = next((h["epoch"] for h in history if h["val_dice"] >= args.threshold), None)
             results[name] = {

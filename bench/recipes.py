@@ -103,7 +103,7 @@ def main() -> None:
                         f"train.crop_depth={depth}", "train.val_interval=100", "decoder.channels=[32,32,16,16]",
                     ])  # fmt: skip
                     out = Path(tmp) / dataset / f"run_{variant.replace(' ', '_').replace('/', '')}_{seed}"
-                    history = train(cache, out, config, progress=False)["history"]
+                    history = train(cache, out, config, progress=False, log=None)["history"]
                     runs.append(history[-1]["val_dice_per_class"])
                     mean = statistics.fmean(x for x in runs[-1] if x == x)
                     print(f"{dataset:>7} {variant:<19} seed {seed}: held-out Dice {mean:.3f} "

@@ -138,7 +138,7 @@ def _train_options(sub) -> None:
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
 
 
 def _predict_options(sub) -> None:
@@ -170,7 +170,8 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1.0)")
     e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
     e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (the results table is still printed)")
 
 
 def _demo_options(sub) -> None:
@@ -213,9 +214,12 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     config = load_run_config(args.config, args.overrides)
-    summary = train(args.cache, args.out, config, progress=not args.quiet)
+    summary = train(args.cache, args.out, config, progress=not args.quiet, log=lambda line: print(line, flush=True))
     if is_main_process():
-        print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
+        if summary["val_cases"]:
+            print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
+        else:
+            print(f"run {args.out}: no validation cases (train.val_fraction=0), best.pt is the last epoch's model: {args.out / 'best.pt'}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -228,7 +232,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png, args.quiet)
+    evaluate_folders(
+        args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png,
+        progress=not args.quiet, strict=args.strict,
+    )  # fmt: skip
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import stat
 
 import pytest
 
@@ -58,3 +59,20 @@ def test_read_json_refuses_with_one_line(tmp_path, content, message):
     with pytest.raises(UserError, match=message) as err:
         read_json(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_open_would_give(tmp_path, umask):
+    """mkstemp's 0600 is not kept: a file written atomically gets 0666 & ~umask, as open() gives."""
+    old = os.umask(umask)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_output(tmp_path / "b.nii.gz") as tmp:
+            tmp.write_bytes(b"y")
+        (tmp_path / "plain.txt").write_text("z")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("a.txt", "b.nii.gz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name

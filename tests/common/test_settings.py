@@ -87,6 +87,12 @@ def test_train_help_lists_every_key_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for key, default, allowed, _ in describe(RunConfig):
+    described = describe(RunConfig)
+    for key, default, allowed, meaning in described:
         assert key in out and allowed in out
+        assert meaning.strip() and meaning in out, f"{key} has no help line"
+    # every field of every section is described (a key added without a rule and help fails here)
+    config = RunConfig()
+    fields = {f"{s.name}.{f.name}" for s in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, s.name))}
+    assert fields == {key for key, *_ in described}
     assert re.search(r"train\.epochs +50\n", out) and re.search(r"train\.steps_per_epoch +50\n", out)

@@ -104,6 +104,40 @@ def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has shape (4, 5, 7), reference" in err[0]
     write_volume(np.zeros((4, 5, 6), np.uint8), GEOMETRY, tmp_path / "ref" / "b.nii.gz")
-    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 2
-    assert "have no prediction" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet", "--strict"]) == 2
+    assert "1 of 2 reference(s) have no prediction" in capsys.readouterr().err
     assert not (tmp_path / "pred" / "metrics.csv").exists()
+
+
+def test_evaluate_scores_the_cases_it_has_and_says_which_are_missing(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    ref = _blob((12, 20, 17), rng).astype(np.uint8)
+    for name in ("a", "b", "c"):
+        write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
+    write_volume(ref, GEOMETRY, tmp_path / "pred" / "b.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "left out 2 reference(s) without a prediction" in out and "a, c" in out
+    assert "class1" in out and "(1 case(s))" in out  # the table, although --quiet
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["cases"] == 1 and summary["missing_predictions"] == ["a", "c"]
+    assert summary["per_class"]["class1"]["dice"] == 1.0
+
+
+def test_summary_flags_a_class_never_found(tmp_path, capsys):
+    """The mean HD95 looks fine when it only averages found classes: the table says per class how
+    many cases found it and marks a class no case found."""
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        ref = _blob((12, 20, 17), rng).astype(np.uint8)
+        ref[2:4, 2:4, 2:4] = 2
+        write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(np.where(ref == 2, 0, ref).astype(np.uint8), GEOMETRY, tmp_path / "pred" / f"{name}.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("class2"))
+    assert "0/2" in line and "NEVER FOUND" in line
+    assert "2/2" in next(x for x in out.splitlines() if x.startswith("class1"))
+    assert "never found: class2" in out
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["per_class"]["class2"]["present"], summary["per_class"]["class2"]["found"]) == (2, 0)

@@ -94,8 +94,11 @@ def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeyp
 
 def test_resume_refuses_another_configuration(small_cache, tmp_path):
     train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
-    with pytest.raises(UserError, match="another configuration"):
-        train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", "train.lr=0.5", *SMALL]), progress=False)
+    other = ["train.epochs=1", "train.lr=0.5", "loss.dice=joint", *SMALL]
+    with pytest.raises(UserError, match="another configuration") as err:
+        train(small_cache, tmp_path / "run", load_run_config(None, other), progress=False)
+    assert "loss.dice: per_class there, joint now; train.lr: 0.01 there, 0.5 now" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_adamw_option_trains(small_cache, tmp_path):
@@ -231,3 +234,17 @@ def test_image_path_needs_a_cache_with_images(generated_dataset, tmp_path, capsy
     assert "has no image" in err and f"sam3dseg cache --dataset {generated_dataset} --out {cache}" in err
     plain = ["train.epochs=1", "decoder.image_path=false", *SMALL]
     assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "plain"), *plain]) == 0
+
+
+def test_quiet_keeps_the_facts(small_cache, tmp_path, capsys):
+    """--quiet hides progress bars only: resuming is said; without validation no fake Dice is printed."""
+    args = ["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "--quiet", "train.epochs=1", *SMALL]
+    assert main(args) == 0
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {tmp_path / 'run'} after epoch 1 of 1" in out
+    no_val = ["train", "--cache", str(small_cache), "--out", str(tmp_path / "noval"), "--quiet", "train.epochs=1",
+              "train.val_fraction=0", *SMALL]  # fmt: skip
+    assert main(no_val) == 0
+    out = capsys.readouterr().out
+    assert "-1.0" not in out and "no validation cases (train.val_fraction=0)" in out

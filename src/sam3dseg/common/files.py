@@ -38,6 +38,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success flush it and rename it to ``path``.
@@ -53,6 +60,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it what open() would under the user's umask,
+        # so colleagues on a shared server can read the results.
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync(Path(tmp))
         os.replace(tmp, path)
         _fsync(path.parent)

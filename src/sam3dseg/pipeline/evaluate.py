@@ -13,7 +13,9 @@ from ..errors import UserError
 from .metrics import case_metrics, summarise
 
 
-def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """``(case, prediction, reference)`` for every reference with a prediction of the same file name,
+    and the names of references without one (refused with ``strict``)."""
     for d, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not d.is_dir():
             raise UserError(f"{what} folder not found: {d}")
@@ -21,9 +23,13 @@ def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     if not refs:
         raise UserError(f"no reference segmentations in {ref_dir}")
     missing = [n for n in refs if not (pred_dir / n).is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} reference(s) have no prediction in {pred_dir}, e.g. {missing[0]}")
-    return [(case_name(p), pred_dir / n, p) for n, p in refs.items()]
+    if missing and (strict or len(missing) == len(refs)):
+        raise UserError(
+            f"{len(missing)} of {len(refs)} reference(s) have no prediction in {pred_dir} "
+            f"(file names must match), e.g. {missing[0]}"
+        )
+    pairs = [(case_name(p), pred_dir / n, p) for n, p in refs.items() if n not in missing]
+    return pairs, [case_name(refs[n]) for n in missing]
 
 
 def evaluate_folders(
@@ -33,18 +39,24 @@ def evaluate_folders(
     labels: str | Path | None = None,
     tolerance: float = 1.0,
     png: bool = False,
+    progress: bool = True,
     quiet: bool = False,
+    strict: bool = False,
 ) -> dict:
     """Metrics per case and class -> ``out/metrics.csv``, ``out/summary.json``; prints a table.
 
-    Returns the summary (per-class means, overall means).
+    Cases are the reference files that have a prediction of the same name; the others
+    are listed (``summary["missing_predictions"]``) and left out, or refused with
+    ``strict``. ``progress`` shows the bar; ``quiet`` prints nothing (for callers that
+    print their own summary). Returns the summary (per-class means, overall means,
+    per class how many cases hold it and in how many the prediction found it).
     """
     from tqdm import tqdm
 
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if tolerance < 0:
         raise UserError(f"--nsd-tolerance must be >= 0 mm, got {tolerance}")
-    pairs = _pairs(pred_dir, ref_dir)
+    pairs, missing = _pairs(pred_dir, ref_dir, strict)
     if labels:
         class_names = read_class_names(labels)
     else:  # the classes are whatever the files hold: one extra pass to find the largest label
@@ -52,7 +64,7 @@ def evaluate_folders(
         class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
 
     rows = []
-    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=quiet):
+    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=quiet or not progress):
         pred, _ = read_volume(pred_path)
         ref, geometry = read_volume(ref_path)
         if pred.shape != ref.shape:
@@ -61,29 +73,38 @@ def evaluate_folders(
         if top >= len(class_names):
             raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
-        for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
-            rows.append({"case": case, "class": name, **m})
+        for k, (name, m) in enumerate(zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)), 1):
+            in_ref = ref == k
+            rows.append({"case": case, "class": name, **m, "in_reference": bool(in_ref.any()), "found": bool((pred[in_ref] == k).any())})
         if png:
             (p_o, r_o), aspect = anatomical_view([pred, ref], geometry)
             save_montage(out_dir / f"{case}_vs_reference.png", None, p_o, r_o, class_names, title=case, aspect=aspect)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
+    summary["missing_predictions"] = missing
 
     write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
     write_json(out_dir / "summary.json", summary)
     if not quiet:
+        if missing:
+            print(f"left out {len(missing)} reference(s) without a prediction in {pred_dir}: {', '.join(missing)} (--strict refuses)")
         print(format_table(summary, len(pairs)))
     return summary
 
 
 def format_table(summary: dict, cases: int) -> str:
-    """The per-class means as a fixed-width table."""
+    """The per-class means as a fixed-width table, with how many cases found each class."""
     tol = summary["nsd_tolerance_mm"]
-    lines = [f"{'class':<16}{'Dice':>8}{'HD95 mm':>10}{f'NSD@{tol:g}mm':>12}  ({cases} case(s))"]
+    lines = [f"{'class':<16}{'Dice':>8}{'HD95 mm':>10}{f'NSD@{tol:g}mm':>12}{'found':>8}  ({cases} case(s))"]
+    never = [n for n, e in summary["per_class"].items() if e.get("present") and not e.get("found")]
     for name, e in summary["per_class"].items():
-        note = f"  [{e['hd95_infinite']} one-sided empty]" if e["hd95_infinite"] else ""
-        lines.append(f"{name:<16}{e['dice']:>8.4f}{e['hd95']:>10.2f}{e['nsd']:>12.4f}{note}")
+        notes = ["NEVER FOUND"] * (name in never) + [f"{e['hd95_infinite']} one-sided empty"] * bool(e["hd95_infinite"])
+        note = f"  [{'; '.join(notes)}]" if notes else ""
+        found = f"{e.get('found', 0)}/{e.get('present', 0)}"
+        lines.append(f"{name:<16}{e['dice']:>8.4f}{e['hd95']:>10.2f}{e['nsd']:>12.4f}{found:>8}{note}")
     lines.append(f"{'mean':<16}{summary['mean_dice']:>8.4f}{summary['mean_hd95']:>10.2f}{summary['mean_nsd']:>12.4f}")
+    if never:
+        lines.append(f"never found: {', '.join(never)} (the mean HD95 covers found classes only)")
     return "\n".join(lines)
 
 

@@ -90,6 +90,9 @@ def summarise(rows: list[dict], class_names: list[str]) -> dict:
             entry[key] = mean_finite(r[key] for r in mine)
         entry["hd95_infinite"] = sum(1 for r in mine if r["hd95"] == math.inf)
         entry["both_empty"] = sum(1 for r in mine if math.isnan(r["dice"]))
+        if mine and "in_reference" in mine[0]:  # rows of `evaluate`: cases holding the class, and found
+            entry["present"] = sum(1 for r in mine if r["in_reference"])
+            entry["found"] = sum(1 for r in mine if r["found"])
         summary["per_class"][name] = entry
     for key in ("dice", "hd95", "nsd"):
         summary[f"mean_{key}"] = mean_finite(e[key] for e in summary["per_class"].values())

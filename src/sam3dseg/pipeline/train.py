@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -167,13 +168,29 @@ def _dice_text(entry: dict, classes: list[str]) -> str:
     return f", val Dice {entry['val_dice']:.4f} ({', '.join(parts)})"
 
 
+def _differences(old: dict, new: dict, where: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two nested config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{where}{key}.")
+        elif a != b:
+            out.append(f"{where}{key}: {a} there, {b} now")
+    return out
+
+
 def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler) -> bool:
     """Load ``path`` (``last.pt``) into the training state if it exists; True if it did."""
     if not path.exists():
         return False
     state = load_model_file(path)
-    if to_dict(state.config) != to_dict(record.config):
-        raise UserError(f"{path.parent} holds a run with another configuration; use a new --out or the same config")
+    differ = _differences(to_dict(state.config), to_dict(record.config))
+    if differ:
+        raise UserError(
+            f"{path.parent} holds a run with another configuration ({'; '.join(differ)}); "
+            "use a new --out, or the run's own settings (its config.yaml) to resume it"
+        )
     decoder.load_state_dict(state.decoder)
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
@@ -228,11 +245,14 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     return sum(losses) / len(losses)
 
 
-def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool = True) -> dict:
+def train(
+    cache: str | Path, out: str | Path, config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = print
+) -> dict:
     """Train a decoder on a cache; write ``out/{config.yaml,last.pt,best.pt,log.csv,curves.png}``.
 
     Resumes from ``out/last.pt`` when it exists (same configuration required).
-    Returns the run summary.
+    ``progress`` shows the step bars; ``log`` takes the facts (resuming, one line per
+    epoch), ``None`` for silence. Returns the run summary.
     """
     # set-up
     rank, world = init_distributed()
@@ -252,8 +272,9 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
     record = data.model_file(config, decoder)
 
     # resume
-    if _resume(record, out / "last.pt", decoder, optimizer, scheduler) and rank == 0 and progress:
-        print(f"resuming {out} after epoch {record.epoch}")
+    say = log if log is not None and rank == 0 else (lambda _: None)
+    if _resume(record, out / "last.pt", decoder, optimizer, scheduler):
+        say(f"resuming {out} after epoch {record.epoch} of {t.epochs}")
     if rank == 0:
         write_text(out / "config.yaml", dump_yaml(config))
 
@@ -284,8 +305,7 @@ def train(cache: str | Path, out: str | Path, config: RunConfig, progress: bool 
             classes = record.class_names[1:]
             write_csv(out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
             save_curves(record.history, out / "curves.png", classes)
-            if progress:
-                print(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)", flush=True)
+            say(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)")
     if world > 1:
         barrier()
     return {
