@@ -19,6 +19,7 @@ from . import __version__
 from .common.runtime import is_main_process
 from .common.settings import format_settings, load_settings
 from .data.preprocess import PreprocessConfig
+from .data.datasets import load_dataset, require_valid
 from .demo import DemoConfig, run_demo
 from .errors import UserError
 from .pipeline.cache import run_cache
@@ -103,12 +104,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_cache_options, _train_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
+    for add in (_check_options, _cache_options, _train_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
         add(sub)
     return parser
 
 
 RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _check_options(sub) -> None:
+    c = sub.add_parser("check", help="check every case of a dataset before any work (cache runs it too)",
+                       description="Read every case of an MSD or nnU-Net v2 dataset and report all problems at once: "
+                       "missing or unreadable files, channel counts, image and label grids, label values.")  # fmt: skip
+    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _cache_options(sub) -> None:
@@ -196,6 +205,15 @@ def _analyze_options(sub) -> None:
     a.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def _cmd_check(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.dataset)
+    require_valid(dataset, progress=not args.quiet)
+    print(
+        f"dataset {dataset.root} ({dataset.layout}): {len(dataset.cases)} case(s), no problems; "
+        f"classes {', '.join(dataset.class_names)}; channels {', '.join(dataset.channel_names)}"
+    )
+
+
 def _cmd_cache(args: argparse.Namespace) -> None:
     given = _given(args, CacheConfig)
     if "checkpoint" in given:
@@ -256,6 +274,7 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {
+    "check": _cmd_check,
     "cache": _cmd_cache,
     "train": _cmd_train,
     "predict": _cmd_predict,

@@ -299,3 +299,29 @@ def test_cache_of_another_format_version_is_refused(generated_dataset, tmp_path)
     path.write_text(json.dumps({**manifest, "version": 2}), encoding="utf-8")
     with pytest.raises(UserError, match="has cache format version 2; this sam3dseg reads version 1"):
         read_manifest(tmp_path / "c")
+
+
+def test_every_problem_is_reported_before_any_encoding(generated_dataset, tmp_path, capsys, monkeypatch):
+    """Three cases with three different problems: `cache` names all three and encodes nothing;
+    `sam3dseg check` reports the same without an encoder."""
+    from sam3dseg.cli import main
+    from sam3dseg.model.vit import SAMImageEncoder
+
+    ds = shutil.copytree(generated_dataset, tmp_path / "ds")
+    (ds / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    _rewrite(ds, "labelsTr/case_003.nii.gz", lambda a, g: (a + 3, g))
+    _truncate(ds / "imagesTr" / "case_005_0000.nii.gz")
+    slices = []
+    original = SAMImageEncoder.forward
+    monkeypatch.setattr(SAMImageEncoder, "forward", lambda m, x: slices.append(len(x)) or original(m, x))
+    code, lines = _cli_cache(ds, tmp_path, capsys)
+    assert code == 2 and slices == []
+    assert lines[0].startswith(f"sam3dseg: error: 3 problems in the dataset {ds}")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["case case_001", "case case_003", "case case_005"]
+    assert "image not found" in lines[1] and "declares classes 0..2" in lines[2] and "truncated" in lines[3]
+    assert not (tmp_path / "c" / "cases").exists() or not list((tmp_path / "c" / "cases").iterdir())
+
+    assert main(["check", "--dataset", str(ds), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == lines[1:]
+    assert main(["check", "--dataset", str(generated_dataset), "--quiet"]) == 0
+    assert "6 case(s), no problems" in capsys.readouterr().out

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..common.files import read_json
 from ..errors import UserError
-from .volumes import SUFFIXES, case_name, image_suffix
+from .volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, read_volume
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ def load_dataset(root: str | Path) -> Dataset:
     """Read ``root/dataset.json`` (MSD or nnU-Net v2) and list the training cases.
 
     Raises:
-        UserError: no or malformed ``dataset.json``, a path that leaves ``root``, a
-            missing image or label file, labels that are not 0..K-1.
+        UserError: no or malformed ``dataset.json``, a path that leaves ``root``,
+            labels that are not 0..K-1. The files themselves are checked by
+            :func:`check_cases`.
     """
     root = Path(root)
     meta_path = root / "dataset.json"
@@ -66,13 +69,71 @@ def load_dataset(root: str | Path) -> Dataset:
         )
     if not dataset.cases:
         raise UserError(f"{meta_path} lists no training cases")
-    for case in dataset.cases:
-        for image in case.images:
-            if not image.exists():
-                raise UserError(f"case {case.name}: image not found: {image}")
-        if case.label is not None and not case.label.exists():
-            raise UserError(f"case {case.name}: label not found: {case.label}")
     return dataset
+
+
+def read_case(case: Case, dataset: Dataset) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
+    """Read one case with every check: ``(C, z, y, x)`` channels, their geometry, the raw label or None.
+
+    Raises:
+        UserError: on the first problem, naming the case: a missing or unreadable file,
+            a channel count other than ``dataset.json``'s, channels or label on another
+            grid, label values outside 0..K-1.
+    """
+    for path in (*case.images, *([case.label] if case.label is not None else [])):
+        if not path.exists():
+            raise UserError(f"case {case.name}: {'label' if path == case.label else 'image'} not found: {path}")
+    try:
+        image, geometry = read_channels(list(case.images))
+        label = None if case.label is None else read_volume(case.label)
+    except UserError as err:
+        raise UserError(f"case {case.name}: {err}") from err
+    if image.shape[0] != len(dataset.channel_names):
+        raise UserError(
+            f"case {case.name}: {image.shape[0]} image channel(s), but dataset.json declares "
+            f"{len(dataset.channel_names)} ({', '.join(dataset.channel_names)})"
+        )
+    if label is None:
+        return image, geometry, None
+    raw, g = label
+    if raw.ndim != 3 or raw.shape != image.shape[1:]:
+        raise UserError(f"case {case.name}: label {case.label} has shape {raw.shape}, image {image.shape[1:]}")
+    if not g.matches(geometry):
+        raise UserError(f"case {case.name}: label {case.label} and its image differ in spacing/origin/direction")
+    if not np.array_equal(raw, np.round(raw)) or raw.min() < 0 or raw.max() >= dataset.num_classes:
+        values = np.unique(raw)
+        raise UserError(
+            f"case {case.name}: label {case.label} has values {values[:10].tolist()}, "
+            f"but dataset.json declares classes 0..{dataset.num_classes - 1}"
+        )
+    return image, geometry, raw
+
+
+def check_cases(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True) -> list[str]:
+    """Read every case (or ``cases``) with :func:`read_case`'s checks; one line per problem, all of them.
+
+    nnU-Net's ``--verify_dataset_integrity``: run before any encoding, so a problem in
+    the last case does not surface after hours of work on the first ones.
+    """
+    from tqdm import tqdm
+
+    problems = []
+    for case in tqdm(dataset.cases if cases is None else cases, desc="check", unit="case", disable=not progress, leave=False):
+        try:
+            read_case(case, dataset)
+        except UserError as err:
+            problems.append(str(err))
+    return problems
+
+
+def require_valid(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True) -> None:
+    """:func:`check_cases`, raising one error that lists every problem."""
+    problems = check_cases(dataset, cases, progress)
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        listed = "\n".join(f"  {p}" for p in problems)
+        raise UserError(f"{len(problems)} problems in the dataset {dataset.root}:\n{listed}")
 
 
 def _inside(root: Path, relative: str, meta_path: Path) -> Path:

@@ -35,9 +35,8 @@ import torch
 from ..common.files import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, to_dict
-from ..data.datasets import Case, Dataset, load_dataset
+from ..data.datasets import Case, Dataset, load_dataset, read_case, require_valid
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
-from ..data.volumes import read_channels, read_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import SLICE_BATCH, EncoderInfo, build_encoder, encode_volume
@@ -83,22 +82,9 @@ def read_manifest(cache: str | Path) -> dict:
 
 def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig, image_size: int):
     """Read, check and preprocess one case: ``(C, D', H', W')`` image, label or None, transform."""
-    image, geometry = read_channels(list(case.images))
+    image, geometry, raw = read_case(case, dataset)
     volume, transform = preprocess_image(image, geometry, dataset.channel_names, preprocess, image_size)
-    label = None
-    if case.label is not None:
-        raw, g = read_volume(case.label)
-        if raw.ndim != 3 or raw.shape != image.shape[1:]:
-            raise UserError(f"case {case.name}: label {case.label} has shape {raw.shape}, image {image.shape[1:]}")
-        if not g.matches(geometry):
-            raise UserError(f"case {case.name}: label {case.label} and its image differ in spacing/origin/direction")
-        if not np.array_equal(raw, np.round(raw)) or raw.min() < 0 or raw.max() >= dataset.num_classes:
-            values = np.unique(raw)
-            raise UserError(
-                f"case {case.name}: label {case.label} has values {values[:10].tolist()}, "
-                f"but dataset.json declares classes 0..{dataset.num_classes - 1}"
-            )
-        label = preprocess_label(raw.astype(np.uint8), transform)
+    label = None if raw is None else preprocess_label(raw.astype(np.uint8), transform)
     return volume, label, transform
 
 
@@ -124,16 +110,21 @@ def build_cache(
     out = Path(out)
     cases_dir = out / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
-    mine = dataset.cases[rank::world_size]
-    encoded, reused = [], []
-    bar = tqdm(mine, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
-    for case in bar:
+    encoded, reused, todo = [], [], []
+    for case in dataset.cases[rank::world_size]:
+        if not all(p.exists() for p in (*case.images, *([case.label] if case.label else []))):
+            todo.append((case, None, None))  # require_valid names the missing file
+            continue
         key = case_key(case, preprocess, info)
-        meta_path = cases_dir / f"{case.name}.json"
-        meta = _read_meta(meta_path) if (cases_dir / f"{case.name}.pt").is_file() else None
+        meta = _read_meta(cases_dir / f"{case.name}.json") if (cases_dir / f"{case.name}.pt").is_file() else None
         if meta is not None and meta.get("key") == key and meta.get("image"):
             reused.append(case.name)
-            continue
+        else:
+            todo.append((case, key, meta))
+    require_valid(dataset, [case for case, _, _ in todo], progress)  # every problem, before any encoding
+    bar = tqdm(todo, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
+    for case, key, meta in bar:
+        meta_path = cases_dir / f"{case.name}.json"
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
         image = image_path_input(torch.from_numpy(volume), info.image_size)
         if meta is not None and meta.get("key") == key:  # cached before images were stored: add the image only
