@@ -179,6 +179,7 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1.0)")
     e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
     e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
+    e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
     e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")
     e.add_argument("--quiet", action="store_true", help="no progress bar (the results table is still printed)")
 
@@ -252,7 +253,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_folders(
         args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png,
-        progress=not args.quiet, strict=args.strict,
+        progress=not args.quiet, strict=args.strict, images=args.images,
     )  # fmt: skip
 
 

@@ -135,19 +135,21 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
     times[stage] = time.perf_counter() - start
 
 
-def _montages(data: Path, preds: Path, names: list[str]) -> Path | None:
-    """A montage per predicted test case, prediction solid and reference dashed; the last one's path."""
+def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | None:
+    """A montage per predicted test case on the image as the model saw it, prediction solid and
+    reference dashed; the last one's path."""
     from .common.plots import save_montage
-    from .data.preprocess import anatomical_view
+    from .data.preprocess import anatomical_view, model_intensities
     from .data.volumes import read_volume
 
     montage = None
     for name in names:
         array, geometry = read_volume(data / "imagesTs" / f"{name}_0000.nii.gz")
         label, reference = read_volume(preds / f"{name}.nii.gz")[0], read_volume(data / "labelsTs" / f"{name}.nii.gz")[0]
-        (img, seg, ref), aspect = anatomical_view([array, label, reference], geometry)
+        shown = model_intensities(array, predictor.channel_names[0], predictor.preprocess)
+        (img, seg, ref), aspect = anatomical_view([shown, label, reference], geometry, predictor.preprocess.slicing_axis)
         title = f"{name}: prediction (solid), reference (dashed)"
-        montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=title, aspect=aspect)
+        montage = save_montage(preds / f"{name}.png", img, seg, ref, CLASS_NAMES, title=title, aspect=aspect, window=(0, 255))
     return montage
 
 
@@ -180,7 +182,8 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     with _timed(times, "predict"):
         predictor = load_predictor(out / "run" / "best.pt", checkpoint, PredictConfig(device=config.device))
         preds = out / "predictions"
-        montage = _montages(data, preds, predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"])
+        written = predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"]
+        montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
         summary = evaluate_folders(preds, data / "labelsTs", out / "evaluation", data / "dataset.json", quiet=True)
 

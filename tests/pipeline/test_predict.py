@@ -175,3 +175,20 @@ def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_pa
     assert collect_inputs(image, 1) == [("case_003", [image])]
     folder = collect_inputs(generated_dataset / "imagesTr", 1)
     assert ("case_003", [image]) in folder and len(folder) == 6
+
+
+def test_png_shows_the_image_as_the_model_saw_it(generated_dataset, tmp_path, monkeypatch):
+    import sam3dseg.pipeline.predict as predict
+    from sam3dseg.data.preprocess import anatomical_view, model_intensities
+    from sam3dseg.data.volumes import read_volume
+    from sam3dseg.pipeline.predict import FolderOutputs, predict_folder
+
+    drawn = []
+    monkeypatch.setattr(predict, "save_montage", lambda path, image, *a, **k: drawn.append((image, k["window"])))
+    predictor = Predictor(tiny_model_file(), tiny_encoder())
+    source = generated_dataset / "imagesTr" / "case_002_0000.nii.gz"
+    predict_folder(predictor, source, tmp_path / "out", FolderOutputs(png=True), progress=False)
+    array, geometry = read_volume(source)
+    (image, window), = drawn
+    assert window == (0, 255)
+    assert np.array_equal(image, anatomical_view([model_intensities(array, "MR", predictor.preprocess)], geometry)[0][0])

@@ -54,12 +54,21 @@ def save_curves(history: list[dict], path: str | Path, classes: list[str] = ()) 
     return save_figure(fig, path)
 
 
-def pick_slices(masks: list[np.ndarray], count: int) -> list[int]:
-    """``count`` slice indices (axis 0) spread over the slices that hold any foreground."""
-    depth = masks[0].shape[0]
-    busy = np.flatnonzero(np.any([m.reshape(depth, -1).any(1) for m in masks], axis=0))
+def pick_slices(labels: list[np.ndarray], count: int) -> list[int]:
+    """Slice indices (axis 0): each class's largest slice in any of ``labels`` (so a small lesion is
+    shown; more than ``count`` if there are more classes), then slices spread over the foreground."""
+    depth = labels[0].shape[0]
+    chosen = set()
+    for k in sorted(set().union(*(np.unique(a).tolist() for a in labels)) - {0}):
+        area = np.sum([(a == k).reshape(depth, -1).sum(1) for a in labels], axis=0)
+        chosen.add(int(area.argmax()))
+    busy = np.flatnonzero(np.any([(a > 0).reshape(depth, -1).any(1) for a in labels], axis=0))
     pool = busy if busy.size else np.arange(depth)
-    return sorted({int(pool[round(i)]) for i in np.linspace(0, pool.size - 1, min(count, pool.size))})
+    for j in np.linspace(0, pool.size - 1, min(count, pool.size)):
+        if len(chosen) >= count:
+            break
+        chosen.add(int(pool[round(j)]))
+    return sorted(chosen)
 
 
 def save_montage(
@@ -71,11 +80,15 @@ def save_montage(
     count: int = 6,
     title: str = "",
     aspect: float = 1.0,
+    window: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``count`` slices (along the array's first axis) as one PNG, atomically.
 
     Args:
         image: ``(z, y, x)`` grey image shown underneath (first channel), or None.
+        window: grey values shown black and white; None: the image's 1st and 99th
+            percentiles. Pass ``(0, 255)`` with an image in the model's intensities
+            (:func:`sam3dseg.data.preprocess.model_intensities`) to show what the model saw.
         pred: ``(z, y, x)`` labels, drawn as solid contours.
         ref: ``(z, y, x)`` reference labels, drawn dashed.
         class_names: names by label value (legend).
@@ -88,10 +101,10 @@ def save_montage(
     path = Path(path)
     num_classes = int(max(pred.max(), ref.max() if ref is not None else 0)) + 1
     names = class_names or [f"class {k}" for k in range(num_classes)]
-    slices = pick_slices([pred > 0] + ([ref > 0] if ref is not None else []), count)
+    slices = pick_slices([pred] + ([ref] if ref is not None else []), count)
     fig, axes = plt.subplots(1, len(slices), figsize=(2.6 * len(slices), 2.9), squeeze=False)
     if image is not None:
-        lo, hi = np.percentile(image, (1, 99))
+        lo, hi = window if window is not None else np.percentile(image, (1, 99))
     for ax, z in zip(axes[0], slices):
         if image is not None:
             ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)

@@ -175,8 +175,9 @@ def unreorient(array: np.ndarray, t: Transform) -> np.ndarray:
     return out.transpose(*range(lead), *(lead + int(a) for a in inverse))
 
 
-def _normalise_channel(x: np.ndarray, modality: str, config: PreprocessConfig) -> np.ndarray:
-    """Intensities of one channel to ``[0, 255]`` (float32)."""
+def model_intensities(x: np.ndarray, modality: str, config: PreprocessConfig) -> np.ndarray:
+    """Intensities of one channel to ``[0, 255]`` (float32), as the model sees them (decision D5):
+    the CT window for CT, the percentile clip otherwise. Pictures use it too."""
     use_ct = config.intensity == "ct" or (config.intensity == "auto" and modality.strip().upper() == "CT")
     if use_ct:
         level, width = config.ct_window
@@ -235,7 +236,7 @@ def preprocess_image(
         raise UserError(f"volume has {array.shape[0]} channel(s) but the dataset declares {len(modalities)}")
     t = plan_transform(array.shape[1:], geometry, config, image_size)
     oriented = reorient(array, t)
-    normalised = np.stack([_normalise_channel(ch, m, config) for ch, m in zip(oriented, modalities)])
+    normalised = np.stack([model_intensities(ch, m, config) for ch, m in zip(oriented, modalities)])
     volume = _resample_image(torch.from_numpy(normalised), t.model_shape)
     return volume.clamp_(0, 255).numpy(), t
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common.files import write_csv, write_json
+import numpy as np
+
+from ..common.files import read_json, write_csv, write_json
 from ..common.plots import save_montage
 from ..data.datasets import read_class_names
-from ..data.preprocess import anatomical_view
+from ..data.preprocess import PreprocessConfig, anatomical_view, model_intensities
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
 from .metrics import case_metrics, summarise
@@ -32,6 +34,25 @@ def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str,
     return pairs, [case_name(refs[n]) for n in missing]
 
 
+def _first_modality(labels: str | Path) -> str:
+    """The first channel's name in a dataset.json (nnU-Net's channel_names, MSD's modality), or MR."""
+    meta = read_json(Path(labels), f"labels file not found: {labels}")
+    names = meta.get("channel_names") or meta.get("modality") or {}
+    return str(names.get("0", "MR")) if isinstance(names, dict) else "MR"
+
+
+def _image_for(folder: Path, case: str, shape: tuple[int, ...], modality: str) -> np.ndarray:
+    """The case's image (first channel) from ``folder`` in the model's intensities ``[0, 255]``."""
+    found = [p for p in sorted(folder.iterdir()) if image_suffix(p) and case_name(p) in (f"{case}_0000", case)]
+    if not found:
+        raise UserError(f"no image for case {case} in {folder} (expected {case}_0000 or {case} with an image suffix)")
+    array, _ = read_volume(found[0])
+    first = array if array.ndim == 3 else array[0]
+    if first.shape != shape:
+        raise UserError(f"image {found[0]} has shape {first.shape}, the segmentation {shape}")
+    return model_intensities(first, modality, PreprocessConfig())
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -42,13 +63,16 @@ def evaluate_folders(
     progress: bool = True,
     quiet: bool = False,
     strict: bool = False,
+    images: str | Path | None = None,
 ) -> dict:
     """Metrics per case and class -> ``out/metrics.csv``, ``out/summary.json``; prints a table.
 
     Cases are the reference files that have a prediction of the same name; the others
     are listed (``summary["missing_predictions"]``) and left out, or refused with
     ``strict``. ``progress`` shows the bar; ``quiet`` prints nothing (for callers that
-    print their own summary). Returns the summary (per-class means, overall means,
+    print their own summary). With ``png`` and ``images`` (a folder of the cases' images,
+    ``{case}_0000`` or ``{case}``) the montages draw both contours on the image, shown with
+    the intensity mapping the model uses for the modality ``labels`` names. Returns the summary (per-class means, overall means,
     per class how many cases hold it and in how many the prediction found it).
     """
     from tqdm import tqdm
@@ -57,6 +81,9 @@ def evaluate_folders(
     if tolerance < 0:
         raise UserError(f"--nsd-tolerance must be >= 0 mm, got {tolerance}")
     pairs, missing = _pairs(pred_dir, ref_dir, strict)
+    if images is not None and not Path(images).is_dir():
+        raise UserError(f"--images folder not found: {images}")
+    modality = _first_modality(labels) if labels else "MR"
     if labels:
         class_names = read_class_names(labels)
     else:  # the classes are whatever the files hold: one extra pass to find the largest label
@@ -77,8 +104,10 @@ def evaluate_folders(
             in_ref = ref == k
             rows.append({"case": case, "class": name, **m, "in_reference": bool(in_ref.any()), "found": bool((pred[in_ref] == k).any())})
         if png:
-            (p_o, r_o), aspect = anatomical_view([pred, ref], geometry)
-            save_montage(out_dir / f"{case}_vs_reference.png", None, p_o, r_o, class_names, title=case, aspect=aspect)
+            shown = _image_for(Path(images), case, pred.shape, modality) if images is not None else None
+            (i_o, p_o, r_o), aspect = anatomical_view([shown, pred, ref], geometry)
+            window = (0, 255) if shown is not None else None
+            save_montage(out_dir / f"{case}_vs_reference.png", i_o, p_o, r_o, class_names, title=case, aspect=aspect, window=window)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
     summary["missing_predictions"] = missing

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..common.files import atomic_output, ensure_writable
 from ..common.plots import save_montage
 from ..common.runtime import resolve_device
-from ..data.preprocess import Transform, anatomical_view, preprocess_image, restore_probabilities, unreorient
+from ..data.preprocess import Transform, anatomical_view, model_intensities, preprocess_image, restore_probabilities, unreorient
 from ..data.volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
@@ -223,8 +223,9 @@ def predict_folder(
             label, _ = predictor.predict_array(array, geometry)
         if outputs.png:
             first = array if array.ndim == 3 else array[0]
-            (image, seg), aspect = anatomical_view([first, label], geometry, predictor.preprocess.slicing_axis)
-            save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect)
+            shown = model_intensities(first, predictor.channel_names[0], predictor.preprocess)  # what the model saw
+            (image, seg), aspect = anatomical_view([shown, label], geometry, predictor.preprocess.slicing_axis)
+            save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect, window=(0, 255))
         write_volume(label, geometry, target)
         written.append(name)
     return {"written": written, "skipped": skipped, "out": out}
