@@ -175,6 +175,16 @@ def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_pa
     assert collect_inputs(image, 1) == [("case_003", [image])]
     folder = collect_inputs(generated_dataset / "imagesTr", 1)
     assert ("case_003", [image]) in folder and len(folder) == 6
+    # and evaluate takes what a single-file prediction wrote
+    import shutil
+
+    from sam3dseg.pipeline.predict import predict_folder
+
+    predict_folder(Predictor(tiny_model_file(), tiny_encoder()), image, tmp_path / "pred", progress=False)
+    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["case_003.nii.gz"]
+    (tmp_path / "ref").mkdir()
+    shutil.copy(generated_dataset / "labelsTr" / "case_003.nii.gz", tmp_path / "ref")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--strict", "--quiet"]) == 0
 
 
 def test_png_shows_the_image_as_the_model_saw_it(generated_dataset, tmp_path, monkeypatch):
