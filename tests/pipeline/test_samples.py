@@ -57,3 +57,49 @@ def test_class_locations():
     big = torch.ones(30, 30, 30, dtype=torch.uint8)
     kept = class_locations(big)[1]
     assert len(kept) == MAX_LOCATIONS and kept[0].tolist() == [0, 0, 0] and kept[-1].tolist() == [29, 29, 29]
+
+
+@pytest.fixture
+def coded_cache(tmp_path):
+    """A case whose features, labels and image all say where they are: token (i, j) of a 6 × 6 grid
+    (S = 96) has features (i, j), its 16 × 16 label pixels the value 6i + j, its 8 × 8 image pixels 6i + j."""
+    grid, depth = 6, 10
+    i, j = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    code = (grid * i + j).to(torch.uint8)
+    features = torch.stack([i, j]).float()[:, None].expand(2, depth, grid, grid).half()
+    label = code.repeat_interleave(16, 0).repeat_interleave(16, 1)[None].expand(depth, -1, -1).contiguous()
+    image = code.repeat_interleave(8, 0).repeat_interleave(8, 1)[None, None].expand(1, depth, -1, -1).contiguous()
+    save_tensors({"features": features, "label": label, "image": image}, tmp_path / "cases" / "coded.pt")
+    return CaseStore(tmp_path)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_token_crops_keep_features_labels_and_image_aligned(coded_cache, fraction):
+    spec = Sampling(batch_size=16, depth=4, image_size=96, foreground_fraction=fraction, image=True, tokens=3)
+    corners = set()
+    for seed in range(10):
+        batch = sample_batch(coded_cache, ["coded"], spec, torch.Generator().manual_seed(seed))
+        assert batch.features.shape[-2:] == (3, 3) and batch.labels.shape[-2:] == (48, 48)
+        assert batch.images.shape[-2:] == (24, 24)
+        for f, y, im in zip(batch.features, batch.labels, batch.images):
+            expected = (6 * f[0] + f[1]).long()  # (d, 3, 3)
+            assert torch.equal(y, expected.repeat_interleave(16, -2).repeat_interleave(16, -1))
+            assert torch.equal(im[0].long(), expected.repeat_interleave(8, -2).repeat_interleave(8, -1))
+            corners.add((int(f[0, 0, 0, 0]), int(f[1, 0, 0, 0])))
+    assert len(corners) > 4  # windows move over the grid
+
+
+def test_a_one_token_shift_is_caught(coded_cache):
+    """The alignment check above is sharp: labels cut one token off do not match."""
+    from sam3dseg.pipeline.samples import crop_tokens
+
+    case = coded_cache["coded"]
+    f = crop_tokens(case["features"], (1, 2), 3, 6)
+    y = crop_tokens(case["label"], (1, 3), 3, 6)
+    assert not torch.equal(y.long(), (6 * f[0] + f[1]).long().repeat_interleave(16, -2).repeat_interleave(16, -1))
+
+
+def test_foreground_token_crops_hold_the_rare_class(rare_cache):
+    spec = Sampling(batch_size=50, depth=4, image_size=32, foreground_fraction=1.0, tokens=1)
+    batch = sample_batch(rare_cache, ["rare_only"], spec, torch.Generator().manual_seed(0))
+    assert batch.labels.shape[-2:] == (16, 16) and (batch.labels == 2).flatten(1).any(1).all()

@@ -76,7 +76,7 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.image_path=true"]]
+    "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.image_path=true"], ["train.crop_tokens=1"]]
 )
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
     config = load_run_config(None, ["train.epochs=3", *SMALL, *extra])
@@ -248,3 +248,11 @@ def test_quiet_keeps_the_facts(small_cache, tmp_path, capsys):
     assert main(no_val) == 0
     out = capsys.readouterr().out
     assert "-1.0" not in out and "no validation cases (train.val_fraction=0)" in out
+
+
+def test_crop_tokens_must_fit_the_grid(small_cache, tmp_path, capsys):
+    for value, message in (("0", "train.crop_tokens must be null or a positive integer, got 0"),
+                           ("3", "train.crop_tokens=3 is larger than the cache's token grid of 2 × 2 (image size 32)")):  # fmt: skip
+        code = main(["train", "--cache", str(small_cache), "--out", str(tmp_path / value), f"train.crop_tokens={value}", *SMALL])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err

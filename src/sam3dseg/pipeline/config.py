@@ -109,6 +109,10 @@ class TrainConfig:
     crop_depth: int = positive_int(16, "slices per training crop; shorter volumes are padded")
     flip_depth: bool = switch(True, "flip crops along depth (exact on cached features)")
     foreground_fraction: float = fraction(0.33, "share of crops placed on a voxel of a class the case holds (nnU-Net's 0.33)")
+    crop_tokens: int | None = setting(
+        None, "null or a positive integer", lambda v: v is None or (isinstance(v, int) and v >= 1),
+        "train on N × N windows of the token grid (16N × 16N pixels); null: whole planes",
+    )  # fmt: skip
     # SGD with Nesterov momentum 0.99 and poly decay, as the original SAM3D (nnU-Net):
     # on generated data it lowered the loss faster than AdamW and reached held-out
     # Dice 0.85 an epoch earlier, final Dice equal (bench/optimizers.py).

@@ -1,4 +1,4 @@
-"""Training samples from the embedding cache: depth crops, depth flips, padded labels.
+"""Training samples from the embedding cache: depth crops, in-plane token crops, depth flips, padded labels.
 
 Augmentation is limited to what is exact on cached features. The encoder sees
 every slice on its own, so reversing the slice order of the features is exactly
@@ -103,6 +103,7 @@ class Sampling:
     flip: bool = True  # flip along depth with probability 1/2
     foreground_fraction: float = 0.0  # share of crops placed on a voxel of a class the case holds
     image: bool = False  # also crop the cached image (the decoder's image path)
+    tokens: int | None = None  # in-plane window of N × N tokens (16N × 16N pixels); None: whole planes
 
 
 def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: torch.Generator, part: slice = slice(None)) -> Batch:
@@ -113,7 +114,9 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
     contains (nnU-Net's oversampling; it uses p = 1/3), the voxel drawn uniformly from
     that class's locations (:meth:`CaseStore.locations`); other crops start uniformly
     at random. With p = 0 no further numbers are drawn, so runs without it are
-    unchanged. Every rank of a data-parallel run draws the same global batch and
+    unchanged. With ``spec.tokens = N`` each crop is also cut to an N × N window of the
+    token grid (and the matching 16N × 16N labels, 8N × 8N image), placed uniformly or,
+    for a foreground crop, centred on the drawn voxel where the grid allows. Every rank of a data-parallel run draws the same global batch and
     builds only ``part`` of it, so N ranks see exactly the samples one process would.
     """
     n = spec.batch_size
@@ -124,16 +127,23 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
     if spec.foreground_fraction > 0:
         forced = (torch.rand(n, generator=generator) < spec.foreground_fraction).tolist()
         which = torch.rand(n, 2, generator=generator).tolist()  # the class, then the voxel
+    corners = torch.rand(n, 2, generator=generator).tolist() if spec.tokens else [(0.0, 0.0)] * n
     feats, labels, images = [], [], []
     for i in range(n)[part]:
         name = names[picks[i]]
         case = store[name]
-        total = case["features"].shape[1]
+        total, grid = case["features"].shape[1], case["features"].shape[-1]
         start = int(offsets[i] * (max(total - spec.depth, 0) + 1))
+        window = None
+        if spec.tokens:
+            free = grid - spec.tokens + 1
+            window = (int(corners[i][0] * free), int(corners[i][1] * free))
         if forced[i]:
-            start = _start_on_foreground(store.locations(name), which[i], total, spec.depth, start)
+            start, window = _on_foreground(store.locations(name), which[i], total, spec, grid, start, window)
         crops = [case["features"], padded_label(case["label"], spec.image_size)] + ([case["image"]] if spec.image else [])
         crops = [crop_depth(v, start, spec.depth) for v in crops]
+        if window is not None:
+            crops = [crop_tokens(v, window, spec.tokens, grid) for v in crops]
         if spec.flip and flips[i]:
             crops = [v.flip(-3) for v in crops]
         feats.append(crops[0].float())
@@ -143,11 +153,27 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
     return Batch(torch.stack(feats), torch.stack(labels), torch.stack(images) if spec.image else None)
 
 
-def _start_on_foreground(locations: dict[int, torch.Tensor], draw: tuple[float, float], total: int, depth: int, default: int) -> int:
-    """A crop start whose ``depth`` slices hold the drawn voxel, centred on it where the volume allows."""
+def crop_tokens(volume: torch.Tensor, corner: tuple[int, int], tokens: int, grid: int) -> torch.Tensor:
+    """The in-plane window of ``tokens × tokens`` tokens whose first token is ``corner`` (row, column),
+    cut from anything on a multiple of the ``grid × grid`` token grid: ``(..., g, g)`` features,
+    ``(..., S, S)`` labels, ``(..., S/2, S/2)`` images."""
+    scale = volume.shape[-1] // grid  # pixels per token on this volume's grid
+    (ty, tx), side = corner, tokens * scale
+    return volume[..., ty * scale : ty * scale + side, tx * scale : tx * scale + side]
+
+
+def _on_foreground(
+    locations: dict[int, torch.Tensor], draw: tuple[float, float], total: int, spec: Sampling, grid: int, start: int,
+    window: tuple[int, int] | None,
+) -> tuple[int, tuple[int, int] | None]:
+    """A crop start (and in-plane window) whose crop holds the drawn voxel, centred on it where the volume allows."""
     if not locations:
-        return default  # a case without foreground: a random crop
+        return start, window  # a case without foreground: a random crop
     classes = sorted(locations)
     voxels = locations[classes[min(int(draw[0] * len(classes)), len(classes) - 1)]]
-    z = int(voxels[min(int(draw[1] * len(voxels)), len(voxels) - 1), 0])
-    return min(max(z - depth // 2, 0), max(total - depth, 0))
+    z, y, x = (int(v) for v in voxels[min(int(draw[1] * len(voxels)), len(voxels) - 1)])
+    start = min(max(z - spec.depth // 2, 0), max(total - spec.depth, 0))
+    if window is not None:
+        per_token = spec.image_size // grid
+        window = tuple(min(max(c // per_token - spec.tokens // 2, 0), grid - spec.tokens) for c in (y, x))
+    return start, window

@@ -234,7 +234,7 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     from tqdm import tqdm
 
     t = stepper.config
-    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image)
+    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens)
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
@@ -261,6 +261,12 @@ def train(
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     device = resolve_device(t.device, world)
     data = _Data.open(Path(cache), t.val_fraction, config.decoder.image_path)
+    grid = data.image_size // 16
+    if t.crop_tokens is not None and t.crop_tokens > grid:
+        raise UserError(
+            f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
+            f"(image size {data.image_size}); give 1..{grid}, or null for whole planes"
+        )
     torch.manual_seed(t.seed)
     channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
     decoder = build_decoder(config.decoder, data.num_classes, *channels).to(device)
