@@ -60,6 +60,8 @@ VARIANTS = {
     "joint + image": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=true"],
     "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=true"],
 }
+# --crops: the default recipe on whole planes against 2 × 2-token windows (a 4 × 4 grid at 64²)
+CROP_VARIANTS = {"whole planes": [], "crop_tokens=2": ["train.crop_tokens=2"]}
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
 
@@ -85,7 +87,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--tolerance", type=float, default=0.05, help="how far the default may trail the best (default 0.05)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--crops", action="store_true", help="compare whole planes with in-plane token crops instead")
     args = parser.parse_args()
+    variants = CROP_VARIANTS if args.crops else VARIANTS
 
     results: dict[str, dict[str, list[list[float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +98,7 @@ def main() -> None:
             cache = Path(tmp) / dataset / "cache"
             make_cache(_make(dataset, Path(tmp) / dataset / "data"), cache, image_size=size)  # the tests' small encoder
             results[dataset] = {}
-            for variant, overrides in VARIANTS.items():
+            for variant, overrides in variants.items():
                 runs = []
                 for seed in range(args.seeds):
                     start = time.perf_counter()
@@ -111,10 +115,10 @@ def main() -> None:
                 results[dataset][variant] = runs
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; held-out mean foreground Dice, mean ± sd over {args.seeds} seeds")
-    print("| dataset | " + " | ".join(VARIANTS) + " |")
-    print("|---|" + "---|" * len(VARIANTS))
+    print("| dataset | " + " | ".join(variants) + " |")
+    print("|---|" + "---|" * len(variants))
     failed = []
-    default = _default_variant()
+    default = "whole planes" if args.crops else _default_variant()
     for dataset, by_variant in results.items():
         means = {}
         cells = []

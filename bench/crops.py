@@ -1,0 +1,135 @@
+"""Training at SAM's native resolution: step time and peak memory with in-plane token crops and without.
+
+One training step (forward, deep-supervised loss, backward, SGD update) of the default decoder
+(image path on, K = 3) on cached-feature-sized inputs at image sizes 256, 512 and 1024 (token
+grids of 16, 32 and 64), on whole planes and on ``train.crop_tokens=11`` windows (the original
+SAM3D's 176² crops), batch 1 × ``--depth`` slices. Each configuration runs in its own forked
+process; peak memory is the rise of the resident set (VmHWM) over the step, the time the median
+of ``--steps`` steps after one warm-up.
+
+Exit status 1 when, with crops, the step time or the peak memory at 1024 exceeds 1.2 × that at
+256 (the goal of issue 13: crops make the cost independent of the image size).
+
+    python bench/crops.py [--depth 4] [--steps 2] [--json out.json]
+
+Status. Run here (2-core CPU, torch 2.13), exit status 0:
+
+| image | crop 11 tokens | whole planes |
+|---|---|---|
+| 256 | 0.73 s, +397 MiB | 1.70 s, +550 MiB |
+| 512 | 0.77 s, +403 MiB | 2.76 s, +1114 MiB |
+| 1024 | 0.72 s, +390 MiB | 9.90 s, +2448 MiB |
+
+With crops, 1024 / 256 = 0.99 in time and 0.98 in memory.
+
+The Dice effect of crops (``bench/recipes.py --crops``: the default recipe on whole planes
+against 2 × 2-token windows of a 4 × 4 grid, equal steps, 3 seeds): small 0.164 ± 0.140 against
+0.174 ± 0.010, large 0.920 ± 0.003 against 0.914 ± 0.030, the demo's data 0.702 ± 0.005 against
+0.614 ± 0.039. Crops a quarter of the plane see a quarter of the pixels per step, so equal steps
+are not equal data; separating that from instance norm's crop-vs-plane statistics is still to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+SIZES = (256, 512, 1024)
+CROP = 11
+
+
+def _kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
+    import torch
+
+    from sam3dseg.pipeline.config import RunConfig
+    from sam3dseg.pipeline.model_file import build_decoder
+    from sam3dseg.pipeline.train import build_loss
+
+    torch.manual_seed(0)
+    config = RunConfig()
+    decoder = build_decoder(config.decoder, 3, 256, 1)
+    loss_fn = build_loss(config.loss)
+    optimizer = torch.optim.SGD(decoder.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    g = crop or size // 16
+    features = torch.randn(1, 256, depth, g, g)
+    image = torch.randint(0, 256, (1, 1, depth, 8 * g, 8 * g), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (1, depth, 16 * g, 16 * g))
+    times = []
+    before = _kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = loss_fn(decoder(features, image), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return {"size": size, "crop_tokens": crop, "seconds": statistics.median(times[1:]), "peak_mib": (_kib("VmHWM") - before) / 1024}
+
+
+def _forked(*args) -> dict:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            result = _step(*args)
+        except BaseException as err:  # noqa: BLE001 (reported to the parent)
+            result = {"error": repr(err)}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=4, help="slices per crop (default 4)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after a warm-up (default 2)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    import torch
+
+    rows = []
+    for crop in (CROP, None):
+        for size in SIZES:
+            row = _forked(size, crop, args.depth, args.steps)
+            if "error" in row:
+                sys.exit(f"size {size}, crop {crop}: {row['error']}")
+            rows.append(row)
+            print(f"image {size:>4}, {'crop ' + str(crop) + ' tokens' if crop else 'whole planes':>15}: "
+                  f"{row['seconds']:7.2f} s per step, peak +{row['peak_mib']:7.0f} MiB", flush=True)  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1 × {args.depth} slices")
+    by = {(r["size"], r["crop_tokens"]): r for r in rows}
+    failed = []
+    for key in ("seconds", "peak_mib"):
+        ratio = by[(1024, CROP)][key] / by[(256, CROP)][key]
+        print(f"with crops, {key} at 1024 / at 256: {ratio:.2f}")
+        if ratio > 1.2:
+            failed.append(f"{key} grows ×{ratio:.2f} from 256 to 1024 with crops")
+    if args.json:
+        from sam3dseg.common.files import write_json
+
+        write_json(args.json, {"rows": rows, "depth": args.depth})
+    if failed:
+        print("GOAL MISSED: " + "; ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
