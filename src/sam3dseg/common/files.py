@@ -143,9 +143,11 @@ def save_tensors(obj: dict, path: str | Path) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError, hint: str = "") -> object:
+def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError, hint: str = "", mmap: bool = False) -> object:
     """``torch.load`` on the CPU with ``weights_only=True``: no pickled code from disk ever runs.
 
+    With ``mmap`` the tensors are memory-mapped from the file: slicing one reads only
+    the pages it touches, so a crop of a large case costs the crop, not the case.
     A missing or unreadable file raises ``error`` with one line naming the file and
     ``what`` it should be, plus ``hint`` on what to do.
     """
@@ -155,7 +157,7 @@ def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError
     if not path.is_file():
         raise error(f"{what} not found: {path}{hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # any failure to unpickle means "not a file we can read"
         text = str(err).strip()
         first = text.splitlines()[0][:160] if text else type(err).__name__

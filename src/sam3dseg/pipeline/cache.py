@@ -59,10 +59,13 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def load_case(cache: Path, name: str) -> dict:
-    """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``image`` (uint8), ``transform``."""
+def load_case(cache: Path, name: str, mmap: bool = False) -> dict:
+    """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``image`` (uint8), ``transform``.
+
+    ``mmap``: tensors mapped from the file, read as they are sliced (training reads crops).
+    """
     path = Path(cache) / "cases" / f"{name}.pt"
-    return load_tensors(path, "cached case", hint="; run `sam3dseg cache` again (delete the file if it is damaged)")
+    return load_tensors(path, "cached case", hint="; run `sam3dseg cache` again (delete the file if it is damaged)", mmap=mmap)
 
 
 def read_manifest(cache: str | Path) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..common.runtime import return_large_buffers_to_the_os
 from .cache import load_case
 
 
@@ -52,13 +53,16 @@ def class_locations(label: torch.Tensor) -> dict[int, torch.Tensor]:
 
 
 class CaseStore:
-    """Cached cases by name, kept in memory up to ``capacity`` at a time (least recently used out).
+    """Cached cases by name, memory-mapped from disk: a crop reads only its own pages, so resident
+    memory does not grow with the number of cases (the page cache keeps what is read often).
 
-    Class locations (:func:`class_locations`) are computed once per case, on first
-    use, and kept (they are small: at most ``MAX_LOCATIONS`` voxels per class).
+    At most ``capacity`` files are held open at a time (least recently used closed). Class
+    locations (:func:`class_locations`) are computed once per case, on first use, and kept
+    (they are small: at most ``MAX_LOCATIONS`` voxels per class).
     """
 
-    def __init__(self, cache: str | Path, capacity: int = 64) -> None:
+    def __init__(self, cache: str | Path, capacity: int = 256) -> None:
+        return_large_buffers_to_the_os()  # or the heap grows by a crop's buffers with every case read
         self.cache, self.capacity = Path(cache), capacity
         self._items: OrderedDict[str, dict] = OrderedDict()
         self._locations: dict[str, dict[int, torch.Tensor]] = {}
@@ -73,7 +77,7 @@ class CaseStore:
         if name in self._items:
             self._items.move_to_end(name)
         else:
-            self._items[name] = load_case(self.cache, name)
+            self._items[name] = load_case(self.cache, name, mmap=True)
             if len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return self._items[name]
@@ -140,8 +144,9 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
             window = (int(corners[i][0] * free), int(corners[i][1] * free))
         if forced[i]:
             start, window = _on_foreground(store.locations(name), which[i], total, spec, grid, start, window)
-        crops = [case["features"], padded_label(case["label"], spec.image_size)] + ([case["image"]] if spec.image else [])
-        crops = [crop_depth(v, start, spec.depth) for v in crops]
+        crops = [case["features"], case["label"]] + ([case["image"]] if spec.image else [])
+        crops = [crop_depth(v, start, spec.depth) for v in crops]  # slices first: only they are read
+        crops[1] = padded_label(crops[1], spec.image_size)
         if window is not None:
             crops = [crop_tokens(v, window, spec.tokens, grid) for v in crops]
         if spec.flip and flips[i]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -238,10 +239,17 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
-    for _ in bar:
-        batch = sample_batch(data.store, data.train_names, spec, generator, part)
-        losses.append(stepper.step(batch))
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    # One thread reads the next batch from disk while this one computes; it alone uses the
+    # generator and the store, in order, so the draws are those of a plain loop.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        draw = partial(sample_batch, data.store, data.train_names, spec, generator, part)
+        upcoming = reader.submit(draw)
+        for step in bar:
+            batch = upcoming.result()
+            if step + 1 < t.steps_per_epoch:
+                upcoming = reader.submit(draw)
+            losses.append(stepper.step(batch))
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     return sum(losses) / len(losses)
 
 
