@@ -3,11 +3,12 @@
 Augmentation is limited to what is exact on cached features. The encoder sees
 every slice on its own, so reversing the slice order of the features is exactly
 the features of the reversed volume: depth flips are free and exact. In-plane
-flips, rotations or intensity changes alter what the encoder sees and so would
-need the encoder again (online augmentation: ~1 s per 256² slice on a CPU, the
-cost the cache exists to avoid) or K augmented views stored per case at cache
-time (K× the disk and encoding time, and only K fixed draws). Neither is done
-yet; depth crops and flips are.
+flips are not (``bench/flip_symmetry.py``: the features of a mirrored slice have a
+cosine of about 0.7 per token with the mirrored features); they, rotations and
+intensity changes alter what the encoder sees and so need the encoder again:
+online (0.3 s per 256² slice on this CPU, the cost the cache exists to avoid) or as
+augmented views encoded at cache time (not built yet). Depth crops, token crops and
+depth flips are.
 """
 
 from __future__ import annotations
