@@ -233,7 +233,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     config = load_run_config(args.config, args.overrides)
-    summary = train(args.cache, args.out, config, progress=not args.quiet, log=lambda line: print(line, flush=True))
+    summary = train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
         if summary["val_cases"]:
             print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")

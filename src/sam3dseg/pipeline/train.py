@@ -170,7 +170,7 @@ def _dice_text(entry: dict, classes: list[str]) -> str:
 
 
 def _differences(old: dict, new: dict, where: str = "") -> list[str]:
-    """``key: old -> new`` for every setting that differs between two nested config dicts."""
+    """``key: OLD there, NEW now`` for every setting that differs between two nested config dicts."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -254,7 +254,11 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
 
 
 def train(
-    cache: str | Path, out: str | Path, config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = print
+    cache: str | Path,
+    out: str | Path,
+    config: RunConfig,
+    progress: bool = True,
+    log: Callable[[str], None] | None = partial(print, flush=True),
 ) -> dict:
     """Train a decoder on a cache; write ``out/{config.yaml,last.pt,best.pt,log.csv,curves.png}``.
 
