@@ -32,22 +32,15 @@ are not equal data; separating that from instance norm's crop-vs-plane statistic
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from sam3dseg.analysis.memory_probe import in_forked_child, reset_peak, status_kib
+
 SIZES = (256, 512, 1024)
 CROP = 11
-
-
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
@@ -67,8 +60,8 @@ def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
     image = torch.randint(0, 256, (1, 1, depth, 8 * g, 8 * g), dtype=torch.uint8)
     labels = torch.randint(0, 3, (1, depth, 16 * g, 16 * g))
     times = []
-    before = _kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+    before = status_kib("VmRSS")
+    reset_peak()  # the high-water mark starts from the current RSS
     for _ in range(steps + 1):
         start = time.perf_counter()
         loss = loss_fn(decoder(features, image), labels)
@@ -76,25 +69,7 @@ def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return {"size": size, "crop_tokens": crop, "seconds": statistics.median(times[1:]), "peak_mib": (_kib("VmHWM") - before) / 1024}
-
-
-def _forked(*args) -> dict:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            result = _step(*args)
-        except BaseException as err:  # noqa: BLE001 (reported to the parent)
-            result = {"error": repr(err)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    return {"size": size, "crop_tokens": crop, "seconds": statistics.median(times[1:]), "peak_mib": (status_kib("VmHWM") - before) / 1024}
 
 
 def main() -> None:
@@ -108,7 +83,7 @@ def main() -> None:
     rows = []
     for crop in (CROP, None):
         for size in SIZES:
-            row = _forked(size, crop, args.depth, args.steps)
+            row = in_forked_child(_step, size, crop, args.depth, args.steps)
             if "error" in row:
                 sys.exit(f"size {size}, crop {crop}: {row['error']}")
             rows.append(row)

@@ -22,18 +22,11 @@ whole (the earlier ``CaseStore``) it would hold every case read, up to its capac
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
+from sam3dseg.analysis.memory_probe import in_forked_child, status_kib
 
 
 def _write_cases(folder: Path, count: int, size: int, depth: int) -> dict:
@@ -64,33 +57,14 @@ def _draw(folder: str, count: int, size: int, batches: int) -> dict:
     names = [f"case_{i:03d}" for i in range(count)]
     spec = Sampling(batch_size=2, depth=16, image_size=size, foreground_fraction=0.33, image=True)
     generator = torch.Generator().manual_seed(0)
-    before = _kib("RssAnon")
+    before = status_kib("RssAnon")
     peak_anon = peak_file = 0
     for _ in range(batches):
         batch = sample_batch(store, names, spec, generator)
         del batch
-        peak_anon = max(peak_anon, _kib("RssAnon") - before)
-        peak_file = max(peak_file, _kib("RssFile"))
+        peak_anon = max(peak_anon, status_kib("RssAnon") - before)
+        peak_file = max(peak_file, status_kib("RssFile"))
     return {"cases": count, "anon_mib": peak_anon / 1024, "file_mib": peak_file / 1024}
-
-
-def _forked(work, *args) -> dict:
-    """``work(*args)`` in a forked child (the parent never runs torch, whose threads a fork would not copy)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            result = work(*args)
-        except BaseException as err:  # noqa: BLE001 (reported to the parent)
-            result = {"error": repr(err)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def main() -> None:
@@ -103,12 +77,12 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        written = _forked(_write_cases, Path(tmp), 100, args.image_size, args.depth)
+        written = in_forked_child(_write_cases, Path(tmp), 100, args.image_size, args.depth)
         if "error" in written:
             sys.exit(f"writing the cases: {written['error']}")
         case_mib = (Path(tmp) / "cases" / "case_000.pt").stat().st_size / 2**20
         for count in (10, 100):
-            row = _forked(_draw, tmp, count, args.image_size, args.batches)
+            row = in_forked_child(_draw, tmp, count, args.image_size, args.batches)
             if "error" in row:
                 sys.exit(f"{count} cases: {row['error']}")
             rows.append(row)

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,15 @@ METHOD = (
 )
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A field of ``/proc/self/status`` in KiB (VmRSS, VmHWM, RssAnon, RssFile, ...)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Set VmHWM to the current RSS (Linux ≥ 4.0); False where the kernel refuses."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -109,8 +110,8 @@ def _probe(config: dict[str, Any]) -> dict[str, Any]:
     run_pass(model, torch.randn(1, model.in_channels, 2, 1, 1), config["backward"])  # warm-up
     model.zero_grad(set_to_none=True)
     gc.collect()
-    reset = _reset_peak()
-    before = _status_kib("VmRSS")
+    reset = reset_peak()
+    before = status_kib("VmRSS")
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # kept anyway
     start = time.perf_counter()
     try:
@@ -119,11 +120,36 @@ def _probe(config: dict[str, Any]) -> dict[str, Any]:
     except RuntimeError as err:  # an allocation this machine cannot satisfy
         return {**config, "error": str(err).splitlines()[0]}
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     result = {**config, "peak_mib": (peak - before) / 1024, "seconds": seconds, "peak_reset": reset}
     if config["backward"]:
         result["saved_mib"] = sum(saved.values()) / 2**20
     return result
+
+
+def in_forked_child(work: Callable[..., dict], *args: Any) -> dict:
+    """``work(*args)`` in a freshly forked process; its result dict, or ``{"error": ...}``.
+
+    Memory figures read in the child are the child's alone. Call it before the parent runs
+    any torch operation: a fork does not copy torch's worker threads, and a child that needs
+    them would wait forever.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        try:
+            result = work(*args)
+        except BaseException as err:  # report, never fall back into the parent's code
+            result = {"error": f"{type(err).__name__}: {err}"}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    # empty: killed (e.g. by the OOM killer) before it could answer
+    return json.loads(payload) if payload else {"error": f"child ended with status {status}"}
 
 
 def _worker(configs: list[dict[str, Any]]) -> None:
@@ -131,24 +157,8 @@ def _worker(configs: list[dict[str, Any]]) -> None:
     import torch  # noqa: F401  (imported once here, inherited by every child)
 
     for config in configs:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            os.close(read)
-            try:
-                result = _probe(config)
-            except BaseException as err:  # report, never fall back into the worker's loop
-                result = {**config, "error": f"{type(err).__name__}: {err}"}
-            os.write(write, json.dumps(result).encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            payload = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if payload:
-            print(payload.decode(), flush=True)
-        else:  # killed (e.g. by the OOM killer) before it could answer
-            print(json.dumps({**config, "error": f"child ended with status {status}"}), flush=True)
+        result = in_forked_child(_probe, config)
+        print(json.dumps({**config, **result}), flush=True)
 
 
 def measure_peak_memory(configs: list[dict[str, Any]], on_result=None) -> list[dict[str, Any]]:
