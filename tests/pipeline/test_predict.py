@@ -202,3 +202,19 @@ def test_png_shows_the_image_as_the_model_saw_it(generated_dataset, tmp_path, mo
     (image, window), = drawn
     assert window == (0, 255)
     assert np.array_equal(image, anatomical_view([model_intensities(array, "MR", predictor.preprocess)], geometry)[0][0])
+
+
+def test_depth_flip_tta_flips_the_image_with_the_features():
+    """With the image path, --tta decodes the depth-flipped features together with the depth-flipped image."""
+    from sam3dseg.pipeline.windows import WindowDecoder
+
+    predictor = Predictor(tiny_model_file(image_path=True), tiny_encoder())
+    decoder = predictor.decoder
+    features = torch.randn(32, 5, 4, 4)
+    image = torch.randint(0, 256, (1, 5, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = torch.softmax(decoder(features[None], image[None])[-1][0], dim=0)
+        mirrored = torch.softmax(decoder(features.flip(1)[None], image.flip(1)[None])[-1][0], dim=0).flip(1)
+    got = WindowDecoder(decoder, 8, flip_tta=True).window_probs(features, 0, image)
+    assert torch.allclose(got, (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the flip matters, so the test can tell
