@@ -60,8 +60,14 @@ VARIANTS = {
     "joint + image": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=true"],
     "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=true"],
 }
-# --crops: the default recipe on whole planes against 2 × 2-token windows (a 4 × 4 grid at 64²)
-CROP_VARIANTS = {"whole planes": [], "crop_tokens=2": ["train.crop_tokens=2"]}
+# --crops: the default recipe on whole planes against 2 × 2-token windows (a 4 × 4 grid at 64²), with
+# the same steps and with 4× the steps (the same pixels seen: each crop is a quarter of a plane).
+# "STEPS×4" multiplies the dataset's steps per epoch.
+CROP_VARIANTS = {
+    "whole planes": [],
+    "crop_tokens=2": ["train.crop_tokens=2"],
+    "crop_tokens=2, 4× steps": ["train.crop_tokens=2", "STEPS×4"],
+}
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
 
@@ -102,15 +108,17 @@ def main() -> None:
                 runs = []
                 for seed in range(args.seeds):
                     start = time.perf_counter()
+                    factor = 4 if "STEPS×4" in overrides else 1
                     config = load_run_config(None, [
-                        *overrides, f"train.seed={seed}", f"train.epochs={epochs}", f"train.steps_per_epoch={steps}",
-                        f"train.crop_depth={depth}", "train.val_interval=100", "decoder.channels=[32,32,16,16]",
+                        *(o for o in overrides if o != "STEPS×4"), f"train.seed={seed}", f"train.epochs={epochs}",
+                        f"train.steps_per_epoch={steps * factor}", f"train.crop_depth={depth}", "train.val_interval=100",
+                        "decoder.channels=[32,32,16,16]",
                     ])  # fmt: skip
-                    out = Path(tmp) / dataset / f"run_{variant.replace(' ', '_').replace('/', '')}_{seed}"
+                    out = Path(tmp) / dataset / f"run_{''.join(c if c.isalnum() else '_' for c in variant)}_{seed}"
                     history = train(cache, out, config, progress=False, log=None)["history"]
                     runs.append(history[-1]["val_dice_per_class"])
                     mean = statistics.fmean(x for x in runs[-1] if x == x)
-                    print(f"{dataset:>7} {variant:<19} seed {seed}: held-out Dice {mean:.3f} "
+                    print(f"{dataset:>7} {variant:<26} seed {seed}: held-out Dice {mean:.3f} "
                           f"({' '.join(f'{x:.2f}' for x in runs[-1])}) in {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
                 results[dataset][variant] = runs
 
