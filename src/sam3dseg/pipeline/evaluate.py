@@ -100,9 +100,8 @@ def evaluate_folders(
         if top >= len(class_names):
             raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
-        for k, (name, m) in enumerate(zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)), 1):
-            in_ref = ref == k
-            rows.append({"case": case, "class": name, **m, "in_reference": bool(in_ref.any()), "found": bool((pred[in_ref] == k).any())})
+        for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
+            rows.append({"case": case, "class": name, **m})
         if png:
             shown = _image_for(Path(images), case, pred.shape, modality) if images is not None else None
             (i_o, p_o, r_o), aspect = anatomical_view([shown, pred, ref], geometry)

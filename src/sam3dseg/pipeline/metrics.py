@@ -76,8 +76,13 @@ def mean_finite(values) -> float:
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], num_classes: int, tolerance: float) -> list[dict]:
-    """Metrics for classes 1..K-1 of two label volumes on the same grid."""
-    return [class_metrics(pred == k, ref == k, spacing, tolerance) for k in range(1, num_classes)]
+    """Metrics for classes 1..K-1 of two label volumes on the same grid, each with ``in_reference``
+    (the reference holds the class) and ``found`` (the prediction overlaps it)."""
+    rows = []
+    for k in range(1, num_classes):
+        p, r = pred == k, ref == k
+        rows.append({**class_metrics(p, r, spacing, tolerance), "in_reference": bool(r.any()), "found": bool((p & r).any())})
+    return rows
 
 
 def summarise(rows: list[dict], class_names: list[str]) -> dict:
