@@ -85,9 +85,9 @@ class CaseStore:
 
 
 def padded_label(label: torch.Tensor, image_size: int) -> torch.Tensor:
-    """``(D, H', W')`` -> ``(D, S, S)``, background below/right, as the encoder input is padded."""
+    """``(D, H', W')`` -> ``(D, S, S)``, background below/right, as the encoder input is padded (dtype kept)."""
     d, h, w = label.shape
-    return F.pad(label.long(), (0, image_size - w, 0, image_size - h))
+    return F.pad(label, (0, image_size - w, 0, image_size - h))
 
 
 def crop_depth(volume: torch.Tensor, start: int, depth: int) -> torch.Tensor:
@@ -154,7 +154,7 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
         if spec.flip and flips[i]:
             crops = [v.flip(-3) for v in crops]
         feats.append(crops[0].float())
-        labels.append(crops[1])
+        labels.append(crops[1].long())  # after the crop: a whole uint8 plane is padded, only the crop widened
         if spec.image:
             images.append(crops[2])
     return Batch(torch.stack(feats), torch.stack(labels), torch.stack(images) if spec.image else None)
