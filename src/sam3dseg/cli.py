@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .common.runtime import is_main_process
 from .common.settings import format_settings, load_settings
+from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
 from .data.datasets import load_dataset, require_valid
 from .demo import DemoConfig, run_demo
@@ -35,6 +36,13 @@ fp16 under OUT/cases/. Re-running encodes only cases whose image, label, setting
 encoder changed, and a killed run resumes where it stopped. The resolved settings are
 written to OUT/cache.yaml: `--config OUT/cache.yaml` repeats the run (flags given beside
 it override the file).
+
+--views K also encodes K augmented copies of every labelled case (in-plane rotation,
+scaling, elastic deformation; gamma, contrast, brightness, noise, blur, low resolution;
+the label moved by the same map) under OUT/views/, each seeded by its case and index;
+training draws among a case's original and its views. Each view costs what its case
+costs, in encoding time and disk. Ranges: the `augment:` section of OUT/cache.yaml.
+Needs MONAI: pip install 'sam3dseg[views]'.
 
 Under torchrun (--nproc_per_node N) cases are shared out across the N processes.
 
@@ -134,6 +142,7 @@ def _cache_options(sub) -> None:
     _setting(c, PreprocessConfig, "target_spacing", type=float, nargs=3, metavar=("D", "H", "W"))
     _setting(c, PreprocessConfig, "intensity")
     _setting(c, PreprocessConfig, "ct_window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"))
+    _setting(c, AugmentConfig, "views", type=int, metavar="K")
     _setting(c, CacheConfig, "slice_batch", type=int)
     _setting(c, CacheConfig, "device")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -219,14 +228,15 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     given = _given(args, CacheConfig)
     if "checkpoint" in given:
         given["checkpoint"] = str(given["checkpoint"])
-    preprocess = _given(args, PreprocessConfig)
-    if preprocess:
-        given["preprocess"] = preprocess
+    for section, cls in (("preprocess", PreprocessConfig), ("augment", AugmentConfig)):
+        if _given(args, cls):
+            given[section] = _given(args, cls)
     config = load_cache_config(args.config, given)
     summary = run_cache(args.dataset, args.out, config, progress=not args.quiet)
     print(
         f"[rank {summary['rank']}] " * (summary["world"] > 1)
         + f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
+        + f", {summary['views_encoded']} augmented view(s) encoded" * (config.augment.views > 0)
         + ("  [RANDOM encoder weights: pass --checkpoint for real use]" if summary["random"] else "")
     )
 

@@ -325,3 +325,91 @@ def test_every_problem_is_reported_before_any_encoding(generated_dataset, tmp_pa
     assert capsys.readouterr().err.strip().splitlines()[1:] == lines[1:]
     assert main(["check", "--dataset", str(generated_dataset), "--quiet"]) == 0
     assert "6 case(s), no problems" in capsys.readouterr().out
+
+
+# Augmented views (--views K). Two generated cases keep these fast; every case of the dataset gets views.
+def _two_cases(generated_dataset, tmp_path):
+    from sam3dseg.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path / "Dataset002_Two", 2, "nnunet", seed=4)
+
+
+def test_views_are_the_augmented_cases_encoded(generated_dataset, tmp_path):
+    """View v of a case holds exactly augment_view(case, seed(case, v)): its features are the encoder's
+    on the augmented slices, its image and label the augmented ones (so they stay aligned)."""
+    from sam3dseg.data.augment import AugmentConfig, augment_view, view_seed
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.model.decoder import image_path_input
+    from sam3dseg.model.encoder import encode_volume
+    from sam3dseg.pipeline.cache import load_case_arrays
+
+    ds = _two_cases(generated_dataset, tmp_path)
+    augment = AugmentConfig(views=2)
+    summary = make_cache(ds, tmp_path / "c", augment=augment)
+    assert summary["views_encoded"] == 4 and len(summary["encoded"]) == 2
+    manifest = read_manifest(tmp_path / "c")
+    assert manifest["views"] == 2 and manifest["augment"]["rotation"] == 30.0
+    case = load_dataset(ds).cases[1]
+    volume, label, _ = load_case_arrays(case, load_dataset(ds), PreprocessConfig(), 64)
+    original = load_case(tmp_path / "c", case.name)
+    for v in (1, 2):
+        view = load_case(tmp_path / "c", case.name, view=v)
+        image, moved = augment_view(volume, label, view_seed(case.name, v), augment)
+        assert torch.equal(view["label"], torch.from_numpy(moved))
+        assert torch.equal(view["image"], image_path_input(torch.from_numpy(image), 64))
+        assert torch.equal(view["features"], encode_volume(tiny_encoder(), torch.from_numpy(image)).half())
+        assert view["features"].shape == original["features"].shape and not torch.equal(view["label"], original["label"])
+    assert not (tmp_path / "c" / "views" / "3").exists()
+
+
+def test_views_are_reused_resumed_and_reproduced_byte_for_byte(generated_dataset, tmp_path, monkeypatch):
+    """A second run encodes nothing; a run killed after the first case resumes to the same bytes as
+    one never stopped (and as a cache built in another folder); more views encode only the new ones;
+    other augmentation settings re-encode the views but not the originals."""
+    from sam3dseg.data.augment import AugmentConfig
+
+    ds = _two_cases(generated_dataset, tmp_path)
+    make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=2))
+
+    def killer(name):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(views=2), on_case_done=killer)
+    assert sorted(p.name for p in (tmp_path / "resumed").rglob("*.pt")) == ["case_000.pt"] * 3  # the case and its two views
+    counter = CountingEncoder(tiny_encoder(), monkeypatch)
+    summary = make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(views=2))
+    assert summary["encoded"] == ["case_001"] and summary["views_encoded"] == 2
+    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
+    assert len(files) == 13  # 2 × (case + 2 views) × (.pt + .json), manifest
+    for f in files:
+        assert (tmp_path / "whole" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes(), f
+    assert not [p for p in (tmp_path / "resumed").rglob(".*")]  # no temporaries left
+
+    counter.slices = 0
+    assert make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=2))["views_encoded"] == 0 and counter.slices == 0
+    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=3))
+    assert summary["views_encoded"] == 2 and summary["encoded"] == []  # view 3 of each case only
+    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=3, rotation=10.0))
+    assert summary["views_encoded"] == 6 and summary["encoded"] == []
+
+
+def test_views_without_monai_say_how_to_install_it(generated_dataset, tmp_path, monkeypatch):
+    import sys
+
+    from sam3dseg.data.augment import AugmentConfig
+    from sam3dseg.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "monai", None)  # import monai now raises ImportError
+    with pytest.raises(UserError, match=r"need MONAI: pip install 'sam3dseg\[views\]'"):
+        make_cache(_two_cases(generated_dataset, tmp_path), tmp_path / "c", augment=AugmentConfig(views=1))
+    assert make_cache(_two_cases(generated_dataset, tmp_path), tmp_path / "c")["views_encoded"] == 0  # views 0 needs no MONAI
+
+
+def test_negative_views_are_one_line_exit_2(generated_dataset, tmp_path, capsys):
+    from sam3dseg.cli import main
+
+    code = main(["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--views", "-1", "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == ["sam3dseg: error: augment.views (--views) must be an integer >= 0, got -1"]
+    assert not (tmp_path / "c").exists()

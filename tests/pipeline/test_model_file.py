@@ -65,20 +65,23 @@ def test_unknown_versions_and_damage_are_one_line(tmp_path, changes, message):
 
 def test_version_1_files_keep_the_defaults_they_were_trained_with(tmp_path, monkeypatch):
     """Version 2 changed three defaults; a version-1 file without those keys reads with the old ones
-    (_MIGRATIONS[1]), and every file goes through the migration of each version step."""
+    (_MIGRATIONS[1]), version 3 adds train.views (0 before), and every file goes through the migration
+    of each version step."""
     state = tiny_model_file().to_state()
     state["version"] = 1
     del state["config"]["decoder"]["image_path"], state["config"]["loss"]["dice"], state["config"]["train"]["foreground_fraction"]
+    del state["config"]["train"]["views"]
     torch.save(state, tmp_path / "v1.pt")
     record = load_model_file(tmp_path / "v1.pt")
     assert (record.config.decoder.image_path, record.config.loss.dice, record.config.train.foreground_fraction) == (False, "joint", 0.0)
     assert record.build_decoder().image_channels == 0
+    assert record.config.train.views == 0  # version 3 records the views drawn among; earlier files drew none
 
-    def v2_to_v3(state: dict) -> dict:
+    def v3_to_v4(state: dict) -> dict:
         return {**state, "class_names": [n.upper() for n in state["class_names"]]}
 
-    monkeypatch.setattr(model_file, "MODEL_VERSION", 3)
-    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 2: v2_to_v3})
+    monkeypatch.setattr(model_file, "MODEL_VERSION", 4)
+    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 3: v3_to_v4})
     assert load_model_file(tmp_path / "v1.pt").class_names == ["BACKGROUND", "A", "B"]
 
 

@@ -103,3 +103,41 @@ def test_foreground_token_crops_hold_the_rare_class(rare_cache):
     spec = Sampling(batch_size=50, depth=4, image_size=32, foreground_fraction=1.0, tokens=1)
     batch = sample_batch(rare_cache, ["rare_only"], spec, torch.Generator().manual_seed(0))
     assert batch.labels.shape[-2:] == (16, 16) and (batch.labels == 2).flatten(1).any(1).all()
+
+
+@pytest.fixture
+def viewed_cache(tmp_path):
+    """One case and two views of it, each recognisable: every feature, label and image value is the view's index."""
+    for view in range(3):
+        record = {
+            "features": torch.full((2, 8, 2, 2), float(view)).half(),
+            "label": torch.full((8, 32, 32), view, dtype=torch.uint8),
+            "image": torch.full((1, 8, 16, 16), view, dtype=torch.uint8),
+        }
+        save_tensors(record, tmp_path / ("cases/case.pt" if view == 0 else f"views/{view}/case.pt"))
+    return CaseStore(tmp_path)
+
+
+def test_samples_draw_among_the_original_and_its_views(viewed_cache):
+    """With views = 2 every crop comes whole from one of the three, each about a third of the time;
+    with views = 1 view 2 is never read; with views = 0 only the original, and the draws of the
+    original's crops are the same as before views existed (no extra numbers drawn)."""
+    def drawn(views, seed=0):
+        spec = Sampling(batch_size=300, depth=4, image_size=32, image=True, views=views)
+        batch = sample_batch(viewed_cache, ["case"], spec, torch.Generator().manual_seed(seed))
+        which = batch.features.flatten(1)[:, 0]
+        for values in (batch.features, batch.labels, batch.images):  # one view per sample, all three parts
+            assert torch.equal(values.flatten(1).float(), which[:, None].expand(-1, values[0].numel()))
+        return which.long().bincount(minlength=3).tolist()
+
+    counts = drawn(2)
+    assert all(70 <= c <= 130 for c in counts), counts
+    assert drawn(1)[2] == 0 and min(drawn(1)[:2]) > 100
+    assert drawn(0) == [300, 0, 0]
+    spec = Sampling(batch_size=4, depth=4, image_size=32)
+    generator = torch.Generator().manual_seed(5)
+    sample_batch(viewed_cache, ["case"], spec, generator)
+    after_views_0 = torch.rand(1, generator=generator)
+    reference = torch.Generator().manual_seed(5)
+    torch.randint(1, (4,), generator=reference), torch.rand(4, generator=reference), torch.rand(4, generator=reference)
+    assert torch.equal(after_views_0, torch.rand(1, generator=reference))  # picks, offsets, flips: nothing else drawn

@@ -16,7 +16,7 @@ from sam3dseg.common.settings import dump_yaml, to_dict
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import RunConfig, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.train import _differences, train
 
 SMALL = ["train.steps_per_epoch=3", "train.crop_depth=4", "train.batch_size=2", "decoder.channels=[8,8,8,8]"]
 
@@ -40,7 +40,10 @@ def test_learns_generated_data(trained_tiny):
     state = load_model_file(run / "best.pt")
     assert state.class_names == ["background", "class1", "class2"]
     assert state.preprocess.slicing_axis == "axial" and state.encoder.image_size == 128
-    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(config)
+    # the run's settings as given, train.views resolved to what the cache holds (none here)
+    assert config.train.views is None and state.config.train.views == 0
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
+    assert _differences(to_dict(config), to_dict(state.config)) == ["train.views: None there, 0 now"]
 
 
 def _interrupt_after(monkeypatch, batches: int) -> None:
@@ -256,3 +259,26 @@ def test_crop_tokens_must_fit_the_grid(small_cache, tmp_path, capsys):
         code = main(["train", "--cache", str(small_cache), "--out", str(tmp_path / value), f"train.crop_tokens={value}", *SMALL])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_training_draws_among_the_views_the_cache_holds(generated_dataset, tmp_path, monkeypatch, capsys):
+    """train.views=null takes every view the cache holds and records the number; fewer can be asked
+    for, more cannot; a run resumed on a cache that gained views is refused, naming train.views."""
+    from sam3dseg.data.augment import AugmentConfig
+
+    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(views=1))
+    read = []
+    load = training.CaseStore.__getitem__
+    monkeypatch.setattr(training.CaseStore, "__getitem__", lambda store, item: read.append(item) or load(store, item))
+    train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    assert load_model_file(tmp_path / "run" / "last.pt").config.train.views == 1
+    assert {item[1] for item in read if isinstance(item, tuple)} == {0, 1}  # the original and the view, both drawn
+    assert "views: 1" in (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")
+
+    code = main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r2"), "train.views=2", *SMALL])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.views=2 but cache" in err[0] and "holds 1 augmented view(s) per case" in err[0], err
+
+    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(views=2))
+    with pytest.raises(UserError, match="train.views: 1 there, 2 now"):
+        train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)

@@ -9,6 +9,8 @@ Layout of a cache folder::
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
                                (tensors and plain types: loads weights_only)
     CACHE/cases/{case}.json    {"key": ..., "image": true, ...}  written after the .pt: its presence marks the case done
+    CACHE/views/{v}/{case}.pt  view v = 1..K of a labelled case (``--views K``), the same record made from
+    CACHE/views/{v}/{case}.json an augmented copy (:mod:`sam3dseg.data.augment`), with its own key
 
 ``image`` is the preprocessed volume for the decoder's image path
 (:func:`~sam3dseg.model.decoder.image_path_input`), an eighth of the features' bytes. A
@@ -16,7 +18,8 @@ case cached by an older sam3dseg, without it, gains it on the next run without b
 encoded again.
 A case's key hashes everything its features depend on: the bytes of its image and
 label files, the preprocessing settings, the encoder name, size and checkpoint
-hash. A later run re-encodes exactly the cases whose key changed. Each file is
+hash. A view's key adds its index, the augmentation settings and MONAI's version. A
+later run re-encodes exactly the cases and views whose key changed. Each file is
 written to a temporary name and renamed, and a killed run resumes where it
 stopped; the bytes written do not depend on where it was stopped.
 """
@@ -35,6 +38,7 @@ import torch
 from ..common.files import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, to_dict
+from ..data.augment import AugmentConfig, augment_view, require_monai, view_seed
 from ..data.datasets import Case, Dataset, load_dataset, read_case, require_valid
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..errors import UserError
@@ -59,13 +63,26 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def load_case(cache: Path, name: str, mmap: bool = False) -> dict:
-    """One cached case: ``features`` (fp16), ``label`` (uint8 or absent), ``image`` (uint8), ``transform``.
+def view_key(key: str, view: int, augment: AugmentConfig, monai_version: str) -> str:
+    """The hash view ``view`` of a case with key ``key`` is valid for (the number of views left out:
+    asking for more views later keeps the ones made)."""
+    settings = {k: v for k, v in to_dict(augment).items() if k != "views"}
+    parts = {"case": key, "view": view, "augment": settings, "monai": monai_version}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def case_path(cache: str | Path, name: str, view: int = 0) -> Path:
+    """Where case ``name`` (``view`` 0) or its augmented view ``view`` >= 1 is cached (``.pt``; ``.json`` beside it)."""
+    return Path(cache) / "cases" / f"{name}.pt" if view == 0 else Path(cache) / "views" / str(view) / f"{name}.pt"
+
+
+def load_case(cache: str | Path, name: str, mmap: bool = False, view: int = 0) -> dict:
+    """One cached case (or one of its views): ``features`` (fp16), ``label`` (uint8 or absent), ``image`` (uint8), ``transform``.
 
     ``mmap``: tensors mapped from the file, read as they are sliced (training reads crops).
     """
-    path = Path(cache) / "cases" / f"{name}.pt"
-    return load_tensors(path, "cached case", hint="; run `sam3dseg cache` again (delete the file if it is damaged)", mmap=mmap)
+    hint = "; run `sam3dseg cache` again (delete the file if it is damaged)"
+    return load_tensors(case_path(cache, name, view), "cached case", hint=hint, mmap=mmap)
 
 
 def read_manifest(cache: str | Path) -> dict:
@@ -97,71 +114,100 @@ def build_cache(
     encoder: SAMImageEncoder,
     info: EncoderInfo,
     preprocess: PreprocessConfig,
+    augment: AugmentConfig = AugmentConfig(),
     slice_batch: int = SLICE_BATCH,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
     on_case_done: Callable[[str], None] | None = None,
 ) -> dict:
-    """Encode every case of ``dataset`` not yet cached under the current key.
+    """Encode every case of ``dataset`` (and ``augment.views`` views of each labelled case) not yet
+    cached under the current key.
 
     With ``world_size > 1`` rank r encodes cases r, r + world, ...; rank 0 writes the
-    manifest. Returns a summary ``{"encoded": [...], "reused": [...]}``.
+    manifest. Returns a summary ``{"encoded": [...], "reused": [...], "views_encoded": n}``
+    (cases encoded, cases found cached, views encoded).
     """
     from tqdm import tqdm
 
     out = Path(out)
-    cases_dir = out / "cases"
-    cases_dir.mkdir(parents=True, exist_ok=True)
-    encoded, reused, todo = [], [], []
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    monai_version = require_monai() if augment.views else ""
+    encoded, reused, todo, views_encoded = [], [], [], 0
     for case in dataset.cases[rank::world_size]:
         if not all(p.exists() for p in (*case.images, *([case.label] if case.label else []))):
-            todo.append((case, None, None))  # require_valid names the missing file
+            todo.append((case, None, "encode", []))  # require_valid names the missing file
             continue
         key = case_key(case, preprocess, info)
-        meta = _read_meta(cases_dir / f"{case.name}.json") if (cases_dir / f"{case.name}.pt").is_file() else None
-        if meta is not None and meta.get("key") == key and meta.get("image"):
+        meta = _read_meta(case_path(out, case.name)) or {}
+        # the original: cached, cached by an older sam3dseg without the image (add it), or to encode
+        original = "encode" if meta.get("key") != key else "done" if meta.get("image") else "add image"
+        views = [
+            v for v in range(1, augment.views + 1)
+            if case.label and (_read_meta(case_path(out, case.name, v)) or {}).get("key") != view_key(key, v, augment, monai_version)
+        ]  # fmt: skip
+        if original != "encode":
             reused.append(case.name)
-        else:
-            todo.append((case, key, meta))
-    require_valid(dataset, [case for case, _, _ in todo], progress)  # every problem, before any encoding
+        if original != "done" or views:
+            todo.append((case, key, original, views))
+    require_valid(dataset, [case for case, *_ in todo], progress)  # every problem, before any encoding
     bar = tqdm(todo, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
-    for case, key, meta in bar:
-        meta_path = cases_dir / f"{case.name}.json"
+    for case, key, original, views in bar:
         volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
-        image = image_path_input(torch.from_numpy(volume), info.image_size)
-        if meta is not None and meta.get("key") == key:  # cached before images were stored: add the image only
-            features = load_case(out, case.name)["features"]
-            reused.append(case.name)
-        else:
-            start = time.perf_counter()
-            features = encode_volume(encoder, torch.from_numpy(volume), slice_batch).to("cpu", torch.float16)  # (256·C, D', g, g)
+        if original == "encode":
+            features = _encode(encoder, volume, slice_batch, bar, "")
             encoded.append(case.name)
-            bar.set_postfix(slices_per_s=f"{volume.shape[0] * volume.shape[1] / (time.perf_counter() - start):.1f}")
-        record = {"features": features.contiguous(), "image": image, "transform": transform.to_dict()}
-        if label is not None:
-            record["label"] = torch.from_numpy(label)
-        save_tensors(record, cases_dir / f"{case.name}.pt")
-        shape = {"model_shape": list(transform.model_shape), "slices": int(volume.shape[1])}
-        write_json(meta_path, {"key": key, "image": True, **shape})
+        elif original == "add image":
+            features = load_case(out, case.name)["features"]
+        if original != "done":
+            _write_case(out, case.name, 0, key, features, volume, label, transform, info.image_size)
+        for v in views:
+            view_volume, view_label = augment_view(volume, label, view_seed(case.name, v), augment)
+            features = _encode(encoder, view_volume, slice_batch, bar, f"view {v}/{augment.views}: ")
+            _write_case(out, case.name, v, view_key(key, v, augment, monai_version), features, view_volume, view_label, transform, info.image_size)
+            views_encoded += 1
         if on_case_done:
             on_case_done(case.name)
     if world_size > 1:
         barrier()  # every rank's cases are on disk before the manifest lists them
     if rank == 0:
-        write_manifest(out, dataset, info, preprocess)
-    return {"encoded": encoded, "reused": reused}
+        write_manifest(out, dataset, info, preprocess, augment)
+    return {"encoded": encoded, "reused": reused, "views_encoded": views_encoded}
 
 
-def _read_meta(path: Path) -> dict | None:
-    """A case's ``.json`` record, or None when it is missing or damaged (the case is encoded again)."""
+def _encode(encoder: SAMImageEncoder, volume: np.ndarray, slice_batch: int, bar, what: str) -> torch.Tensor:
+    """``(C, D', H', W')`` slices -> fp16 ``(256·C, D', g, g)`` features on the CPU; the speed on the bar."""
+    start = time.perf_counter()
+    features = encode_volume(encoder, torch.from_numpy(volume), slice_batch).to("cpu", torch.float16)
+    bar.set_postfix_str(f"{what}{volume.shape[0] * volume.shape[1] / (time.perf_counter() - start):.1f} slices/s")
+    return features
+
+
+def _write_case(
+    out: Path, name: str, view: int, key: str, features: torch.Tensor, volume: np.ndarray, label: np.ndarray | None,
+    transform, image_size: int,
+) -> None:
+    """One case's (or view's) record, then its ``.json``, each atomically: the ``.json`` marks it done."""
+    record = {"features": features.contiguous(), "image": image_path_input(torch.from_numpy(volume), image_size), "transform": transform.to_dict()}
+    if label is not None:
+        record["label"] = torch.from_numpy(label)
+    path = case_path(out, name, view)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(record, path)
+    write_json(path.with_suffix(".json"), {"key": key, "image": True, "model_shape": list(transform.model_shape), "slices": int(volume.shape[1])})
+
+
+def _read_meta(pt: Path) -> dict | None:
+    """The ``.json`` record beside a cached ``.pt``, or None when either is missing or the record is damaged
+    (the case is encoded again)."""
+    path = pt.with_suffix(".json")
     try:
-        return read_json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() and pt.is_file() else None
     except UserError:
         return None
 
 
-def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: PreprocessConfig) -> None:
+def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: PreprocessConfig, augment: AugmentConfig) -> None:
     manifest = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
@@ -172,6 +218,8 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "preprocess": to_dict(preprocess),
         "feature_channels": info.spec["out_chans"] * len(dataset.channel_names),
         "cases": [c.name for c in dataset.cases],
+        "views": augment.views,  # of every labelled case; read as 0 from caches written before views
+        "augment": to_dict(augment),
     }
     write_json(Path(out) / "manifest.json", manifest)
 
@@ -190,5 +238,5 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     info = EncoderInfo.of(encoder, config.checkpoint)
     if rank == 0:
         write_text(Path(out) / "cache.yaml", dump_yaml(config))
-    summary = build_cache(data, out, encoder, info, config.preprocess, config.slice_batch, rank, world, progress)
+    summary = build_cache(data, out, encoder, info, config.preprocess, config.augment, config.slice_batch, rank, world, progress)
     return {**summary, "rank": rank, "world": world, "random": config.checkpoint is None}

@@ -1,6 +1,6 @@
 """The settings of each stage: one dataclass per concern, each value with its rule.
 
-- :class:`CacheConfig` — ``sam3dseg cache``: encoder, input size, preprocessing;
+- :class:`CacheConfig` — ``sam3dseg cache``: encoder, input size, preprocessing, augmented views;
   written to ``CACHE/cache.yaml``.
 - :class:`RunConfig` — ``sam3dseg train``: sections ``decoder``, ``loss``, ``train``;
   written to ``RUN/config.yaml`` and into every model file.
@@ -30,6 +30,7 @@ from ..common.settings import (
     setting,
     switch,
 )
+from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, SLICE_BATCH
@@ -113,6 +114,10 @@ class TrainConfig:
         None, "null or a positive integer", lambda v: v is None or (isinstance(v, int) and v >= 1),
         "train on N × N windows of the token grid (16N × 16N pixels); null: whole planes",
     )  # fmt: skip
+    views: int | None = setting(
+        None, "null or an integer >= 0", lambda v: v is None or (isinstance(v, int) and v >= 0),
+        "augmented views per case to draw among, beside the original (cache --views); null: all the cache holds",
+    )  # fmt: skip
     # SGD with Nesterov momentum 0.99 and poly decay, as the original SAM3D (nnU-Net):
     # on generated data it lowered the loss faster than AdamW and reached held-out
     # Dice 0.85 an epoch earlier, final Dice equal (bench/optimizers.py).
@@ -164,6 +169,7 @@ class CacheConfig:
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
     device: str = device_setting(flag="--device")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         check_settings(self)

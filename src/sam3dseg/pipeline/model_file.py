@@ -33,7 +33,7 @@ from ..model.encoder import EncoderInfo
 from .config import DecoderConfig, RunConfig
 
 MODEL_FORMAT = "sam3dseg-model"
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 
 
 def _v1_to_v2(state: dict) -> dict:
@@ -46,8 +46,15 @@ def _v1_to_v2(state: dict) -> dict:
     return state
 
 
+def _v2_to_v3(state: dict) -> dict:
+    """Version 3 records ``train.views``, the augmented views training drew among (the default, null,
+    is resolved to the cache's number when training starts). Earlier files were trained on originals."""
+    state["config"].setdefault("train", {}).setdefault("views", 0)
+    return state
+
+
 # version v -> function turning a v state dict into a v + 1 one.
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int) -> SAM3DDecoder:

@@ -1,14 +1,14 @@
-"""Training samples from the embedding cache: depth crops, in-plane token crops, depth flips, padded labels.
+"""Training samples from the embedding cache: views, depth crops, in-plane token crops, depth flips, padded labels.
 
-Augmentation is limited to what is exact on cached features. The encoder sees
-every slice on its own, so reversing the slice order of the features is exactly
-the features of the reversed volume: depth flips are free and exact. In-plane
-flips are not (``bench/flip_symmetry.py``: the features of a mirrored slice have a
-cosine of about 0.7 per token with the mirrored features); they, rotations and
-intensity changes alter what the encoder sees and so need the encoder again:
-online (0.3 s per 256² slice on this CPU, the cost the cache exists to avoid) or as
-augmented views encoded at cache time (not built yet). Depth crops, token crops and
-depth flips are.
+Augmentation on cached features is limited to what is exact. The encoder sees every
+slice on its own, so reversing the slice order of the features is exactly the
+features of the reversed volume: depth flips are free and exact. In-plane flips are
+not (``bench/flip_symmetry.py``: the features of a mirrored slice have a cosine of
+about 0.7 per token with the mirrored features); they, rotations and intensity
+changes alter what the encoder sees and so need the encoder again: online (0.3 s per
+256² slice on this CPU, the cost the cache exists to avoid) or, as here, as augmented
+views encoded at cache time (``sam3dseg cache --views K``, :mod:`sam3dseg.data.augment`),
+among which each sample draws.
 """
 
 from __future__ import annotations
@@ -57,31 +57,38 @@ class CaseStore:
     """Cached cases by name, memory-mapped from disk: a crop reads only its own pages, so resident
     memory does not grow with the number of cases (the page cache keeps what is read often).
 
-    At most ``capacity`` files are held open at a time (least recently used closed). Class
-    locations (:func:`class_locations`) are computed once per case, on first use, and kept
-    (they are small: at most ``MAX_LOCATIONS`` voxels per class).
+    Items are cases by name (``store[name]``) or their augmented views (``store[name, v]``,
+    v >= 1; view 0 is the case). At most ``capacity`` files are held open at a time (least
+    recently used closed). Class locations (:func:`class_locations`) are computed once per
+    case or view, on first use, and kept (they are small: at most ``MAX_LOCATIONS`` voxels per class).
     """
 
     def __init__(self, cache: str | Path, capacity: int = 256) -> None:
         return_large_buffers_to_the_os()  # or the heap grows by a crop's buffers with every case read
         self.cache, self.capacity = Path(cache), capacity
-        self._items: OrderedDict[str, dict] = OrderedDict()
-        self._locations: dict[str, dict[int, torch.Tensor]] = {}
+        self._items: OrderedDict[tuple[str, int], dict] = OrderedDict()
+        self._locations: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
 
-    def locations(self, name: str) -> dict[int, torch.Tensor]:
-        """Foreground voxels of case ``name`` by class (model grid, ``(d, h, w)`` rows)."""
-        if name not in self._locations:
-            self._locations[name] = class_locations(self[name]["label"])
-        return self._locations[name]
+    def locations(self, item: str | tuple[str, int]) -> dict[int, torch.Tensor]:
+        """Foreground voxels of a case (or view) by class (model grid, ``(d, h, w)`` rows)."""
+        key = _item_key(item)
+        if key not in self._locations:
+            self._locations[key] = class_locations(self[key]["label"])
+        return self._locations[key]
 
-    def __getitem__(self, name: str) -> dict:
-        if name in self._items:
-            self._items.move_to_end(name)
+    def __getitem__(self, item: str | tuple[str, int]) -> dict:
+        key = _item_key(item)
+        if key in self._items:
+            self._items.move_to_end(key)
         else:
-            self._items[name] = load_case(self.cache, name, mmap=True)
+            self._items[key] = load_case(self.cache, key[0], mmap=True, view=key[1])
             if len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        return self._items[name]
+        return self._items[key]
+
+
+def _item_key(item: str | tuple[str, int]) -> tuple[str, int]:
+    return (item, 0) if isinstance(item, str) else item
 
 
 def padded_label(label: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -109,10 +116,12 @@ class Sampling:
     foreground_fraction: float = 0.0  # share of crops placed on a voxel of a class the case holds
     image: bool = False  # also crop the cached image (the decoder's image path)
     tokens: int | None = None  # in-plane window of N × N tokens (16N × 16N pixels); None: whole planes
+    views: int = 0  # augmented views per case to draw among, beside the original
 
 
 def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: torch.Generator, part: slice = slice(None)) -> Batch:
-    """Draw a batch: case, crop start and flip per sample, all from ``generator``.
+    """Draw a batch: case (and, with ``spec.views = K``, one of its original and K views, uniformly),
+    crop start and flip per sample, all from ``generator``.
 
     With ``spec.foreground_fraction = p`` each crop is, with probability p, placed so
     that it holds a voxel of a foreground class drawn uniformly among those the case
@@ -134,9 +143,10 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
         forced = (torch.rand(n, generator=generator) < spec.foreground_fraction).tolist()
         which = torch.rand(n, 2, generator=generator).tolist()  # the class, then the voxel
     corners = torch.rand(n, 2, generator=generator).tolist() if spec.tokens else [(0.0, 0.0)] * n
+    views = torch.randint(spec.views + 1, (n,), generator=generator).tolist() if spec.views else [0] * n
     feats, labels, images = [], [], []
     for i in range(n)[part]:
-        name = names[picks[i]]
+        name = (names[picks[i]], views[i])
         case = store[name]
         total, grid = case["features"].shape[1], case["features"].shape[-1]
         start = int(offsets[i] * (max(total - spec.depth, 0) + 1))

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -110,6 +110,7 @@ class _Data:
         return len(self.manifest["class_names"])
 
     image: bool  # the decoder's image path reads the cached images
+    views: int  # augmented views the cache holds per labelled case
 
     @property
     def image_size(self) -> int:
@@ -122,6 +123,7 @@ class _Data:
         if not train_names:
             raise UserError(f"cache {cache} has no training cases")
         store = CaseStore(cache)
+        views = manifest.get("views", 0)
         for name in train_names + val_names:
             if "label" not in store[name]:
                 raise UserError(f"cached case {name} has no label; training needs labelled cases")
@@ -131,7 +133,7 @@ class _Data:
                     f"run `sam3dseg cache --dataset {manifest['dataset']} --out {cache}` again (it adds the images "
                     "without encoding again), or train with decoder.image_path=false"
                 )
-        return cls(manifest, store, train_names, val_names, image)
+        return cls(manifest, store, train_names, val_names, image, views)
 
     def model_file(self, config: RunConfig, decoder: SAM3DDecoder) -> ModelFile:
         m = self.manifest
@@ -235,7 +237,7 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     from tqdm import tqdm
 
     t = stepper.config
-    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens)
+    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens, t.views)
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
@@ -278,6 +280,14 @@ def train(
         raise UserError(
             f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
             f"(image size {data.image_size}); give 1..{grid}, or null for whole planes"
+        )
+    if t.views is None:  # all the cache holds, written into config.yaml and the model files as the number used
+        t = replace(t, views=data.views)
+        config = replace(config, train=t)
+    elif t.views > data.views:
+        raise UserError(
+            f"train.views={t.views} but cache {cache} holds {data.views} augmented view(s) per case: give 0..{data.views}, "
+            f"or run `sam3dseg cache --views {t.views}` with the cache's settings first"
         )
     torch.manual_seed(t.seed)
     channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
