@@ -16,7 +16,10 @@ about the decoder's training, at a cost this CPU can pay (about 14 minutes for t
 table with 3 seeds). Exit status 1 when the default recipe (``sam3dseg train``'s defaults)
 trails the best combination on any dataset by more than ``--tolerance``.
 
-    python bench/recipes.py [--seeds 3] [--datasets small large mni152] [--json out.json]
+    python bench/recipes.py [--seeds 3] [--datasets small large mni152] [--json out.json] [--crops | --views]
+
+``--crops`` compares whole planes with token crops; ``--views`` compares caches with K = 0, 2
+and 4 augmented views per case (``sam3dseg cache --views K``) and prints their cost.
 
 Status. Full run here (3 seeds, about 14 minutes), exit status 0:
 
@@ -68,6 +71,9 @@ CROP_VARIANTS = {
     "crop_tokens=2": ["train.crop_tokens=2"],
     "crop_tokens=2, 4× steps": ["train.crop_tokens=2", "STEPS×4"],
 }
+# --views: the default recipe on caches with K = 0, 2, 4 augmented views per case (one cache with 4
+# views, trained with train.views = K), the same steps; the encoding time and disk of each K beside.
+VIEW_VARIANTS = {"K=0": ["train.views=0"], "K=2": ["train.views=2"], "K=4": ["train.views=4"]}
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
 
@@ -82,6 +88,21 @@ def _make(name: str, root: Path) -> Path:
     return build_dataset(root, DemoConfig(train_cases=8, test_cases=1))
 
 
+def _cache_views(data: Path, cache: Path, size: int) -> dict[str, list[float]]:
+    """Build the cache with 0, then 2, then 4 views (each run adds two); per K the build time so far and
+    the MiB on disk of the originals and views 1..K."""
+    from sam3dseg.data.augment import AugmentConfig
+
+    out, seconds = {}, 0.0
+    for k in (0, 2, 4):
+        start = time.perf_counter()
+        make_cache(data, cache, image_size=size, augment=AugmentConfig(views=k))
+        seconds += time.perf_counter() - start
+        files = [*(cache / "cases").glob("*.pt"), *(f for v in range(1, k + 1) for f in (cache / "views" / str(v)).glob("*.pt"))]
+        out[f"K={k}"] = [seconds, sum(f.stat().st_size for f in files) / 2**20]
+    return out
+
+
 def _default_variant() -> str:
     loss, t, d = LossConfig(), TrainConfig(), DecoderConfig()
     return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}{' + image' if d.image_path else ''}"
@@ -94,15 +115,21 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05, help="how far the default may trail the best (default 0.05)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--crops", action="store_true", help="compare whole planes with in-plane token crops instead")
+    parser.add_argument("--views", action="store_true", help="compare K = 0, 2, 4 augmented views per case instead")
     args = parser.parse_args()
-    variants = CROP_VARIANTS if args.crops else VARIANTS
+    variants = CROP_VARIANTS if args.crops else VIEW_VARIANTS if args.views else VARIANTS
+    costs: dict[str, dict[str, list[float]]] = {}  # --views: dataset -> [seconds, MiB] per K
 
     results: dict[str, dict[str, list[list[float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             size, depth, epochs, steps = DATASETS[dataset]
             cache = Path(tmp) / dataset / "cache"
-            make_cache(_make(dataset, Path(tmp) / dataset / "data"), cache, image_size=size)  # the tests' small encoder
+            data = _make(dataset, Path(tmp) / dataset / "data")
+            if args.views:
+                costs[dataset] = _cache_views(data, cache, size)
+            else:
+                make_cache(data, cache, image_size=size)  # the tests' small encoder
             results[dataset] = {}
             for variant, overrides in variants.items():
                 runs = []
@@ -126,7 +153,7 @@ def main() -> None:
     print("| dataset | " + " | ".join(variants) + " |")
     print("|---|" + "---|" * len(variants))
     failed = []
-    default = "whole planes" if args.crops else _default_variant()
+    default = "whole planes" if args.crops else "K=0" if args.views else _default_variant()
     for dataset, by_variant in results.items():
         means = {}
         cells = []
@@ -151,9 +178,15 @@ def main() -> None:
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
                 cells.append(f"{statistics.fmean(values):.2f} ± {sd:.2f}" if values else "absent")
             print(f"| {variant} | " + " | ".join(cells) + " |")
+    if args.views:
+        print("\nCost of the views: cache build (the small encoder: scale by the README's encode time per slice) and disk")
+        print("| dataset | " + " | ".join(f"{k}: s, MiB" for k in variants) + " |")
+        print("|---|" + "---|" * len(variants))
+        for dataset, per_k in costs.items():
+            print(f"| {dataset} | " + " | ".join(f"{t:.1f} s, {mib:.1f}" for t, mib in per_k.values()) + " |")
     print(f"\ndefault recipe: {default}")
     if args.json:
-        write_json(args.json, {"results": results, "default": default, "seeds": args.seeds})
+        write_json(args.json, {"results": results, "default": default, "seeds": args.seeds, "costs": costs})
     if failed:
         print("DEFAULT NOT BEST: " + "; ".join(failed))
         sys.exit(1)

@@ -7,18 +7,19 @@ import pytest
 
 from sam3dseg.cli import main
 from sam3dseg.common.settings import describe, from_dict
+from sam3dseg.data.augment import AugmentConfig
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.demo import DemoConfig
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import CacheConfig, PredictConfig, RunConfig, TrainConfig
 
-SETTINGS = [CacheConfig, PreprocessConfig, RunConfig, PredictConfig, DemoConfig]
+SETTINGS = [CacheConfig, PreprocessConfig, AugmentConfig, RunConfig, PredictConfig, DemoConfig]
 
 
 @pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
 def test_every_setting_has_a_rule_that_its_default_passes(cls):
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type) or f.name in ("decoder", "loss", "train", "preprocess"):
+        if dataclasses.is_dataclass(f.type) or f.name in ("decoder", "loss", "train", "preprocess", "augment"):
             continue
         assert "rule" in f.metadata, f"{cls.__name__}.{f.name} has no rule"
     cls()  # the defaults pass their own rules
