@@ -72,8 +72,12 @@ CROP_VARIANTS = {
     "crop_tokens=2, 4× steps": ["train.crop_tokens=2", "STEPS×4"],
 }
 # --views: the default recipe on caches with K = 0, 2, 4 augmented views per case (one cache with 4
-# views, trained with train.views = K), the same steps; the encoding time and disk of each K beside.
-VIEW_VARIANTS = {"K=0": ["train.views=0"], "K=2": ["train.views=2"], "K=4": ["train.views=4"]}
+# views, trained with train.views = K), the same steps, and K = 0 and 4 with 4× the steps (where
+# augmentation has more to prevent); the encoding time and disk of each K beside.
+VIEW_VARIANTS = {
+    "K=0": ["train.views=0"], "K=2": ["train.views=2"], "K=4": ["train.views=4"],
+    "K=0, 4× steps": ["train.views=0", "STEPS×4"], "K=4, 4× steps": ["train.views=4", "STEPS×4"],
+}  # fmt: skip
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
 
@@ -163,7 +167,9 @@ def main() -> None:
             sd = statistics.stdev(per_run) if len(per_run) > 1 else 0.0
             cells.append(f"{means[variant]:.3f} ± {sd:.3f}")
         print(f"| {dataset} | " + " | ".join(cells) + " |")
-        best = max(means, key=means.get)
+        # the goal: no variant of the same training cost beats the default (the views' extra steps cost more)
+        rivals = [v for v in means if not (args.views and "STEPS×4" in variants[v])]
+        best = max(rivals, key=means.get)
         if means[default] < means[best] - args.tolerance:
             failed.append(f"{dataset}: default '{default}' {means[default]:.3f} < best '{best}' {means[best]:.3f}")
     for dataset, by_variant in results.items():
@@ -180,8 +186,8 @@ def main() -> None:
             print(f"| {variant} | " + " | ".join(cells) + " |")
     if args.views:
         print("\nCost of the views: cache build (the small encoder: scale by the README's encode time per slice) and disk")
-        print("| dataset | " + " | ".join(f"{k}: s, MiB" for k in variants) + " |")
-        print("|---|" + "---|" * len(variants))
+        print("| dataset | " + " | ".join(f"{k}: s, MiB" for k in costs[args.datasets[0]]) + " |")
+        print("|---|" + "---|" * len(costs[args.datasets[0]]))
         for dataset, per_k in costs.items():
             print(f"| {dataset} | " + " | ".join(f"{t:.1f} s, {mib:.1f}" for t, mib in per_k.values()) + " |")
     print(f"\ndefault recipe: {default}")

@@ -248,7 +248,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if summary["val_cases"]:
             print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
         else:
-            print(f"run {args.out}: no validation cases (train.val_fraction=0), best.pt is the last epoch's model: {args.out / 'best.pt'}")
+            why = "train.fold=all" if config.train.fold == "all" else "train.val_fraction=0"
+            print(f"run {args.out}: no validation cases ({why}), best.pt is the last epoch's model: {args.out / 'best.pt'}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

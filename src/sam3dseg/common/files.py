@@ -110,12 +110,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path, missing: str | None = None) -> dict:
-    """A JSON object from ``path``.
+def read_json(path: str | Path, missing: str | None = None, top: type = dict) -> Any:
+    """A JSON object (or, with ``top=list``, an array) from ``path``.
 
     Raises:
         UserError: no file (``missing`` is the message, if given), invalid JSON, or
-            not an object at the top.
+            not a ``top`` at the top.
     """
     path = Path(path)
     if not path.is_file():
@@ -124,8 +124,8 @@ def read_json(path: str | Path, missing: str | None = None) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} must hold a JSON object")
+    if not isinstance(obj, top):
+        raise UserError(f"{path} must hold a JSON {'array' if top is list else 'object'}")
     return obj
 
 

@@ -131,7 +131,13 @@ def _coerce(value: Any, hint: Any, label: str) -> Any:
         args = [a for a in get_args(hint) if a is not type(None)]
         if value is None and len(args) < len(get_args(hint)):
             return None
-        return _coerce(value, args[0], label)
+        first = None
+        for arg in args:  # several types (int | str): the first that takes the value; else the first's complaint
+            try:
+                return _coerce(value, arg, label)
+            except UserError as err:
+                first = first or err
+        raise first
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{label} must be a list, got {value!r}")

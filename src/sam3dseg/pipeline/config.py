@@ -127,7 +127,13 @@ class TrainConfig:
     momentum: float = fraction(0.99, "SGD momentum (sgd only)", upper_open=True)
     poly_power: float = non_negative_number(0.9, "lr · (1 - step/total)^power, both optimisers")
     grad_clip: float = positive_number(12.0, "gradient norm clip")
-    val_fraction: float = fraction(0.2, "share of cases held out for validation (the last by name)", upper_open=True)
+    fold: int | str | None = setting(
+        None, "null, an integer >= 0 or all", lambda v: v is None or v == "all" or (isinstance(v, int) and v >= 0),
+        "cross-validation fold of CACHE/splits_final.json (made on first use, nnU-Net's format); all: every case, "
+        "no validation; null: hold out the last val_fraction of the cases by name",
+    )  # fmt: skip
+    num_folds: int = setting(5, "an integer >= 2", lambda v: v >= 2, "folds in a splits_final.json made on first use")
+    val_fraction: float = fraction(0.2, "with fold null: share of cases held out for validation (the last by name)", upper_open=True)
     val_interval: int = positive_int(1, "epochs between validations")
     seed: int = non_negative_int(0, "seed of the initial weights and of every epoch's draws")
     device: str = device_setting()

@@ -48,7 +48,8 @@ def _v1_to_v2(state: dict) -> dict:
 
 def _v2_to_v3(state: dict) -> dict:
     """Version 3 records ``train.views``, the augmented views training drew among (the default, null,
-    is resolved to the cache's number when training starts). Earlier files were trained on originals."""
+    is resolved to the cache's number when training starts; earlier files were trained on
+    originals), and ``split``, the run's training and validation cases (None in earlier files)."""
     state["config"].setdefault("train", {}).setdefault("views", 0)
     return state
 
@@ -80,6 +81,7 @@ class ModelFile:
     best_dice: float = -1.0
     optimizer: dict | None = None  # for resuming
     scheduler: dict | None = None
+    split: dict[str, list[str]] | None = None  # {"train": [...], "val": [...]}: the cases of the run (train.fold)
 
     def build_decoder(self) -> SAM3DDecoder:
         """The decoder with these weights loaded (on the CPU, in training mode)."""
@@ -104,6 +106,7 @@ class ModelFile:
             "feature_channels": self.feature_channels,
             "history": self.history,
             "best_dice": self.best_dice,
+            "split": self.split,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -127,6 +130,7 @@ class ModelFile:
                 best_dice=float(state.get("best_dice", -1.0)),
                 optimizer=state.get("optimizer"),
                 scheduler=state.get("scheduler"),
+                split=state.get("split"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{source} is damaged: a sam3dseg model file without a valid {err} entry") from err

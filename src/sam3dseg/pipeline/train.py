@@ -42,16 +42,9 @@ from .cache import read_manifest
 from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
 from .metrics import dice_per_class, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
+from .folds import select_cases
 from .samples import Batch, CaseStore, Sampling, sample_batch
 from .windows import WindowDecoder
-
-
-def split_cases(names: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Training and validation names: the last ``ceil(fraction·N)`` (sorted) are held out."""
-    names = sorted(names)
-    n_val = math.ceil(val_fraction * len(names)) if len(names) > 1 else 0
-    n_val = min(n_val, len(names) - 1)
-    return names[: len(names) - n_val], names[len(names) - n_val :]
 
 
 @torch.no_grad()
@@ -117,9 +110,9 @@ class _Data:
         return self.manifest["encoder"]["image_size"]
 
     @classmethod
-    def open(cls, cache: Path, val_fraction: float, image: bool) -> _Data:
+    def open(cls, cache: Path, t: TrainConfig, image: bool) -> _Data:
         manifest = read_manifest(cache)
-        train_names, val_names = split_cases(manifest["cases"], val_fraction)
+        train_names, val_names = select_cases(cache, manifest["cases"], t.fold, t.num_folds, t.val_fraction)
         if not train_names:
             raise UserError(f"cache {cache} has no training cases")
         store = CaseStore(cache)
@@ -145,6 +138,7 @@ class _Data:
             encoder=EncoderInfo.from_dict(m["encoder"]),
             feature_channels=m["feature_channels"],
             decoder=decoder.state_dict(),
+            split={"train": list(self.train_names), "val": list(self.val_names)},
         )
 
 
@@ -274,7 +268,7 @@ def train(
     if t.batch_size % world:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     device = resolve_device(t.device, world)
-    data = _Data.open(Path(cache), t.val_fraction, config.decoder.image_path)
+    data = _Data.open(Path(cache), t, config.decoder.image_path)
     grid = data.image_size // 16
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
