@@ -26,6 +26,7 @@ from .errors import UserError
 from .pipeline.cache import run_cache
 from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
 from .pipeline.evaluate import evaluate_folders
+from .pipeline.postprocess import postprocess_runs
 from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
 from .pipeline.train import train
 
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_check_options, _cache_options, _train_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
+    for add in (_check_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
         add(sub)
     return parser
 
@@ -159,6 +160,16 @@ def _train_options(sub) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
 
 
+def _postprocess_options(sub) -> None:
+    p = sub.add_parser("postprocess", help="decide the post-processing over several runs' validation cases (e.g. all folds)",
+                       description="Decide, by nnU-Net's rule, whether keeping only the largest connected component "
+                       "(of all foreground, then of each class) raises the mean validation Dice, over the validation "
+                       "cases of all the runs given together; record the decision in each run's model files, which "
+                       "`predict` then applies (unless --no-postprocess). Each run already decided on its own cases "
+                       "when its training ended.")  # fmt: skip
+    p.add_argument("--runs", required=True, nargs="+", type=Path, metavar="RUN", help="run folders of `sam3dseg train` (e.g. the five folds)")
+
+
 def _predict_options(sub) -> None:
     p = sub.add_parser("predict", help="segment new volumes with a trained model",
                        description="Segment volumes with a model file written by `sam3dseg train`.",
@@ -170,6 +181,7 @@ def _predict_options(sub) -> None:
     _setting(p, PredictConfig, "window", type=int)
     _setting(p, PredictConfig, "overlap", type=float)
     _setting(p, PredictConfig, "flip_tta", action="store_const", const=True)
+    _setting(p, PredictConfig, "postprocess", action="store_const", const=False)
     p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
@@ -252,6 +264,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
             print(f"run {args.out}: no validation cases ({why}), best.pt is the last epoch's model: {args.out / 'best.pt'}")
 
 
+def _cmd_postprocess(args: argparse.Namespace) -> None:
+    decision = postprocess_runs(args.runs)
+    steps = ["largest foreground component"] * decision.foreground + [f"largest component of class {k}" for k in decision.classes]
+    print(f"recorded in {len(args.runs)} run(s): {', '.join(steps) if steps else 'no post-processing'}")
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     config = load_settings(PredictConfig, given=_given(args, PredictConfig))
     predictor = load_predictor(args.model, args.checkpoint, config)
@@ -288,6 +306,7 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 COMMANDS = {
     "check": _cmd_check,
     "cache": _cmd_cache,
+    "postprocess": _cmd_postprocess,
     "train": _cmd_train,
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,

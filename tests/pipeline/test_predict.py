@@ -12,6 +12,7 @@ from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import PredictConfig
 from sam3dseg.pipeline.model_file import load_model_file
+from sam3dseg.pipeline.postprocess import Postprocess
 from sam3dseg.pipeline.predict import Encoded, Predictor, predict_probabilities
 from sam3dseg.pipeline.windows import gaussian_weights, window_starts
 
@@ -107,7 +108,9 @@ def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
     assert probs.shape == (3, *seg.shape) and probs.dtype == np.float16
     top = np.sort(probs, axis=0)
     resolved = top[-1] > top[-2]  # where float16 rounding leaves no tie, the argmax is the label
-    assert resolved.mean() > 0.9 and np.array_equal(probs.argmax(0)[resolved], seg[resolved])
+    decided = load_model_file(vit_b_model).postprocess  # the post-processing training decided, applied to the argmax
+    expected = Postprocess.from_dict(decided).apply(probs.argmax(0).astype(np.uint8), 3)
+    assert resolved.mean() > 0.9 and np.array_equal(expected[resolved], seg[resolved])
     assert (tmp_path / "out" / "odd.png").is_file()
 
 

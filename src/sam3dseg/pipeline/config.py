@@ -201,6 +201,7 @@ class PredictConfig:
     )
     overlap: float = fraction(0.5, "share of a window overlapping the next", upper_open=True, flag="--overlap")
     flip_tta: bool = switch(False, "also predict the depth-flipped volume and average", flag="--tta")
+    postprocess: bool = switch(True, "apply the post-processing the model's validation decided (--no-postprocess: raw)", flag="--no-postprocess")
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
     device: str = device_setting(flag="--device")
 

@@ -49,7 +49,8 @@ def _v1_to_v2(state: dict) -> dict:
 def _v2_to_v3(state: dict) -> dict:
     """Version 3 records ``train.views``, the augmented views training drew among (the default, null,
     is resolved to the cache's number when training starts; earlier files were trained on
-    originals), and ``split``, the run's training and validation cases (None in earlier files)."""
+    originals), ``split``, the run's training and validation cases, and ``postprocess``, the
+    post-processing decided on validation (both None in earlier files)."""
     state["config"].setdefault("train", {}).setdefault("views", 0)
     return state
 
@@ -82,6 +83,7 @@ class ModelFile:
     optimizer: dict | None = None  # for resuming
     scheduler: dict | None = None
     split: dict[str, list[str]] | None = None  # {"train": [...], "val": [...]}: the cases of the run (train.fold)
+    postprocess: dict | None = None  # the decision of pipeline.postprocess (Postprocess.to_dict), once made
 
     def build_decoder(self) -> SAM3DDecoder:
         """The decoder with these weights loaded (on the CPU, in training mode)."""
@@ -107,6 +109,7 @@ class ModelFile:
             "history": self.history,
             "best_dice": self.best_dice,
             "split": self.split,
+            "postprocess": self.postprocess,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -131,6 +134,7 @@ class ModelFile:
                 optimizer=state.get("optimizer"),
                 scheduler=state.get("scheduler"),
                 split=state.get("split"),
+                postprocess=state.get("postprocess"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{source} is damaged: a sam3dseg model file without a valid {err} entry") from err

@@ -34,6 +34,7 @@ from ..model.encoder import encode_volume
 from ..model.vit import SAMImageEncoder
 from .config import PredictConfig
 from .model_file import ModelFile, load_model_file
+from .postprocess import Postprocess
 from .windows import WindowDecoder
 
 
@@ -64,6 +65,11 @@ class Predictor:
         self.encoder = encoder.to(self.device)
         self.decoder = model.build_decoder().to(self.device).eval()
         self.windows = WindowDecoder(self.decoder, config.window or model.config.train.crop_depth, config.overlap, config.flip_tta)
+        self.postprocess = Postprocess.from_dict(model.postprocess) if model.postprocess and config.postprocess else None
+
+    def finish(self, label: np.ndarray) -> np.ndarray:
+        """A predicted label volume with the model's post-processing applied (if it has one and it is on)."""
+        return self.postprocess.apply(label, len(self.class_names)) if self.postprocess else label
 
     @torch.no_grad()
     def encode(self, volume: np.ndarray) -> Tensor:
@@ -221,6 +227,7 @@ def predict_folder(
                 np.save(tmp, probs.astype(np.float16))
         else:
             label, _ = predictor.predict_array(array, geometry)
+        label = predictor.finish(label)
         if outputs.png:
             first = array if array.ndim == 3 else array[0]
             shown = model_intensities(first, predictor.channel_names[0], predictor.preprocess)  # what the model saw

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -43,6 +44,7 @@ from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
 from .metrics import dice_per_class, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .folds import select_cases
+from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
 from .samples import Batch, CaseStore, Sampling, sample_batch
 from .windows import WindowDecoder
 
@@ -52,21 +54,22 @@ def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: 
     """Mean foreground Dice per class over the validation cases, decoded as ``predict`` decodes.
 
     Scored on the model grid, the encoder's square padding excluded. Returns
-    ``{"dice_per_class": [K-1 values], "dice": their mean}`` (NaN where a class
-    is absent from every case).
+    ``{"dice_per_class": [K-1 values], "dice": their mean, "predictions": {name: (prediction,
+    reference)}}`` (Dice NaN where a class is absent from every case; uint8 labels).
     """
     decoder.eval()
     windows = WindowDecoder(decoder, window, PredictConfig().overlap)
-    per_case = []
+    per_case, predictions = [], {}
     for name in names:
         case = store[name]
-        label = case["label"].long().numpy()
+        label = case["label"].numpy()
         image = case["image"].to(device) if decoder.image_channels else None
-        pred = windows.labels(case["features"].to(device), label.shape[1:], image)
-        per_case.append(dice_per_class(pred.cpu().numpy(), label, num_classes))
+        pred = windows.labels(case["features"].to(device), label.shape[1:], image).cpu().numpy().astype(np.uint8)
+        per_case.append(dice_per_class(pred, label, num_classes))
+        predictions[name] = (pred, label)
     decoder.train()
     per_class = [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
-    return {"dice_per_class": per_class, "dice": mean_finite(per_class)}
+    return {"dice_per_class": per_class, "dice": mean_finite(per_class), "predictions": predictions}
 
 
 def _poly(total_steps: int, power: float):
@@ -317,6 +320,8 @@ def train(
         improved = entry["val_dice"] is not None and entry["val_dice"] > record.best_dice
         if improved:
             record.best_dice = entry["val_dice"]
+            if rank == 0:  # the best epoch's predictions, for deciding the post-processing
+                save_validation(out, result["predictions"])
         # save
         if rank == 0:
             record.epoch, record.decoder = epoch + 1, decoder.state_dict()
@@ -328,6 +333,10 @@ def train(
             write_csv(out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
             save_curves(record.history, out / "curves.png", classes)
             say(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)")
+    # post-processing, decided on the best epoch's validation predictions
+    if rank == 0 and data.val_names and (out / VALIDATION).is_dir():
+        say("post-processing, decided on the validation cases (keep the largest connected component where it helps):")
+        record_decision(out, decide(load_validation(out), record.class_names, lambda line: say("  " + line)))
     if world > 1:
         barrier()
     return {

@@ -1,0 +1,163 @@
+"""Post-processing decided on validation predictions: keep only the largest connected component, where it helps.
+
+nnU-Net's rule, applied to the validation cases of one run or of several folds together:
+
+1. **Whole foreground.** Keep the largest connected component of the union of the foreground
+   classes (voxels outside it become background). Adopted when the mean foreground Dice rises
+   and no class's mean Dice falls.
+2. **Per class**, when there are several, in class order, each on top of the decisions
+   before it: keep the largest component of that class. Adopted when that class's mean
+   Dice rises.
+
+Components are face-connected (``scipy.ndimage.label``'s default structure). A class's mean
+Dice leaves out the cases where it is absent from both masks, as everywhere in sam3dseg.
+Training decides this for its own validation cases at the end of a run, from the predictions
+it kept of the best epoch (``RUN/validation/``); ``sam3dseg postprocess --runs ...`` decides
+over several runs' validation cases together and records the decision in each run's model files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..common.files import atomic_output, write_json
+from ..errors import UserError
+from .metrics import dice_per_class, mean_finite
+from .model_file import load_model_file
+
+
+def keep_largest(label: np.ndarray, classes: list[int]) -> np.ndarray:
+    """``label`` with the voxels of ``classes`` outside the largest connected component of their union set to 0."""
+    mask = np.isin(label, classes)
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return label
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    out = label.copy()
+    out[mask & (components != sizes.argmax())] = 0
+    return out
+
+
+@dataclass
+class Postprocess:
+    """A decision: which largest-component steps to apply, and the validation Dice it rests on."""
+
+    foreground: bool = False  # keep the largest component of all foreground together
+    classes: list[int] = field(default_factory=list)  # then of each of these classes, in order
+    dice_before: list[float] = field(default_factory=list)  # mean validation Dice per foreground class
+    dice_after: list[float] = field(default_factory=list)
+    cases: int = 0  # validation cases it was decided on
+
+    def apply(self, label: np.ndarray, num_classes: int) -> np.ndarray:
+        """The post-processed ``label`` (any grid)."""
+        if self.foreground:
+            label = keep_largest(label, list(range(1, num_classes)))
+        for k in self.classes:
+            label = keep_largest(label, [k])
+        return label
+
+    def to_dict(self) -> dict:
+        return {"foreground": self.foreground, "classes": list(self.classes), "dice_before": list(self.dice_before),
+                "dice_after": list(self.dice_after), "cases": self.cases}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Postprocess:
+        return cls(bool(d["foreground"]), [int(k) for k in d["classes"]], list(d["dice_before"]), list(d["dice_after"]), int(d["cases"]))
+
+
+def _class_means(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> list[float]:
+    per_case = [dice_per_class(pred, ref, num_classes) for pred, ref in pairs]
+    return [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
+
+
+def _rises(after: float, before: float) -> bool:
+    return after == after and (before != before or after > before)  # NaN (absent everywhere) never rises
+
+
+def decide(pairs: list[tuple[np.ndarray, np.ndarray]], class_names: list[str], say: Callable[[str], None] = print) -> Postprocess:
+    """nnU-Net's decision (module docstring) on ``(prediction, reference)`` label pairs; ``say`` gets one line per step."""
+    k = len(class_names)
+    before = current = _class_means(pairs, k)
+    decision = Postprocess(cases=len(pairs), dice_before=before)
+    trial = [(keep_largest(p, list(range(1, k))), r) for p, r in pairs]
+    after = _class_means(trial, k)
+    adopt = _rises(mean_finite(after), mean_finite(before)) and not any(a < b for a, b in zip(after, before) if a == a and b == b)
+    say(f"largest foreground component: mean Dice {mean_finite(before):.4f} -> {mean_finite(after):.4f}, "
+        f"{'applied' if adopt else 'not applied'}")  # fmt: skip
+    if adopt:
+        decision.foreground, pairs, current = True, trial, after
+    for c in range(1, k) if k > 2 else []:
+        trial = [(keep_largest(p, [c]), r) for p, r in pairs]
+        after = _class_means(trial, k)
+        adopt = _rises(after[c - 1], current[c - 1])
+        say(f"largest {class_names[c]} component: its Dice {current[c - 1]:.4f} -> {after[c - 1]:.4f}, {'applied' if adopt else 'not applied'}")
+        if adopt:
+            decision.classes.append(c)
+            pairs, current = trial, after
+    decision.dice_after = current
+    return decision
+
+
+VALIDATION = "validation"  # RUN/validation/{case}.npz: "prediction" and "reference", uint8, model grid
+
+
+def save_validation(run: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Keep a run's validation predictions with their references (the best epoch's), replacing older ones."""
+    folder = Path(run) / VALIDATION
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (pred, ref) in predictions.items():
+        with atomic_output(folder / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, prediction=pred.astype(np.uint8), reference=ref.astype(np.uint8))
+
+
+def load_validation(run: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``(prediction, reference)`` pairs :func:`save_validation` kept."""
+    files = sorted((Path(run) / VALIDATION).glob("*.npz"))
+    if not files:
+        raise UserError(f"{run} has no validation predictions ({VALIDATION}/*.npz): train it with validation cases (a fold) first")
+    pairs = []
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                pairs.append((z["prediction"], z["reference"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"cannot read {path}: {err}") from err
+    return pairs
+
+
+def record_decision(run: Path, decision: Postprocess) -> None:
+    """Write ``decision`` into the run's model files (``best.pt``, ``last.pt``) and ``RUN/postprocessing.json``."""
+    for name in ("best.pt", "last.pt"):
+        path = Path(run) / name
+        if path.is_file():
+            record = load_model_file(path)
+            record.postprocess = decision.to_dict()
+            record.save(path)
+    write_json(Path(run) / "postprocessing.json", decision.to_dict())
+
+
+def postprocess_runs(runs: list[Path], say: Callable[[str], None] = print) -> Postprocess:
+    """``sam3dseg postprocess``: one decision over the validation cases of all ``runs`` (e.g. the folds of a
+    cross-validation), recorded in each run's model files."""
+    names = None
+    pairs = []
+    for run in runs:
+        path = Path(run) / "best.pt"
+        if not path.is_file():
+            raise UserError(f"{run} holds no best.pt: give run folders written by `sam3dseg train`")
+        classes = load_model_file(path).class_names
+        if names is not None and classes != names:
+            raise UserError(f"{run} has classes {', '.join(classes)}; {runs[0]} has {', '.join(names)}: the runs must share their classes")
+        names = classes
+        pairs += load_validation(run)
+    say(f"post-processing, decided on {len(pairs)} validation case(s) of {len(runs)} run(s):")
+    decision = decide(pairs, names, lambda line: say("  " + line))
+    for run in runs:
+        record_decision(run, decision)
+    return decision
