@@ -1,4 +1,4 @@
-"""The ``sam3dseg`` command: ``cache``, ``train``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
+"""The ``sam3dseg`` command: ``check``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
 
 Each command parses its options into the stage's settings (checked there, see
 :mod:`sam3dseg.pipeline.config`), calls one library function and reports. A
@@ -174,7 +174,9 @@ def _predict_options(sub) -> None:
     p = sub.add_parser("predict", help="segment new volumes with a trained model",
                        description="Segment volumes with a model file written by `sam3dseg train`.",
                        epilog=EPILOG_PREDICT, formatter_class=RAW)  # fmt: skip
-    p.add_argument("--model", required=True, type=Path, help="RUN/best.pt (or last.pt)")
+    p.add_argument("--model", required=True, nargs="+", type=Path, metavar="PT",
+                   help="RUN/best.pt (or last.pt); several (e.g. the folds' best.pt): an ensemble that averages their "
+                   "class probabilities, each volume encoded once")  # fmt: skip
     p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
     p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
     p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")

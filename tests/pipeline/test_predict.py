@@ -42,7 +42,7 @@ def test_blending_weights_sum_correctly_at_the_borders(depth, window, overlap, m
         z = torch.arange(start, start + n, dtype=torch.float32)
         return z.view(1, n, 1, 1).expand(3, n, 2, 2).clone()
 
-    monkeypatch.setattr(predictor.windows, "window_probs", coded)
+    monkeypatch.setattr(predictor.members[0], "window_probs", coded)
     out = list(predictor.model_slices(Encoded(torch.zeros(32, depth, 4, 4), None), (2, 2)))
     assert len(out) == depth
     for z, s in enumerate(out):
@@ -54,7 +54,7 @@ def test_window_covering_the_depth_equals_one_pass():
     features = torch.randn(32, 11, 4, 4)
     streamed = torch.stack(list(predictor.model_slices(Encoded(features, None), (60, 64))), dim=1)
     with torch.no_grad():
-        whole = torch.softmax(predictor.decoder(features[None])[-1][0], dim=0)[:, :, :60, :64]
+        whole = torch.softmax(predictor.members[0].decoder(features[None])[-1][0], dim=0)[:, :, :60, :64]
     assert torch.allclose(streamed, whole, atol=1e-6)
 
 
@@ -212,7 +212,7 @@ def test_depth_flip_tta_flips_the_image_with_the_features():
     from sam3dseg.pipeline.windows import WindowDecoder
 
     predictor = Predictor(tiny_model_file(image_path=True), tiny_encoder())
-    decoder = predictor.decoder
+    decoder = predictor.members[0].decoder
     features = torch.randn(32, 5, 4, 4)
     image = torch.randint(0, 256, (1, 5, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
@@ -221,3 +221,44 @@ def test_depth_flip_tta_flips_the_image_with_the_features():
     got = WindowDecoder(decoder, 8, flip_tta=True).window_probs(features, 0, image)
     assert torch.allclose(got, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(plain, mirrored, atol=1e-3)  # the flip matters, so the test can tell
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_ensemble_averages_probabilities_and_encodes_once(tta, monkeypatch):
+    """Two models (one with the image path, other weights and crop depth): the ensemble's probabilities are
+    the mean of each model's own, with or without depth-flip TTA, and the volume goes through the encoder once."""
+    images, _, geometry = make_case(np.random.default_rng(5))
+    config = PredictConfig(flip_tta=tta)
+    a, b = tiny_model_file(seed=1), tiny_model_file(seed=2, crop_depth=6, image_path=True)
+    alone = [predict_probabilities(Predictor(m, tiny_encoder(), config), images[0], geometry) for m in (a, b)]
+    encoder = tiny_encoder()
+    slices = []
+    original = type(encoder).forward
+    monkeypatch.setattr(type(encoder), "forward", lambda module, x: slices.append(x.shape[0]) or original(module, x))
+    together = predict_probabilities(Predictor([a, b], encoder, config), images[0], geometry)
+    assert sum(slices) == Predictor(a, tiny_encoder()).features(images[0], geometry)[1].model_shape[0]
+    assert np.allclose(together, (alone[0] + alone[1]) / 2, atol=1e-5)
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)
+
+
+def test_ensemble_members_must_share_one_encoding(tmp_path, capsys):
+    from sam3dseg.pipeline.postprocess import Postprocess
+
+    paths = {}
+    for name, record in {"a": tiny_model_file(seed=1), "b": tiny_model_file(seed=2), "size": tiny_model_file(image_size=32),
+                         "axis": tiny_model_file(PreprocessConfig(slicing_axis="coronal")), "mr2": tiny_model_file(channels=("MR", "CT"))}.items():  # fmt: skip
+        paths[name] = record.save(tmp_path / f"{name}.pt")
+    images, _, geometry = make_case(np.random.default_rng(6))
+    write_volume(images[0], geometry, tmp_path / "in" / "x.nii.gz")
+    for other, key in (("size", "encoder.image_size (32 against 64)"), ("axis", "preprocess.slicing_axis (coronal against axial)"),
+                       ("mr2", "channels")):  # fmt: skip
+        code = main(["predict", "--model", str(paths["a"]), str(paths[other]), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "RANDOM" not in line]
+        assert code == 2 and len(err) == 1 and f"differs from {paths['a']} in {key}" in err[0], err
+    # models with one decision apply it; different decisions apply none
+    same = [tiny_model_file(seed=s) for s in (1, 2)]
+    for record in same:
+        record.postprocess = Postprocess(classes=[1]).to_dict()
+    assert Predictor(same, tiny_encoder()).postprocess.classes == [1]
+    same[1].postprocess = Postprocess(foreground=True).to_dict()
+    assert Predictor(same, tiny_encoder()).postprocess is None

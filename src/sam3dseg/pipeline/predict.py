@@ -12,6 +12,7 @@ features and the uint8 result.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.files import atomic_output, ensure_writable
+from ..common.settings import to_dict
 from ..common.plots import save_montage
 from ..common.runtime import resolve_device
 from ..data.preprocess import Transform, anatomical_view, model_intensities, preprocess_image, restore_probabilities, unreorient
@@ -37,6 +39,8 @@ from .model_file import ModelFile, load_model_file
 from .postprocess import Postprocess
 from .windows import WindowDecoder
 
+log = logging.getLogger(__name__)
+
 
 class Encoded(NamedTuple):
     """What the decoder reads of one volume, on the device."""
@@ -46,29 +50,35 @@ class Encoded(NamedTuple):
 
 
 class Predictor:
-    """A trained decoder with its frozen encoder and recorded preprocessing."""
+    """Trained decoders (one model, or an ensemble) with their frozen encoder and recorded preprocessing."""
 
-    def __init__(self, model: ModelFile, encoder: SAMImageEncoder, config: PredictConfig | None = None) -> None:
+    def __init__(self, models: ModelFile | list[ModelFile], encoder: SAMImageEncoder, config: PredictConfig | None = None) -> None:
         """
         Args:
-            model: a model file (:func:`~sam3dseg.pipeline.model_file.load_model_file`).
-            encoder: the encoder the model was trained on (see :func:`load_predictor`).
-            config: window, overlap, test-time augmentation, device.
+            models: a model file (:func:`~sam3dseg.pipeline.model_file.load_model_file`), or several
+                that share encoder, preprocessing, channels and classes (:func:`check_ensemble`):
+                their class probabilities are averaged, the volume encoded once.
+            encoder: the encoder the models were trained on (see :func:`load_predictor`).
+            config: window, overlap, test-time augmentation, post-processing, device.
         """
+        models = models if isinstance(models, list) else [models]
         config = config or PredictConfig()
         self.device = resolve_device(config.device)
         self.config = config
-        self.class_names = model.class_names
-        self.channel_names = model.channel_names
-        self.preprocess = model.preprocess
-        self.image_size = model.encoder.image_size
+        first = models[0]
+        self.class_names = first.class_names
+        self.channel_names = first.channel_names
+        self.preprocess = first.preprocess
+        self.image_size = first.encoder.image_size
         self.encoder = encoder.to(self.device)
-        self.decoder = model.build_decoder().to(self.device).eval()
-        self.windows = WindowDecoder(self.decoder, config.window or model.config.train.crop_depth, config.overlap, config.flip_tta)
-        self.postprocess = Postprocess.from_dict(model.postprocess) if model.postprocess and config.postprocess else None
+        self.members = [
+            WindowDecoder(m.build_decoder().to(self.device).eval(), config.window or m.config.train.crop_depth, config.overlap, config.flip_tta)
+            for m in models
+        ]  # fmt: skip
+        self.postprocess = _shared_postprocess(models) if config.postprocess else None
 
     def finish(self, label: np.ndarray) -> np.ndarray:
-        """A predicted label volume with the model's post-processing applied (if it has one and it is on)."""
+        """A predicted label volume with the models' post-processing applied (if they have one and it is on)."""
         return self.postprocess.apply(label, len(self.class_names)) if self.postprocess else label
 
     @torch.no_grad()
@@ -77,8 +87,12 @@ class Predictor:
         return encode_volume(self.encoder, torch.from_numpy(volume), self.config.slice_batch)
 
     def model_slices(self, encoded: Encoded, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
-        """Each model-grid slice's class probabilities ``(K, H', W')``, in order (:class:`WindowDecoder`)."""
-        return self.windows.slices(encoded.features, valid_hw, encoded.image)
+        """Each model-grid slice's class probabilities ``(K, H', W')``, in order (:class:`WindowDecoder`),
+        averaged over the models of an ensemble."""
+        streams = [m.slices(encoded.features, valid_hw, encoded.image if m.decoder.image_channels else None) for m in self.members]
+        if len(streams) == 1:
+            return streams[0]
+        return (sum(slices) / len(slices) for slices in zip(*streams))
 
     @torch.no_grad()
     def features(self, array: np.ndarray, geometry: Geometry) -> tuple[Encoded, Transform]:
@@ -90,7 +104,8 @@ class Predictor:
                 f"({', '.join(self.channel_names)})"
             )
         volume, t = preprocess_image(array, geometry, self.channel_names, self.preprocess, self.image_size)
-        image = image_path_input(torch.from_numpy(volume), self.image_size).to(self.device) if self.decoder.image_channels else None
+        needs_image = any(m.decoder.image_channels for m in self.members)
+        image = image_path_input(torch.from_numpy(volume), self.image_size).to(self.device) if needs_image else None
         return Encoded(self.encode(volume), image), t
 
     @torch.no_grad()
@@ -138,16 +153,50 @@ def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
     return out
 
 
-def load_predictor(model: str | Path, checkpoint: str | Path | None = None, config: PredictConfig | None = None) -> Predictor:
-    """Rebuild the encoder a model was trained on, check it is the same one, and wrap both.
+def load_predictor(
+    models: str | Path | list[str | Path], checkpoint: str | Path | None = None, config: PredictConfig | None = None
+) -> Predictor:
+    """Rebuild the encoder a model (or an ensemble's models) was trained on, check it is the same one, and wrap them.
 
     Raises:
-        UserError: not a sam3dseg model file; the SAM checkpoint is missing or is not
-            the one the model's features came from.
+        UserError: not a sam3dseg model file; models that cannot share one encoding
+            (:func:`check_ensemble`); the SAM checkpoint is missing or is not the one the
+            model's features came from.
     """
-    record = load_model_file(model)
-    encoder = record.encoder.rebuild(checkpoint, source=str(model))
-    return Predictor(record, encoder, config)
+    paths = models if isinstance(models, list) else [models]
+    records = [load_model_file(p) for p in paths]
+    check_ensemble(records, [str(p) for p in paths])
+    encoder = records[0].encoder.rebuild(checkpoint, source=str(paths[0]))
+    return Predictor(records, encoder, config)
+
+
+def check_ensemble(records: list[ModelFile], sources: list[str]) -> None:
+    """Models averaged together read one encoding of the volume: their encoder (name, size, architecture,
+    checkpoint hash), preprocessing, image channels and classes must agree. One line names the first difference."""
+    def identity(r: ModelFile) -> dict:  # the checkpoint's path may differ, its hash not
+        flat = {f"encoder.{k}": v for k, v in r.encoder.to_dict().items() if k != "checkpoint"}
+        return {**flat, **{f"preprocess.{k}": v for k, v in to_dict(r.preprocess).items()}, "channels": r.channel_names, "classes": r.class_names}
+
+    base = identity(records[0])
+    for record, source in zip(records[1:], sources[1:]):
+        other = identity(record)
+        for key in (k for k in base if base[k] != other[k]):
+            raise UserError(
+                f"{source} differs from {sources[0]} in {key} ({other[key]} against {base[key]}): an ensemble shares one "
+                "encoding of each volume, so encoder, checkpoint, image size, preprocessing, channels and classes must agree"
+            )
+
+
+def _shared_postprocess(models: list[ModelFile]) -> Postprocess | None:
+    """The models' post-processing when they all carry the same decision (``sam3dseg postprocess --runs``
+    records one for all folds); otherwise none, with a warning."""
+    decisions = [m.postprocess for m in models]
+    if decisions[0] is None or any(d != decisions[0] for d in decisions[1:]):
+        if len(models) > 1 and any(d is not None for d in decisions):
+            log.warning("the models carry different post-processing decisions, so none is applied: run "
+                        "`sam3dseg postprocess --runs RUN ...` over their runs to decide one for all")  # fmt: skip
+        return None
+    return Postprocess.from_dict(decisions[0])
 
 
 def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[Path]]]:
