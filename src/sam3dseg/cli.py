@@ -1,4 +1,4 @@
-"""The ``sam3dseg`` command: ``check``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
+"""The ``sam3dseg`` command: ``check``, ``recipes``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
 
 Each command parses its options into the stage's settings (checked there, see
 :mod:`sam3dseg.pipeline.config`), calls one library function and reports. A
@@ -27,6 +27,7 @@ from .pipeline.cache import run_cache
 from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
 from .pipeline.evaluate import evaluate_folders
 from .pipeline.postprocess import postprocess_runs
+from .pipeline.recipes import RECIPES, describe_recipes
 from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
 from .pipeline.train import train
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_check_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
+    for add in (_check_options, _recipes_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
         add(sub)
     return parser
 
@@ -136,6 +137,7 @@ def _cache_options(sub) -> None:
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
     c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
+    c.add_argument("--recipe", choices=RECIPES, help="start from a paper recipe's encoder, image size and preprocessing (sam3dseg recipes)")
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
     _setting(c, CacheConfig, "image_size", type=int)
@@ -156,8 +158,14 @@ def _train_options(sub) -> None:
     t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
+    t.add_argument("--recipe", choices=RECIPES, help="start from a paper recipe's decoder, loss and training settings (sam3dseg recipes)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
+
+
+def _recipes_options(sub) -> None:
+    sub.add_parser("recipes", help="list the SAM3D paper's recipes (--recipe of cache and train)",
+                   description="The SAM3D paper's settings per dataset, what differs here and why, and the paper's numbers.")  # fmt: skip
 
 
 def _postprocess_options(sub) -> None:
@@ -245,7 +253,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     for section, cls in (("preprocess", PreprocessConfig), ("augment", AugmentConfig)):
         if _given(args, cls):
             given[section] = _given(args, cls)
-    config = load_cache_config(args.config, given)
+    config = load_cache_config(args.config, given, args.recipe)
     summary = run_cache(args.dataset, args.out, config, progress=not args.quiet)
     print(
         f"[rank {summary['rank']}] " * (summary["world"] > 1)
@@ -256,7 +264,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    config = load_run_config(args.config, args.overrides)
+    config = load_run_config(args.config, args.overrides, args.recipe)
     summary = train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
         if summary["val_cases"]:
@@ -264,6 +272,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
         else:
             why = "train.fold=all" if config.train.fold == "all" else "train.val_fraction=0"
             print(f"run {args.out}: no validation cases ({why}), best.pt is the last epoch's model: {args.out / 'best.pt'}")
+
+
+def _cmd_recipes(args: argparse.Namespace) -> None:
+    print(describe_recipes().rstrip())
+    print("\nUse: sam3dseg cache --recipe NAME ...; sam3dseg train --recipe NAME ... (a --config file and KEY=VALUE still win)")
 
 
 def _cmd_postprocess(args: argparse.Namespace) -> None:
@@ -309,6 +322,7 @@ COMMANDS = {
     "check": _cmd_check,
     "cache": _cmd_cache,
     "postprocess": _cmd_postprocess,
+    "recipes": _cmd_recipes,
     "train": _cmd_train,
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,

@@ -229,9 +229,14 @@ def _merge(data: dict, loaded: dict, source: str, where: str = "") -> None:
             data[key] = value
 
 
-def load_settings(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None) -> Any:
-    """Defaults, then the YAML file, then the ``key=value`` overrides, then the values ``given`` (flags), checked."""
+def load_settings(
+    cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None, base: tuple[str, dict] | None = None
+) -> Any:
+    """Defaults, then ``base`` (a recipe: its name and values), then the YAML file, then the ``key=value``
+    overrides, then the values ``given`` (flags), checked."""
     data = to_dict(cls())
+    if base is not None:
+        _merge(data, base[1], base[0])
     if path is not None:
         path = Path(path)
         if not path.is_file():

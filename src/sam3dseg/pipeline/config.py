@@ -35,6 +35,7 @@ from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, SLICE_BATCH
 from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
+from .recipes import load_recipe
 
 
 def device_setting(default: str = "auto", flag: str | None = None):
@@ -152,9 +153,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the YAML file (sections ``decoder``, ``loss``, ``train``), then the overrides."""
-    return load_settings(RunConfig, path, overrides or [])
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, recipe: str | None = None) -> RunConfig:
+    """Defaults, then the recipe's ``run`` section, then the YAML file (sections ``decoder``, ``loss``, ``train``), then the overrides."""
+    base = (f"recipe {recipe}", load_recipe(recipe)["run"]) if recipe else None
+    return load_settings(RunConfig, path, overrides or [], base=base)
 
 
 def _checkpoint_ok(v: str | None) -> bool:
@@ -181,9 +183,11 @@ class CacheConfig:
         check_settings(self)
 
 
-def load_cache_config(path: str | Path | None = None, given: dict | None = None) -> CacheConfig:
-    """Defaults, then the YAML file (e.g. a cache's own ``cache.yaml``), then the values ``given`` (flags)."""
-    return load_settings(CacheConfig, path, given=given)
+def load_cache_config(path: str | Path | None = None, given: dict | None = None, recipe: str | None = None) -> CacheConfig:
+    """Defaults, then the recipe's ``cache`` section, then the YAML file (e.g. a cache's own ``cache.yaml``),
+    then the values ``given`` (flags)."""
+    base = (f"recipe {recipe}", load_recipe(recipe)["cache"]) if recipe else None
+    return load_settings(CacheConfig, path, given=given, base=base)
 
 
 def _window_ok(v: int | None) -> bool:

@@ -1,0 +1,57 @@
+"""The paper's recipes: each loads, sets what the original used, and trains a step on data of its kind."""
+
+import pytest
+from helpers import make_cache
+
+from sam3dseg.cli import main
+from sam3dseg.data.synthetic import write_dataset
+from sam3dseg.pipeline.config import load_cache_config, load_run_config
+from sam3dseg.pipeline.recipes import RECIPES, load_recipe
+from sam3dseg.pipeline.train import train
+
+CHANNELS = {"synapse": ("CT", 1), "acdc": ("MR", 1), "brats": ("MR", 4), "lung": ("CT", 1)}
+
+
+def test_recipes_set_what_the_original_used():
+    """The facts read from the original code: SGD 1e-2 Nesterov 0.99, wd 3e-5, poly 0.9, 1000 × 250, clip 12, fp32,
+    soft Dice without background, three supervised outputs 4:2:1, 1×1×1 shortcut, LeakyReLU, nearest upsampling,
+    a third of crops on foreground; the crops of each dataset."""
+    crops = {"synapse": (64, 11, 2), "acdc": (16, 10, 4), "brats": (64, 4, 2), "lung": (34, 12, 2)}
+    for name in RECIPES:
+        c = load_run_config(None, None, name)
+        t = c.train
+        assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.poly_power, t.epochs, t.steps_per_epoch) == ("sgd", 0.01, 0.99, 3e-5, 0.9, 1000, 250)
+        assert (t.grad_clip, t.amp, t.foreground_fraction, t.fold, t.num_folds) == (12.0, False, 0.33, 0, 5)
+        assert (c.loss.dice, c.loss.include_background, c.loss.weights) == ("per_class", False, (0.0, 1.0, 2.0, 4.0))
+        assert (c.decoder.shortcut_kernel, c.decoder.activation, c.decoder.upsample) == (1, "leaky_relu", "nearest")
+        assert (t.crop_depth, t.crop_tokens, t.batch_size) == crops[name]
+        cache = load_cache_config(None, None, name)
+        assert 16 * t.crop_tokens <= cache.image_size and cache.preprocess.target_spacing is not None
+        assert load_recipe(name)["differs"] and load_recipe(name)["paper"]
+    # explicit settings still win over the recipe
+    assert load_run_config(None, ["train.epochs=3"], "synapse").train.epochs == 3
+    assert load_cache_config(None, {"image_size": 256}, "synapse").image_size == 256
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path):
+    """Generated data with the recipe's channel count and modality, cached at the smallest size its crop fits,
+    one step with the recipe's crop shape, batch and loss (a narrow decoder, to keep it quick)."""
+    modality, channels = CHANNELS[name]
+    recipe = load_run_config(None, None, name)
+    ds = write_dataset(tmp_path / "ds", 3, "nnunet", channels=channels, modality=modality, seed=2, depth=(12, 14), size=(40, 48))
+    make_cache(ds, tmp_path / "cache", image_size=16 * (recipe.train.crop_tokens + 1))
+    config = load_run_config(None, ["train.epochs=1", "train.steps_per_epoch=1", "decoder.channels=[8,8,8,8]", "train.fold=all"], name)
+    result = train(tmp_path / "cache", tmp_path / "run", config, progress=False, log=None)
+    loss = result["history"][0]["train_loss"]
+    assert loss == loss and loss > 0
+    assert config.train.crop_depth == recipe.train.crop_depth and config.train.crop_tokens == recipe.train.crop_tokens
+
+
+def test_recipes_command_and_unknown_recipe(capsys, tmp_path):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: " in out for name in RECIPES) and "79.56" in out and "differs from the original" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--cache", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "liver"])
+    assert exit_.value.code == 2 and "invalid choice: 'liver'" in capsys.readouterr().err
