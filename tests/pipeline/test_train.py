@@ -104,6 +104,51 @@ def test_resume_refuses_another_configuration(small_cache, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_more_epochs_continue_a_finished_run(small_cache, tmp_path):
+    """A finished run given more epochs continues from its last weights, with the poly schedule of the new
+    total (lr after the last step: 0 for the new total, as for a run planned that long); other changes are refused."""
+    lines = []
+    first = train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=lines.append)
+    weights = load_model_file(tmp_path / "run" / "last.pt").decoder
+    lines.clear()
+    result = train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=3", *SMALL]), progress=False, log=lines.append)
+    assert lines[0] == f"continuing {tmp_path / 'run'} from epoch 1 to 3 (it was trained for 1): the learning-rate schedule is recomputed for 3 epochs"
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3] and result["history"][0] == first["history"][0]
+    lrs = [h["lr"] for h in result["history"]]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9) and lrs[2] == 0.0  # epoch 1 ended its own schedule
+    assert not all(torch.equal(weights[k], v) for k, v in load_model_file(tmp_path / "run" / "last.pt").decoder.items())
+    with pytest.raises(UserError, match="train.epochs: 3 there, 2 now"):  # fewer is not "more"
+        train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=2", *SMALL]), progress=False)
+
+
+def test_init_from_starts_from_the_source_weights(small_cache, tmp_path, monkeypatch):
+    """The first step's loss equals the source model's loss on the same batch; a model of other classes or
+    channels is refused."""
+    train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    source = load_model_file(tmp_path / "source" / "best.pt")
+    seen = []
+    step = training._Stepper.step
+    monkeypatch.setattr(training._Stepper, "step", lambda self, batch: seen.append((batch, step(self, batch))) or seen[-1][1])
+    config = load_run_config(None, ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", "train.seed=7", *SMALL])
+    train(small_cache, tmp_path / "tuned", config, progress=False)
+    batch, loss = seen[0]
+    decoder = source.build_decoder()
+    outputs = decoder(batch.features, *(() if batch.images is None else (batch.images,)))
+    assert loss == pytest.approx(training.build_loss(source.config.loss)(outputs, batch.labels).item(), rel=1e-5)
+
+    refused = [(lambda r: setattr(r, "class_names", ["bg", "x"]), "has classes"),
+               (lambda r: setattr(r, "channel_names", ["CT", "MR"]), "has image channels")]  # fmt: skip
+    for change, message in refused:
+        other = load_model_file(tmp_path / "source" / "best.pt")
+        change(other)
+        other.save(tmp_path / "other.pt")
+        with pytest.raises(UserError, match=message):
+            train(small_cache, tmp_path / "bad", load_run_config(None, ["train.epochs=1", f"train.init_from={tmp_path / 'other.pt'}", *SMALL]), progress=False)
+    wider = ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", *SMALL, "decoder.channels=[16,8,8,8]"]
+    with pytest.raises(UserError, match="has another decoder shape"):
+        train(small_cache, tmp_path / "wider", load_run_config(None, wider), progress=False)
+
+
 def test_adamw_option_trains(small_cache, tmp_path):
     config = load_run_config(None, ["train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", *SMALL])
     result = train(small_cache, tmp_path / "run", config, progress=False)

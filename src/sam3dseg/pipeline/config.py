@@ -119,6 +119,10 @@ class TrainConfig:
         None, "null or an integer >= 0", lambda v: v is None or (isinstance(v, int) and v >= 0),
         "augmented views per case to draw among, beside the original (cache --views); null: all the cache holds",
     )  # fmt: skip
+    init_from: str | None = setting(
+        None, "null or an existing model file", lambda v: v is None or Path(v).is_file(),
+        "start from this model's decoder weights (e.g. RUN/best.pt; same classes and channels), not random ones",
+    )  # fmt: skip
     # SGD with Nesterov momentum 0.99 and poly decay, as the original SAM3D (nnU-Net):
     # on generated data it lowered the loss faster than AdamW and reached held-out
     # Dice 0.85 an epoch earlier, final Dice equal (bench/optimizers.py).

@@ -180,22 +180,46 @@ def _differences(old: dict, new: dict, where: str = "") -> list[str]:
     return out
 
 
-def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler) -> bool:
-    """Load ``path`` (``last.pt``) into the training state if it exists; True if it did."""
+def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: Callable[[str], None]) -> bool:
+    """Load ``path`` (``last.pt``) into the training state if it exists; True if it did.
+
+    The configuration must be the run's own, but for ``train.epochs``: a run given more epochs
+    continues from its last weights, the poly schedule recomputed for the new total.
+    """
     if not path.exists():
         return False
     state = load_model_file(path)
     differ = _differences(to_dict(state.config), to_dict(record.config))
-    if differ:
+    before, now = state.config.train.epochs, record.config.train.epochs
+    if differ == [f"train.epochs: {before} there, {now} now"] and now > before:
+        say(f"continuing {path.parent} from epoch {state.epoch} to {now} (it was trained for {before}): "
+            f"the learning-rate schedule is recomputed for {now} epochs")  # fmt: skip
+    elif differ:
         raise UserError(
             f"{path.parent} holds a run with another configuration ({'; '.join(differ)}); "
-            "use a new --out, or the run's own settings (its config.yaml) to resume it"
+            "use a new --out, or the run's own settings (its config.yaml) to resume it (more train.epochs continue it)"
         )
     decoder.load_state_dict(state.decoder)
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     record.history, record.best_dice, record.epoch = state.history, state.best_dice, state.epoch
     return True
+
+
+def _initial_weights(path: str, record: ModelFile, decoder: SAM3DDecoder) -> None:
+    """Load ``train.init_from``'s decoder weights, which must fit: same classes, channels and decoder shape."""
+    source = load_model_file(path)
+    for what, theirs, ours in (
+        ("classes", source.class_names, record.class_names),
+        ("image channels", source.channel_names, record.channel_names),
+        ("feature channels", source.feature_channels, record.feature_channels),
+    ):
+        if theirs != ours:
+            raise UserError(f"train.init_from={path} has {what} {theirs}; this cache has {ours}: a model to start from must match")
+    try:
+        decoder.load_state_dict(source.decoder)
+    except RuntimeError as err:
+        raise UserError(f"train.init_from={path} has another decoder shape (decoder settings differ): {str(err).splitlines()[0]}") from None
 
 
 @dataclass
@@ -296,10 +320,13 @@ def train(
     stepper = _Stepper(decoder, model, optimizer, scheduler, loss_fn, device, t, world)
     record = data.model_file(config, decoder)
 
-    # resume
+    # resume, or start from a trained model's weights
     say = log if log is not None and rank == 0 else (lambda _: None)
-    if _resume(record, out / "last.pt", decoder, optimizer, scheduler):
+    if _resume(record, out / "last.pt", decoder, optimizer, scheduler, say):
         say(f"resuming {out} after epoch {record.epoch} of {t.epochs}")
+    elif t.init_from is not None:
+        _initial_weights(t.init_from, record, decoder)
+        say(f"starting from the decoder weights of {t.init_from}")
     if rank == 0:
         write_text(out / "config.yaml", dump_yaml(config))
 
