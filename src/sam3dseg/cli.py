@@ -77,7 +77,8 @@ EPILOG_EVALUATE = """\
 Predictions and references are matched by file name. Per case and class: Dice, HD95 (mm)
 and normalised surface Dice at --nsd-tolerance (mm), with the reference's spacing.
 Empty masks: both empty -> left out of that class's mean; one empty -> Dice 0, NSD 0,
-HD95 inf (left out of the mean HD95, counted in summary.json).
+HD95 inf (left out of the mean HD95, counted in sam3dseg_summary.json). summary.json is
+the same evaluation in nnU-Net v2's layout, for its tools.
 """
 
 EPILOG_ANALYZE = """\
@@ -208,7 +209,7 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
     e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
     e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1.0)")
-    e.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default: --pred)")
+    e.add_argument("--out", type=Path, help="where metrics.csv, sam3dseg_summary.json and summary.json (nnU-Net's layout) go (default: --pred)")
     e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
     e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
     e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")

@@ -199,7 +199,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         f"  files       dataset {data}",
         f"              model   {out / 'run' / 'best.pt'} (curves: {out / 'run' / 'curves.png'})",
         f"              output  {preds} (montage: {montage})",
-        f"              scores  {out / 'evaluation' / 'metrics.csv'}, {out / 'evaluation' / 'summary.json'}",
+        f"              scores  {out / 'evaluation' / 'metrics.csv'}, {out / 'evaluation' / 'sam3dseg_summary.json'}",
     ]
     print("\n".join(lines), flush=True)
     return {"times": times, "summary": summary, "best_val_dice": result["best_dice"], "montage": str(montage)}

@@ -8,6 +8,7 @@ import pytest
 
 from sam3dseg.cli import main
 from sam3dseg.data.volumes import Geometry, write_volume
+from sam3dseg.pipeline.evaluate import evaluate_folders
 from sam3dseg.pipeline.metrics import class_metrics, summarise
 
 
@@ -90,11 +91,46 @@ def test_evaluate_command(tmp_path, capsys):
     labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}), encoding="utf-8")
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels), "--png", "--quiet"])
     assert code == 0
-    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((tmp_path / "pred" / "sam3dseg_summary.json").read_text(encoding="utf-8"))
     assert set(summary["per_class"]) == {"liver", "tumour"} and summary["cases"] == 2
     rows = (tmp_path / "pred" / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "case,class,dice,hd95,nsd" and len(rows) == 5
     assert (tmp_path / "pred" / "a_vs_reference.png").is_file()
+
+
+def test_summary_json_is_in_nnunets_layout(tmp_path):
+    """summary.json is nnU-Net v2's (evaluate_predictions.py, as documented there): "metric_per_case" with
+    prediction and reference files and per-label counts, "mean" per label (NaN left out), "foreground_mean"
+    the mean of the label means; its Dice agrees exactly with ours; NaN for a label both masks lack, as
+    nnU-Net writes it (Python's json reads it back)."""
+    rng = np.random.default_rng(6)
+    cases = {}
+    for name in ("a", "b"):
+        ref = _blob((10, 16, 14), rng).astype(np.uint8)
+        pred = np.roll(ref, 1, axis=1)
+        if name == "a":
+            ref[0, :3, :3], pred[0, 0, 0] = 2, 2  # class 2 only in case a
+        cases[name] = (pred, ref)
+        write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(pred, GEOMETRY, tmp_path / "pred" / f"{name}.nii.gz")
+    ours = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", progress=False, quiet=True)
+    nnunet = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    assert set(nnunet) == {"foreground_mean", "mean", "metric_per_case"} and set(nnunet["mean"]) == {"1", "2"}
+    for entry, name in zip(nnunet["metric_per_case"], ("a", "b")):
+        assert entry["prediction_file"] == str(tmp_path / "pred" / f"{name}.nii.gz")
+        assert entry["reference_file"] == str(tmp_path / "ref" / f"{name}.nii.gz")
+        pred, ref = cases[name]
+        for k in ("1", "2"):
+            m = entry["metrics"][k]
+            p, r = pred == int(k), ref == int(k)
+            assert (m["TP"], m["FP"], m["FN"], m["TN"]) == ((p & r).sum(), (p & ~r).sum(), (~p & r).sum(), (~p & ~r).sum())
+            assert (m["n_pred"], m["n_ref"]) == (p.sum(), r.sum())
+            assert m["Dice"] == pytest.approx(2 * m["TP"] / (2 * m["TP"] + m["FP"] + m["FN"])) if r.any() or p.any() else math.isnan(m["Dice"])
+    assert math.isnan(nnunet["metric_per_case"][1]["metrics"]["2"]["Dice"])  # both empty in case b
+    assert nnunet["mean"]["2"]["Dice"] == nnunet["metric_per_case"][0]["metrics"]["2"]["Dice"]  # the NaN left out
+    assert nnunet["mean"]["1"]["Dice"] == pytest.approx(ours["per_class"]["class1"]["dice"], abs=1e-12)
+    assert nnunet["foreground_mean"]["Dice"] == pytest.approx((nnunet["mean"]["1"]["Dice"] + nnunet["mean"]["2"]["Dice"]) / 2)
+    assert nnunet["foreground_mean"]["Dice"] == pytest.approx(ours["mean_dice"], abs=1e-12)
 
 
 def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
@@ -119,7 +155,7 @@ def test_evaluate_scores_the_cases_it_has_and_says_which_are_missing(tmp_path, c
     out = capsys.readouterr().out
     assert "left out 2 reference(s) without a prediction" in out and "a, c" in out
     assert "class1" in out and "(1 case(s))" in out  # the table, although --quiet
-    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((tmp_path / "pred" / "sam3dseg_summary.json").read_text(encoding="utf-8"))
     assert summary["cases"] == 1 and summary["missing_predictions"] == ["a", "c"]
     assert summary["per_class"]["class1"]["dice"] == 1.0
 
@@ -139,7 +175,7 @@ def test_summary_flags_a_class_never_found(tmp_path, capsys):
     assert "0/2" in line and "NEVER FOUND" in line
     assert "2/2" in next(x for x in out.splitlines() if x.startswith("class1"))
     assert "never found: class2" in out
-    summary = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((tmp_path / "pred" / "sam3dseg_summary.json").read_text(encoding="utf-8"))
     assert (summary["per_class"]["class2"]["present"], summary["per_class"]["class2"]["found"]) == (2, 0)
 
 

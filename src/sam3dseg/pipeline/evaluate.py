@@ -1,18 +1,26 @@
-"""``sam3dseg evaluate``: score a folder of predictions against a folder of references."""
+"""``sam3dseg evaluate``: score a folder of predictions against a folder of references.
+
+Writes ``metrics.csv`` (case, class, Dice, HD95, NSD), ``sam3dseg_summary.json`` (our summary:
+per-class means, cases holding and finding each class, standard JSON) and ``summary.json`` in
+nnU-Net v2's layout (``metric_per_case``, ``mean`` per label, ``foreground_mean``; NaN written as
+nnU-Net writes it), so nnU-Net's tools read it and the two tools' summaries do not overwrite
+each other with different layouts.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from ..common.files import read_json, write_csv, write_json
+from ..common.files import read_json, write_csv, write_json, write_text
 from ..common.plots import save_montage
 from ..data.datasets import read_class_names
 from ..data.preprocess import PreprocessConfig, anatomical_view, model_intensities
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
-from .metrics import case_metrics, summarise
+from .metrics import case_metrics, nnunet_counts, nnunet_summary, summarise
 
 
 def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -65,7 +73,8 @@ def evaluate_folders(
     strict: bool = False,
     images: str | Path | None = None,
 ) -> dict:
-    """Metrics per case and class -> ``out/metrics.csv``, ``out/summary.json``; prints a table.
+    """Metrics per case and class -> ``out/metrics.csv``, ``out/sam3dseg_summary.json``, ``out/summary.json``
+    (nnU-Net's layout); prints a table.
 
     Cases are the reference files that have a prediction of the same name; the others
     are listed (``summary["missing_predictions"]``) and left out, or refused with
@@ -90,7 +99,7 @@ def evaluate_folders(
         top = max(max(int(read_volume(p)[0].max()), int(read_volume(r)[0].max())) for _, p, r in pairs)
         class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
 
-    rows = []
+    rows, nnunet_cases = [], []
     for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=quiet or not progress):
         pred, _ = read_volume(pred_path)
         ref, geometry = read_volume(ref_path)
@@ -102,6 +111,8 @@ def evaluate_folders(
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})
+        counts = nnunet_counts(pred, ref, len(class_names))
+        nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
         if png:
             shown = _image_for(Path(images), case, pred.shape, modality) if images is not None else None
             (i_o, p_o, r_o), aspect = anatomical_view([shown, pred, ref], geometry)
@@ -112,7 +123,9 @@ def evaluate_folders(
     summary["missing_predictions"] = missing
 
     write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "sam3dseg_summary.json", summary)
+    # nnU-Net's own file: its layout, keys sorted, NaN as Python's json writes it (nnU-Net reads it so)
+    write_text(out_dir / "summary.json", json.dumps(nnunet_summary(nnunet_cases), sort_keys=True, indent=4) + "\n")
     if not quiet:
         if missing:
             print(f"left out {len(missing)} reference(s) without a prediction in {pred_dir}: {', '.join(missing)} (--strict refuses)")

@@ -102,3 +102,35 @@ def summarise(rows: list[dict], class_names: list[str]) -> dict:
     for key in ("dice", "hd95", "nsd"):
         summary[f"mean_{key}"] = mean_finite(e[key] for e in summary["per_class"].values())
     return summary
+
+
+# nnU-Net v2's summary.json (nnunetv2/evaluation/evaluate_predictions.py), so its tools read our evaluations.
+NNUNET_METRICS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
+
+
+def nnunet_counts(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[str, dict]:
+    """nnU-Net's per-case metrics of labels 1..K-1: ``{"1": {"Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred",
+    "n_ref"}, ...}``; Dice and IoU NaN when both masks are empty, as nnU-Net writes them."""
+    out = {}
+    for k in range(1, num_classes):
+        p, r = pred == k, ref == k
+        tp, fp, fn = int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())
+        tn = int(p.size) - tp - fp - fn
+        empty = tp + fp + fn == 0
+        out[str(k)] = {"Dice": math.nan if empty else 2 * tp / (2 * tp + fp + fn), "IoU": math.nan if empty else tp / (tp + fp + fn),
+                       "FP": fp, "TP": tp, "FN": fn, "TN": tn, "n_pred": fp + tp, "n_ref": fn + tp}  # fmt: skip
+    return out
+
+
+def nnunet_summary(per_case: list[dict]) -> dict:
+    """nnU-Net's summary from ``[{"metrics": nnunet_counts(...), "prediction_file", "reference_file"}, ...]``:
+    ``mean`` per label (NaN left out, nnU-Net's nanmean) and ``foreground_mean`` (the mean of the label means)."""
+    labels = list(per_case[0]["metrics"]) if per_case else []
+    mean = {}
+    for k in labels:
+        mean[k] = {}
+        for m in NNUNET_METRICS:
+            values = [c["metrics"][k][m] for c in per_case if not math.isnan(c["metrics"][k][m])]
+            mean[k][m] = float(np.mean(values)) if values else math.nan
+    foreground = {m: float(np.mean([mean[k][m] for k in labels])) if labels else math.nan for m in NNUNET_METRICS}
+    return {"foreground_mean": foreground, "mean": mean, "metric_per_case": per_case}
