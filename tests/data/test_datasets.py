@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -83,4 +84,35 @@ def test_nnunet_region_labels_are_refused(generated_dataset, tmp_path):
     root = shutil.copytree(generated_dataset, tmp_path / "copy")
     _edit(root, lambda m: m.update(labels={"background": 0, "whole": [1, 2]}))
     with pytest.raises(UserError, match="region-based labels are not supported"):
+        load_dataset(root)
+
+
+def test_nnunet_files_listed_under_dataset(generated_dataset, tmp_path):
+    """nnU-Net v2 lets dataset.json list its files under "dataset" instead of imagesTr/labelsTr: read them,
+    relative to the folder or absolute, and the cases equal those of the folder layout."""
+    folders = load_dataset(generated_dataset)
+    root = tmp_path / "Dataset009_Listed"
+    (root / "scans").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    meta = json.loads((generated_dataset / "dataset.json").read_text(encoding="utf-8"))
+    meta["dataset"] = {}
+    for i, case in enumerate(folders.cases):
+        image = shutil.copy(case.images[0], root / "scans" / f"{case.name}_img.nii.gz")
+        label = shutil.copy(case.label, (elsewhere if i % 2 else root / "scans") / f"{case.name}_seg.nii.gz")
+        meta["dataset"][case.name] = {"images": [f"scans/{Path(image).name}"],
+                                      "label": str(label) if i % 2 else f"scans/{Path(label).name}"}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    listed = load_dataset(root)
+    assert [c.name for c in listed.cases] == [c.name for c in folders.cases] and listed.class_names == folders.class_names
+    for a, b in zip(listed.cases, folders.cases):
+        assert a.images[0].read_bytes() == b.images[0].read_bytes() and a.label.read_bytes() == b.label.read_bytes()
+    assert not check_cases(listed, progress=False)
+    meta["dataset"]["case_000"] = {"label": "scans/case_000_seg.nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="dataset entry 'case_000' needs 'images'"):
+        load_dataset(root)
+    meta["dataset"]["case_000"] = {"images": ["../outside.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="points outside the dataset folder"):
         load_dataset(root)

@@ -7,7 +7,8 @@ Both have a ``dataset.json`` at the root. Told apart by their keys:
   in one 4-D image (BraTS).
 - nnU-Net v2: ``channel_names: {"0": "T1"}``, ``labels: {"background": 0, ...}``,
   ``file_ending: ".nii.gz"``; images ``imagesTr/{case}_{XXXX}{ending}`` (one file per
-  channel), labels ``labelsTr/{case}{ending}``.
+  channel), labels ``labelsTr/{case}{ending}``; or, instead of the folders, the files listed
+  under ``dataset: {case: {"images": [...], "label": ...}}``.
 """
 
 from __future__ import annotations
@@ -194,9 +195,11 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or image_suffix(Path(f"x{ending}")) != ending:
         raise UserError(f"{meta_path}: 'file_ending' must be one of {', '.join(SUFFIXES)}, got {ending!r}")
+    if "dataset" in meta:
+        return Dataset(root, _listed_cases(root, meta["dataset"], meta_path), classes, channels, "nnunet")
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not labels_dir.is_dir():
-        raise UserError(f"{root} has no labelsTr folder")
+        raise UserError(f"{root} has no labelsTr folder (nor a 'dataset' list in {meta_path.name})")
     cases = []
     for label in sorted(labels_dir.glob(f"*{ending}")):
         name = case_name(label)
@@ -205,6 +208,25 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     if not images_dir.is_dir():
         raise UserError(f"{root} has no imagesTr folder")
     return Dataset(root, cases, classes, channels, "nnunet")
+
+
+def _listed_cases(root: Path, listed: dict, meta_path: Path) -> list[Case]:
+    """nnU-Net v2's ``"dataset": {case: {"images": [one path per channel], "label": path}}``: paths relative to
+    the dataset folder (kept inside it) or absolute (the user's explicit choice; no $VARIABLES expanded)."""
+    if not isinstance(listed, dict) or not listed:
+        raise UserError(f"{meta_path}: 'dataset' must be a non-empty object of cases")
+
+    def resolve(path: object) -> Path:
+        return Path(path) if isinstance(path, str) and Path(path).is_absolute() else _inside(root, path, meta_path)
+
+    cases = []
+    for name in sorted(listed):
+        entry = listed[name]
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or not entry["images"]:
+            raise UserError(f"{meta_path}: dataset entry {name!r} needs 'images' (a list of paths, one per channel)")
+        label = resolve(entry["label"]) if entry.get("label") else None
+        cases.append(Case(str(name), tuple(resolve(i) for i in entry["images"]), label))
+    return cases
 
 
 def read_class_names(meta_path: str | Path) -> list[str]:
