@@ -116,3 +116,24 @@ def test_nnunet_files_listed_under_dataset(generated_dataset, tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(UserError, match="points outside the dataset folder"):
         load_dataset(root)
+
+
+def test_nnunet_ignore_label(generated_dataset, tmp_path):
+    """An "ignore" label (nnU-Net's: the highest value) is no class: the classes leave it out, label files may
+    hold it; anywhere but the highest value it is refused."""
+    root = shutil.copytree(generated_dataset, tmp_path / "ds")
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    meta["labels"]["ignore"] = 3
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    ds = load_dataset(root)
+    assert ds.class_names == ["background", "class1", "class2"] and ds.ignore_label == 3 and ds.num_classes == 3
+    from sam3dseg.data.volumes import read_volume, write_volume
+
+    label, geometry = read_volume(ds.cases[0].label)
+    label[0] = 3
+    write_volume(label, geometry, ds.cases[0].label)
+    assert not check_cases(ds, progress=False)
+    meta["labels"] = {"background": 0, "ignore": 1, "a": 2}
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="the 'ignore' label must have the highest value"):
+        load_dataset(root)

@@ -216,3 +216,36 @@ def test_total_gradient_is_the_weighted_sum_for_both_dice_forms(form):
             if g is not None:
                 acc += alpha * g
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(total, summed))
+
+
+@pytest.mark.parametrize("dice", ["joint", "per_class"])
+def test_the_ignore_label_is_left_out_of_the_loss(dice):
+    """nnU-Net's ignore label (value K, one past the classes): whatever the prediction there, the loss is the
+    same; its gradient there is zero at the finest level, and at coarser levels wherever a whole patch is
+    ignored; without ignored voxels the loss equals the plain one; and the CE is averaged over the voxels that count."""
+    from functools import partial
+
+    dice_fn = dice_loss if dice == "joint" else partial(per_class_dice_loss)
+    torch.manual_seed(3)
+    k, shape = 3, (2, 4, 16, 16)
+    labels = torch.randint(0, k, shape)
+    ignored = torch.zeros(shape, dtype=torch.bool)
+    ignored[:, :, :8, :8] = True  # whole 8 × 8 patches: ignored at every level
+    ignored[0, 1, 10, 3] = True
+    with_ignore = torch.where(ignored, k, labels)
+    logits = [torch.randn(2, k, 4, 16 // f, 16 // f, requires_grad=True) for f in (8, 4, 2, 1)]
+    loss = deep_supervision_loss(logits, with_ignore, dice=dice_fn, ignore=True)
+    loss.backward()
+    changed = [x.detach().clone() for x in logits]
+    finest = changed[-1].movedim(1, -1)  # a view: (B, D, H, W, K)
+    finest[ignored] += 5.0 * torch.randn_like(finest[ignored])
+    changed[0][..., 0, 0] -= 3.0  # the coarsest voxel of the ignored corner
+    assert deep_supervision_loss(changed, with_ignore, dice=dice_fn, ignore=True).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert logits[-1].grad.movedim(1, -1)[ignored].abs().max() == 0
+    assert logits[0].grad[..., 0, 0].abs().max() == 0 and logits[0].grad.abs().max() > 0
+    plain = [x.detach() for x in logits]
+    assert deep_supervision_loss(plain, labels, dice=dice_fn, ignore=True).item() == pytest.approx(
+        deep_supervision_loss(plain, labels, dice=dice_fn).item(), rel=1e-6)
+    target = one_hot(torch.where(ignored, 0, labels), k) * (~ignored)[:, None]
+    ce = -(target * torch.log_softmax(plain[-1], 1)).sum(1).flatten(1).sum(1) / (~ignored).flatten(1).sum(1)
+    assert cross_entropy(plain[-1], target, (~ignored)[:, None].float()).item() == pytest.approx(ce.mean().item(), rel=1e-6)

@@ -133,6 +133,28 @@ def test_summary_json_is_in_nnunets_layout(tmp_path):
     assert nnunet["foreground_mean"]["Dice"] == pytest.approx(ours["mean_dice"], abs=1e-12)
 
 
+def test_the_ignore_label_counts_for_no_class(tmp_path):
+    """A reference with nnU-Net's ignore label (dataset.json "ignore": 3): whatever the prediction holds
+    there, the scores are those of the other voxels, in our summary and nnU-Net's (TN leaves them out)."""
+    rng = np.random.default_rng(8)
+    ref = _blob((10, 16, 14), rng).astype(np.uint8) + _blob((10, 16, 14), rng)
+    pred = ref.copy()
+    ref_with_ignore = ref.copy()
+    ref_with_ignore[:, :4] = 3
+    pred[:, :4] = rng.integers(0, 3, pred[:, :4].shape)  # anything where the reference is ignored
+    write_volume(ref_with_ignore, GEOMETRY, tmp_path / "ref" / "a.nii.gz")
+    write_volume(pred, GEOMETRY, tmp_path / "pred" / "a.nii.gz")
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}}), encoding="utf-8")
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", labels, progress=False, quiet=True)
+    assert set(summary["per_class"]) == {"a", "b"}
+    assert (ref[:, 4:] == 1).any() and (ref[:, 4:] == 2).any()
+    assert summary["per_class"]["a"]["dice"] == summary["per_class"]["b"]["dice"] == 1.0  # exact outside the ignored part
+    nnunet = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
+    m = nnunet["metric_per_case"][0]["metrics"]["1"]
+    assert m["FP"] == m["FN"] == 0 and m["TP"] + m["TN"] == ref[:, 4:].size
+
+
 def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
     write_volume(np.zeros((4, 5, 6), np.uint8), GEOMETRY, tmp_path / "ref" / "a.nii.gz")
     write_volume(np.zeros((4, 5, 7), np.uint8), GEOMETRY, tmp_path / "pred" / "a.nii.gz")

@@ -327,3 +327,31 @@ def test_training_draws_among_the_views_the_cache_holds(generated_dataset, tmp_p
     make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(views=2))
     with pytest.raises(UserError, match="train.views: 1 there, 2 now"):
         train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+
+
+def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
+    """A dataset with nnU-Net's ignore label: the cache keeps it in the labels and records it, training
+    learns the two classes only, crops are never placed on it, validation scores without it."""
+    import json
+    import shutil
+
+    from sam3dseg.data.volumes import read_volume, write_volume
+    from sam3dseg.pipeline.cache import read_manifest
+    from sam3dseg.pipeline.samples import CaseStore
+
+    root = shutil.copytree(generated_dataset, tmp_path / "ds")
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    meta["labels"]["ignore"] = 3
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    for path in sorted((root / "labelsTr").iterdir()):
+        label, geometry = read_volume(path)
+        label[:, : label.shape[1] // 3] = 3  # a third of every slice unannotated
+        write_volume(label, geometry, path)
+    make_cache(root, tmp_path / "c", image_size=32)
+    assert read_manifest(tmp_path / "c")["ignore_label"] == 3
+    store = CaseStore(tmp_path / "c", ignore=3)
+    assert set(store.locations("case_000")) == {1, 2}
+    result = train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
+    record = load_model_file(tmp_path / "run" / "best.pt")
+    assert record.class_names == ["background", "class1", "class2"] and record.build_decoder().num_classes == 3
+    assert all(v == v for v in result["history"][0]["val_dice_per_class"]) and result["history"][0]["train_loss"] > 0

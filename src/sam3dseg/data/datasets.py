@@ -42,6 +42,7 @@ class Dataset:
     channel_names: list[str]
     layout: str
     extra: dict = field(default_factory=dict)
+    ignore_label: int | None = None  # nnU-Net's "ignore" label (the highest value): left out of loss and metrics
 
     @property
     def num_classes(self) -> int:
@@ -101,11 +102,12 @@ def read_case(case: Case, dataset: Dataset) -> tuple[np.ndarray, Geometry, np.nd
         raise UserError(f"case {case.name}: label {case.label} has shape {raw.shape}, image {image.shape[1:]}")
     if not g.matches(geometry):
         raise UserError(f"case {case.name}: label {case.label} and its image differ in spacing/origin/direction")
-    if not np.array_equal(raw, np.round(raw)) or raw.min() < 0 or raw.max() >= dataset.num_classes:
+    top = dataset.num_classes - 1 if dataset.ignore_label is None else dataset.ignore_label
+    if not np.array_equal(raw, np.round(raw)) or raw.min() < 0 or raw.max() > top:
         values = np.unique(raw)
         raise UserError(
             f"case {case.name}: label {case.label} has values {values[:10].tolist()}, "
-            f"but dataset.json declares classes 0..{dataset.num_classes - 1}"
+            f"but dataset.json declares classes 0..{top}"
         )
     return image, geometry, raw
 
@@ -147,8 +149,9 @@ def _inside(root: Path, relative: str, meta_path: Path) -> Path:
     return path
 
 
-def _class_names(labels: dict, meta_path: Path, by_name: bool) -> list[str]:
-    """Class names indexed by label value; values must be exactly 0..K-1."""
+def _class_names(labels: dict, meta_path: Path, by_name: bool) -> tuple[list[str], int | None]:
+    """Class names indexed by label value (values exactly 0..K-1) and nnU-Net's ``ignore`` label, if any:
+    the highest value, named ``ignore``, left out of the class names."""
     if not isinstance(labels, dict) or not labels:
         raise UserError(f"{meta_path}: 'labels' must be a non-empty object")
     try:
@@ -159,9 +162,16 @@ def _class_names(labels: dict, meta_path: Path, by_name: bool) -> list[str]:
         ) from err
     if sorted(pairs) != list(range(len(pairs))):
         raise UserError(f"{meta_path}: label values must be 0..K-1, got {sorted(pairs)}")
-    if len(pairs) < 2:
+    names = [pairs[i] for i in range(len(pairs))]
+    ignore = None
+    if "ignore" in names:
+        ignore = names.index("ignore")
+        if ignore != len(names) - 1:
+            raise UserError(f"{meta_path}: the 'ignore' label must have the highest value (nnU-Net's rule), got {ignore}")
+        names = names[:-1]
+    if len(names) < 2:
         raise UserError(f"{meta_path}: need background and at least one foreground class")
-    return [pairs[i] for i in range(len(pairs))]
+    return names, ignore
 
 
 def _names_in_order(mapping: dict, key: str, meta_path: Path) -> list[str]:
@@ -175,7 +185,7 @@ def _names_in_order(mapping: dict, key: str, meta_path: Path) -> list[str]:
 
 def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
     channels = _names_in_order(meta["modality"], "modality", meta_path)
-    classes = _class_names(meta.get("labels"), meta_path, by_name=False)
+    classes, ignore = _class_names(meta.get("labels"), meta_path, by_name=False)
     training = meta["training"]
     if not isinstance(training, list):
         raise UserError(f"{meta_path}: 'training' must be a list")
@@ -186,17 +196,17 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
         image = _inside(root, entry["image"], meta_path)
         label = _inside(root, entry["label"], meta_path) if entry.get("label") else None
         cases.append(Case(case_name(image), (image,), label))
-    return Dataset(root, cases, classes, channels, "msd")
+    return Dataset(root, cases, classes, channels, "msd", ignore_label=ignore)
 
 
 def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     channels = _names_in_order(meta["channel_names"], "channel_names", meta_path)
-    classes = _class_names(meta.get("labels"), meta_path, by_name=True)
+    classes, ignore = _class_names(meta.get("labels"), meta_path, by_name=True)
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or image_suffix(Path(f"x{ending}")) != ending:
         raise UserError(f"{meta_path}: 'file_ending' must be one of {', '.join(SUFFIXES)}, got {ending!r}")
     if "dataset" in meta:
-        return Dataset(root, _listed_cases(root, meta["dataset"], meta_path), classes, channels, "nnunet")
+        return Dataset(root, _listed_cases(root, meta["dataset"], meta_path), classes, channels, "nnunet", ignore_label=ignore)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not labels_dir.is_dir():
         raise UserError(f"{root} has no labelsTr folder (nor a 'dataset' list in {meta_path.name})")
@@ -207,7 +217,7 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
         cases.append(Case(name, images, _inside(root, f"labelsTr/{label.name}", meta_path)))
     if not images_dir.is_dir():
         raise UserError(f"{root} has no imagesTr folder")
-    return Dataset(root, cases, classes, channels, "nnunet")
+    return Dataset(root, cases, classes, channels, "nnunet", ignore_label=ignore)
 
 
 def _listed_cases(root: Path, listed: dict, meta_path: Path) -> list[Case]:
@@ -229,8 +239,8 @@ def _listed_cases(root: Path, listed: dict, meta_path: Path) -> list[Case]:
     return cases
 
 
-def read_class_names(meta_path: str | Path) -> list[str]:
-    """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``."""
+def read_class_names(meta_path: str | Path) -> tuple[list[str], int | None]:
+    """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``, and its ``ignore`` label or None."""
     meta_path = Path(meta_path)
     labels = read_json(meta_path, f"labels file not found: {meta_path}").get("labels")
     by_name = isinstance(labels, dict) and not all(str(k).isdigit() for k in labels)

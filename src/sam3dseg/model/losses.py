@@ -47,24 +47,31 @@ DICE_FORMS: tuple[DiceForm, ...] = ("joint", "per_class")
 DiceLoss = Callable[[Tensor, Tensor], Tensor]
 
 
-def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+def cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """``L_CE = -Σ_k Y_kn ln Ŷ_kn``, averaged over voxels n and the batch.
 
     Args:
         logits: ``(B, K, *spatial)``.
-        target: ``(B, K, *spatial)``, probabilities over K (one-hot or soft).
+        target: ``(B, K, *spatial)``, probabilities over K (one-hot or soft); zero where ignored.
+        mask: ``(B, 1, *spatial)``, the share of each voxel that counts (nnU-Net's ignore label):
+            the average is then over the voxels that count, per sample.
     """
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    per_voxel = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if mask is None:
+        return per_voxel.mean()
+    return (per_voxel.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1e-8)).mean()
 
 
-def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """``L_Dice = 1 - 2 Σ Y Ŷ / (Σ Y² + Σ Ŷ²)`` over classes and voxels jointly, per sample, batch mean.
 
     Args:
         logits: ``(B, K, *spatial)``.
         target: ``(B, K, *spatial)``, probabilities over K.
+        mask: ``(B, 1, *spatial)`` share of each voxel that counts; the prediction is weighted by it.
     """
-    probs = torch.softmax(logits, dim=1).flatten(1)
+    probs = torch.softmax(logits, dim=1)
+    probs = (probs if mask is None else probs * mask).flatten(1)
     target = target.flatten(1)
     overlap = (target * probs).sum(dim=1)
     energy = (target * target).sum(dim=1) + (probs * probs).sum(dim=1)
@@ -72,7 +79,8 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def per_class_dice_loss(
-    logits: Tensor, target: Tensor, include_background: bool = False, batch_dice: bool = False, smooth: float = 1e-5
+    logits: Tensor, target: Tensor, include_background: bool = False, batch_dice: bool = False, smooth: float = 1e-5,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """``1 - mean_k (2 Σ_n Y_kn Ŷ_kn + s) / (Σ_n Y_kn + Σ_n Ŷ_kn + s)``: a soft Dice per class, averaged.
 
@@ -89,8 +97,12 @@ def per_class_dice_loss(
             whole batch) instead of one per sample and class.
         smooth: ``s``, added to numerator and denominator (a class absent from both
             scores 1).
+        mask: ``(B, 1, *spatial)`` share of each voxel that counts (nnU-Net multiplies the
+            prediction by its ignore mask the same way).
     """
     probs = torch.softmax(logits, dim=1)
+    if mask is not None:
+        probs = probs * mask
     if not include_background:
         probs, target = probs[:, 1:], target[:, 1:]
     axes = tuple(range(2, probs.ndim))
@@ -100,12 +112,15 @@ def per_class_dice_loss(
     return 1 - ((2 * overlap + smooth) / (present + predicted + smooth).clamp_min(1e-8)).mean()
 
 
-def level_loss(logits: Tensor, target: Tensor, dice: DiceLoss = dice_loss) -> Tensor:
+def level_loss(logits: Tensor, target: Tensor, dice: DiceLoss = dice_loss, mask: Tensor | None = None) -> Tensor:
     """``L(ℓ) = L_CE + L_Dice`` (method §5.1) for one level: ``(B, K, …)`` each -> scalar.
 
-    ``dice`` is the write-up's joint form by default, or e.g. :func:`per_class_dice_loss`.
+    ``dice`` is the write-up's joint form by default, or e.g. :func:`per_class_dice_loss`;
+    ``mask`` (``(B, 1, …)``) leaves ignored voxels out of both terms.
     """
-    return cross_entropy(logits, target) + dice(logits, target)
+    if mask is None:
+        return cross_entropy(logits, target) + dice(logits, target)
+    return cross_entropy(logits, target, mask) + dice(logits, target, mask=mask)
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -139,6 +154,7 @@ def deep_supervision_loss(
     weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS,
     target_mode: TargetMode = "average",
     dice: DiceLoss = dice_loss,
+    ignore: bool = False,
 ) -> Tensor:
     """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (method §5.2).
 
@@ -149,6 +165,8 @@ def deep_supervision_loss(
         weights: α_ℓ in the same order as ``logits``; default ``(1, 2, 4, 8) / 15``.
         target_mode: how ``Y(ℓ)`` is made from the labels (see :func:`level_target`).
         dice: the Dice term of every level (the write-up's joint form by default).
+        ignore: label value K (one past the classes) is nnU-Net's ignore label: those voxels
+            count in neither term, at any level (a coarse voxel counts by its share of others).
 
     Returns:
         The scalar total loss.
@@ -158,28 +176,31 @@ def deep_supervision_loss(
     b, k, d, h, w = logits[-1].shape
     if labels.shape != (b, d, h, w):
         raise ValueError(f"labels {tuple(labels.shape)} do not match the finest output grid {(b, d, h, w)}")
-    target = one_hot(labels, k)
+    target = one_hot(labels, k + ignore)
     total = logits[-1].new_zeros(())
     for level_logits, alpha in zip(logits, weights):
         lh, lw = level_logits.shape[-2:]
         factor = h // lh
         if level_logits.shape[:3] != (b, k, d) or (lh * factor, lw * factor) != (h, w):
             raise ValueError(f"output {tuple(level_logits.shape)} is not an in-plane subsampling of {(h, w)}")
-        total = total + alpha * level_loss(level_logits, level_target(target, factor, target_mode), dice)
+        level = level_target(target, factor, target_mode)
+        mask = 1 - level[:, k:] if ignore else None  # the share of each voxel not ignored
+        total = total + alpha * level_loss(level_logits, level[:, :k], dice, mask)
     return total
 
 
 class DeepSupervisionLoss(nn.Module):
     """The deep-supervision sum as a module: weights, target mode and Dice term held, per-level loss plain.
 
-    ``loss(logits, labels)`` equals ``deep_supervision_loss(logits, labels, weights, target_mode, dice)``.
+    ``loss(logits, labels)`` equals ``deep_supervision_loss(logits, labels, weights, target_mode, dice, ignore)``.
     """
 
     def __init__(
-        self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average", dice: DiceLoss = dice_loss
+        self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average", dice: DiceLoss = dice_loss,
+        ignore: bool = False,
     ) -> None:
         super().__init__()
-        self.weights, self.target_mode, self.dice = tuple(weights), target_mode, dice
+        self.weights, self.target_mode, self.dice, self.ignore = tuple(weights), target_mode, dice, ignore
 
     def forward(self, logits: Sequence[Tensor], labels: Tensor) -> Tensor:
-        return deep_supervision_loss(logits, labels, self.weights, self.target_mode, self.dice)
+        return deep_supervision_loss(logits, labels, self.weights, self.target_mode, self.dice, self.ignore)

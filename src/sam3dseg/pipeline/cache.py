@@ -213,6 +213,7 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "version": CACHE_VERSION,
         "dataset": str(dataset.root),
         "class_names": dataset.class_names,
+        "ignore_label": dataset.ignore_label,  # nnU-Net's ignore label in the cached labels, or None
         "channel_names": dataset.channel_names,
         "encoder": info.to_dict(),
         "preprocess": to_dict(preprocess),

@@ -20,7 +20,7 @@ from ..data.datasets import read_class_names
 from ..data.preprocess import PreprocessConfig, anatomical_view, model_intensities
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
-from .metrics import case_metrics, nnunet_counts, nnunet_summary, summarise
+from .metrics import case_metrics, drop_ignored, nnunet_counts, nnunet_summary, summarise
 
 
 def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -93,8 +93,9 @@ def evaluate_folders(
     if images is not None and not Path(images).is_dir():
         raise UserError(f"--images folder not found: {images}")
     modality = _first_modality(labels) if labels else "MR"
+    ignore = None
     if labels:
-        class_names = read_class_names(labels)
+        class_names, ignore = read_class_names(labels)
     else:  # the classes are whatever the files hold: one extra pass to find the largest label
         top = max(max(int(read_volume(p)[0].max()), int(read_volume(r)[0].max())) for _, p, r in pairs)
         class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
@@ -105,13 +106,17 @@ def evaluate_folders(
         ref, geometry = read_volume(ref_path)
         if pred.shape != ref.shape:
             raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
+        counted = None
+        if ignore is not None:  # nnU-Net's ignore label: those voxels count for no class
+            counted = int((ref != ignore).sum())
+            pred, ref = drop_ignored(pred, ref, ignore)
         top = max(int(pred.max()), int(ref.max()))
         if top >= len(class_names):
             raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})
-        counts = nnunet_counts(pred, ref, len(class_names))
+        counts = nnunet_counts(pred, ref, len(class_names), counted)
         nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
         if png:
             shown = _image_for(Path(images), case, pred.shape, modality) if images is not None else None

@@ -64,6 +64,13 @@ def class_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
     return {"dice": overlap, "hd95": hd95, "nsd": nsd}
 
 
+def drop_ignored(pred: np.ndarray, ref: np.ndarray, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and reference with the reference's ``ignore``-label voxels set to background in both
+    (nnU-Net's ignore label: those voxels count for no class)."""
+    ignored = ref == ignore
+    return np.where(ignored, 0, pred).astype(pred.dtype), np.where(ignored, 0, ref).astype(ref.dtype)
+
+
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:
     """Dice of classes 1..K-1 of two label volumes on the same grid (NaN where both are empty)."""
     return [dice(pred == k, ref == k) for k in range(1, num_classes)]
@@ -108,14 +115,15 @@ def summarise(rows: list[dict], class_names: list[str]) -> dict:
 NNUNET_METRICS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 
 
-def nnunet_counts(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[str, dict]:
+def nnunet_counts(pred: np.ndarray, ref: np.ndarray, num_classes: int, counted: int | None = None) -> dict[str, dict]:
     """nnU-Net's per-case metrics of labels 1..K-1: ``{"1": {"Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred",
-    "n_ref"}, ...}``; Dice and IoU NaN when both masks are empty, as nnU-Net writes them."""
+    "n_ref"}, ...}``; Dice and IoU NaN when both masks are empty, as nnU-Net writes them. ``counted``: the
+    voxels outside the ignore label (the TN count leaves the ignored ones out, as nnU-Net's does)."""
     out = {}
     for k in range(1, num_classes):
         p, r = pred == k, ref == k
         tp, fp, fn = int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())
-        tn = int(p.size) - tp - fp - fn
+        tn = (int(p.size) if counted is None else counted) - tp - fp - fn
         empty = tp + fp + fn == 0
         out[str(k)] = {"Dice": math.nan if empty else 2 * tp / (2 * tp + fp + fn), "IoU": math.nan if empty else tp / (tp + fp + fn),
                        "FP": fp, "TP": tp, "FN": fn, "TN": tn, "n_pred": fp + tp, "n_ref": fn + tp}  # fmt: skip

@@ -35,16 +35,16 @@ class Batch:
 MAX_LOCATIONS = 10_000
 
 
-def class_locations(label: torch.Tensor) -> dict[int, torch.Tensor]:
+def class_locations(label: torch.Tensor, ignore: int | None = None) -> dict[int, torch.Tensor]:
     """Where each foreground class lies: ``(D, H, W)`` labels -> ``{k: (n, 3) int64 (d, h, w)}``.
 
-    Classes absent from the label are left out; a class with more than
+    Classes absent from the label (and nnU-Net's ``ignore`` label) are left out; a class with more than
     :data:`MAX_LOCATIONS` voxels keeps that many, evenly spaced in scan order
     (deterministic, so resuming replays the same crops).
     """
     out = {}
     for k in torch.unique(label).tolist():
-        if k == 0:
+        if k == 0 or k == ignore:
             continue
         idx = (label == k).nonzero()
         if len(idx) > MAX_LOCATIONS:
@@ -63,9 +63,9 @@ class CaseStore:
     case or view, on first use, and kept (they are small: at most ``MAX_LOCATIONS`` voxels per class).
     """
 
-    def __init__(self, cache: str | Path, capacity: int = 256) -> None:
+    def __init__(self, cache: str | Path, capacity: int = 256, ignore: int | None = None) -> None:
         return_large_buffers_to_the_os()  # or the heap grows by a crop's buffers with every case read
-        self.cache, self.capacity = Path(cache), capacity
+        self.cache, self.capacity, self.ignore = Path(cache), capacity, ignore
         self._items: OrderedDict[tuple[str, int], dict] = OrderedDict()
         self._locations: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
 
@@ -73,7 +73,7 @@ class CaseStore:
         """Foreground voxels of a case (or view) by class (model grid, ``(d, h, w)`` rows)."""
         key = _item_key(item)
         if key not in self._locations:
-            self._locations[key] = class_locations(self[key]["label"])
+            self._locations[key] = class_locations(self[key]["label"], self.ignore)
         return self._locations[key]
 
     def __getitem__(self, item: str | tuple[str, int]) -> dict:

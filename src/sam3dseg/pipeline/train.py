@@ -41,7 +41,7 @@ from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
 from .cache import read_manifest
 from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
-from .metrics import dice_per_class, mean_finite
+from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .folds import select_cases
 from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
@@ -50,10 +50,13 @@ from .windows import WindowDecoder
 
 
 @torch.no_grad()
-def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: int, num_classes: int, device: torch.device) -> dict:
+def validate(
+    decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: int, num_classes: int, device: torch.device, ignore: int | None = None
+) -> dict:
     """Mean foreground Dice per class over the validation cases, decoded as ``predict`` decodes.
 
-    Scored on the model grid, the encoder's square padding excluded. Returns
+    Scored on the model grid, the encoder's square padding excluded, and the voxels of the
+    ``ignore`` label (nnU-Net's) left out of prediction and reference alike. Returns
     ``{"dice_per_class": [K-1 values], "dice": their mean, "predictions": {name: (prediction,
     reference)}}`` (Dice NaN where a class is absent from every case; uint8 labels).
     """
@@ -65,6 +68,8 @@ def validate(decoder: SAM3DDecoder, store: CaseStore, names: list[str], window: 
         label = case["label"].numpy()
         image = case["image"].to(device) if decoder.image_channels else None
         pred = windows.labels(case["features"].to(device), label.shape[1:], image).cpu().numpy().astype(np.uint8)
+        if ignore is not None:
+            pred, label = drop_ignored(pred, label, ignore)
         per_case.append(dice_per_class(pred, label, num_classes))
         predictions[name] = (pred, label)
     decoder.train()
@@ -76,13 +81,14 @@ def _poly(total_steps: int, power: float):
     return lambda step: (1 - min(step, total_steps) / total_steps) ** power
 
 
-def build_loss(config: LossConfig) -> DeepSupervisionLoss:
-    """The deep-supervised loss a run configuration describes (method §5, decision D9)."""
+def build_loss(config: LossConfig, ignore: bool = False) -> DeepSupervisionLoss:
+    """The deep-supervised loss a run configuration describes (method §5, decision D9); ``ignore``: the labels
+    hold nnU-Net's ignore label (the value one past the classes), left out of the loss."""
     if config.dice == "joint":
         dice = dice_loss
     else:
         dice = partial(per_class_dice_loss, include_background=config.include_background, batch_dice=config.batch_dice, smooth=config.smooth)
-    return DeepSupervisionLoss(config.weights, config.target_mode, dice)
+    return DeepSupervisionLoss(config.weights, config.target_mode, dice, ignore)
 
 
 def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
@@ -109,6 +115,11 @@ class _Data:
     views: int  # augmented views the cache holds per labelled case
 
     @property
+    def ignore(self) -> int | None:
+        """nnU-Net's ignore label in the cached labels (one past the classes), or None."""
+        return self.manifest.get("ignore_label")
+
+    @property
     def image_size(self) -> int:
         return self.manifest["encoder"]["image_size"]
 
@@ -118,7 +129,7 @@ class _Data:
         train_names, val_names = select_cases(cache, manifest["cases"], t.fold, t.num_folds, t.val_fraction)
         if not train_names:
             raise UserError(f"cache {cache} has no training cases")
-        store = CaseStore(cache)
+        store = CaseStore(cache, ignore=manifest.get("ignore_label"))
         views = manifest.get("views", 0)
         for name in train_names + val_names:
             if "label" not in store[name]:
@@ -316,7 +327,7 @@ def train(
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
-    loss_fn = build_loss(config.loss)
+    loss_fn = build_loss(config.loss, data.ignore is not None)
     stepper = _Stepper(decoder, model, optimizer, scheduler, loss_fn, device, t, world)
     record = data.model_file(config, decoder)
 
@@ -340,7 +351,7 @@ def train(
 
         # validate
         if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-            result = validate(decoder, data.store, data.val_names, t.crop_depth, data.num_classes, device)
+            result = validate(decoder, data.store, data.val_names, t.crop_depth, data.num_classes, device, data.ignore)
             entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
         entry["seconds"] = time.perf_counter() - start
         record.history.append(entry)
