@@ -138,7 +138,7 @@ def _cache_options(sub) -> None:
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
     c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
-    c.add_argument("--recipe", choices=RECIPES, help="start from a paper recipe's encoder, image size and preprocessing (sam3dseg recipes)")
+    c.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's encoder, image size and preprocessing: {', '.join(RECIPES)} (sam3dseg recipes)")
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
     _setting(c, CacheConfig, "image_size", type=int)
@@ -159,7 +159,7 @@ def _train_options(sub) -> None:
     t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
-    t.add_argument("--recipe", choices=RECIPES, help="start from a paper recipe's decoder, loss and training settings (sam3dseg recipes)")
+    t.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's decoder, loss and training settings: {', '.join(RECIPES)} (sam3dseg recipes)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
 

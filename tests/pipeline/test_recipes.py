@@ -52,6 +52,7 @@ def test_recipes_command_and_unknown_recipe(capsys, tmp_path):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}: " in out for name in RECIPES) and "79.56" in out and "differs from the original" in out
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--cache", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "liver"])
-    assert exit_.value.code == 2 and "invalid choice: 'liver'" in capsys.readouterr().err
+    for command in (["train", "--cache", str(tmp_path), "--out", str(tmp_path / "r")], ["cache", "--dataset", str(tmp_path), "--out", str(tmp_path / "c")]):
+        assert main([*command, "--recipe", "liver"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["sam3dseg: error: unknown recipe 'liver'; recipes: synapse, acdc, brats, lung (sam3dseg recipes lists them)"]
