@@ -1,4 +1,4 @@
-"""The ``sam3dseg`` command: ``check``, ``recipes``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
+"""The ``sam3dseg`` command: ``check``, ``plan``, ``recipes``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
 
 Each command parses its options into the stage's settings (checked there, see
 :mod:`sam3dseg.pipeline.config`), calls one library function and reports. A
@@ -26,6 +26,7 @@ from .errors import UserError
 from .pipeline.cache import run_cache
 from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
 from .pipeline.evaluate import evaluate_folders
+from .pipeline.plan import run_plan
 from .pipeline.postprocess import postprocess_runs
 from .pipeline.recipes import RECIPES, describe_recipes
 from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
@@ -115,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_check_options, _recipes_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
+    for add in (_check_options, _plan_options, _recipes_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
         add(sub)
     return parser
 
@@ -138,6 +139,7 @@ def _cache_options(sub) -> None:
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
     c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
+    c.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
     c.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's encoder, image size and preprocessing: {', '.join(RECIPES)} (sam3dseg recipes)")
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
@@ -159,9 +161,22 @@ def _train_options(sub) -> None:
     t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
     t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
+    t.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
     t.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's decoder, loss and training settings: {', '.join(RECIPES)} (sam3dseg recipes)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
+
+
+def _plan_options(sub) -> None:
+    p = sub.add_parser("plan", help="fingerprint a dataset and propose spacing, intensities, image size and crops",
+                       description="Read every case once; write OUT/fingerprint.json (spacings, sizes, foreground "
+                       "intensities per channel, class frequencies) and OUT/plan.yaml (target spacing, intensity "
+                       "window, encoder image size, crop and batch), as nnU-Net plans from its data. "
+                       "`sam3dseg cache --plan OUT/plan.yaml` and `sam3dseg train --plan OUT/plan.yaml` use it.")  # fmt: skip
+    p.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    p.add_argument("--out", required=True, type=Path, help="folder for fingerprint.json and plan.yaml")
+    _setting(p, PreprocessConfig, "slicing_axis")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _recipes_options(sub) -> None:
@@ -254,7 +269,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     for section, cls in (("preprocess", PreprocessConfig), ("augment", AugmentConfig)):
         if _given(args, cls):
             given[section] = _given(args, cls)
-    config = load_cache_config(args.config, given, args.recipe)
+    config = load_cache_config(args.config, given, args.recipe, args.plan)
     summary = run_cache(args.dataset, args.out, config, progress=not args.quiet)
     print(
         f"[rank {summary['rank']}] " * (summary["world"] > 1)
@@ -265,7 +280,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    config = load_run_config(args.config, args.overrides, args.recipe)
+    config = load_run_config(args.config, args.overrides, args.recipe, args.plan)
     summary = train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
         if summary["val_cases"]:
@@ -273,6 +288,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
         else:
             why = "train.fold=all" if config.train.fold == "all" else "train.val_fraction=0"
             print(f"run {args.out}: no validation cases ({why}), best.pt is the last epoch's model: {args.out / 'best.pt'}")
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    axis = _given(args, PreprocessConfig).get("slicing_axis", PreprocessConfig().slicing_axis)
+    plan = run_plan(load_dataset(args.dataset), args.out, PreprocessConfig(slicing_axis=axis).slicing_axis, progress=not args.quiet)
+    pre, train = plan["cache"]["preprocess"], plan["run"]["train"]
+    window = f", CT window {pre['ct_window'][0]:g}/{pre['ct_window'][1]:g}" if pre.get("intensity") == "ct" else ", percentile clip"
+    print(f"plan {args.out / 'plan.yaml'}: target spacing {' × '.join(f'{s:g}' for s in pre['target_spacing'])} mm{window}, "
+          f"image size {plan['cache']['image_size']}, crops {train['crop_depth']} slices × "
+          f"{train['crop_tokens'] or 'whole'} tokens, batch {train['batch_size']} (fingerprint in {args.out / 'fingerprint.json'})")  # fmt: skip
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:
@@ -324,6 +349,7 @@ COMMANDS = {
     "cache": _cmd_cache,
     "postprocess": _cmd_postprocess,
     "recipes": _cmd_recipes,
+    "plan": _cmd_plan,
     "train": _cmd_train,
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,

@@ -230,13 +230,13 @@ def _merge(data: dict, loaded: dict, source: str, where: str = "") -> None:
 
 
 def load_settings(
-    cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None, base: tuple[str, dict] | None = None
+    cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None, base: Sequence[tuple[str, dict]] = ()
 ) -> Any:
-    """Defaults, then ``base`` (a recipe: its name and values), then the YAML file, then the ``key=value``
-    overrides, then the values ``given`` (flags), checked."""
+    """Defaults, then each of ``base`` (a recipe, a plan: ``(name, values)``) in order, then the YAML file,
+    then the ``key=value`` overrides, then the values ``given`` (flags), checked."""
     data = to_dict(cls())
-    if base is not None:
-        _merge(data, base[1], base[0])
+    for source, values in base:
+        _merge(data, values, source)
     if path is not None:
         path = Path(path)
         if not path.is_file():

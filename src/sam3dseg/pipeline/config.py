@@ -35,6 +35,7 @@ from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, SLICE_BATCH
 from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
+from .plan import read_plan
 from .recipes import load_recipe
 
 
@@ -157,10 +158,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, recipe: str | None = None) -> RunConfig:
-    """Defaults, then the recipe's ``run`` section, then the YAML file (sections ``decoder``, ``loss``, ``train``), then the overrides."""
-    base = (f"recipe {recipe}", load_recipe(recipe)["run"]) if recipe else None
-    return load_settings(RunConfig, path, overrides or [], base=base)
+def _bases(section: str, recipe: str | None, plan: str | Path | None) -> list[tuple[str, dict]]:
+    """The ``section`` of a recipe and of a plan, in that order, for :func:`load_settings`."""
+    bases = [(f"recipe {recipe}", load_recipe(recipe)[section])] if recipe else []
+    return bases + ([(str(plan), read_plan(plan).get(section, {}))] if plan else [])
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, recipe: str | None = None, plan: str | Path | None = None
+) -> RunConfig:
+    """Defaults, then the recipe's and the plan's ``run`` sections, then the YAML file (sections ``decoder``,
+    ``loss``, ``train``), then the overrides."""
+    return load_settings(RunConfig, path, overrides or [], base=_bases("run", recipe, plan))
 
 
 def _checkpoint_ok(v: str | None) -> bool:
@@ -187,11 +196,12 @@ class CacheConfig:
         check_settings(self)
 
 
-def load_cache_config(path: str | Path | None = None, given: dict | None = None, recipe: str | None = None) -> CacheConfig:
-    """Defaults, then the recipe's ``cache`` section, then the YAML file (e.g. a cache's own ``cache.yaml``),
-    then the values ``given`` (flags)."""
-    base = (f"recipe {recipe}", load_recipe(recipe)["cache"]) if recipe else None
-    return load_settings(CacheConfig, path, given=given, base=base)
+def load_cache_config(
+    path: str | Path | None = None, given: dict | None = None, recipe: str | None = None, plan: str | Path | None = None
+) -> CacheConfig:
+    """Defaults, then the recipe's and the plan's ``cache`` sections, then the YAML file (e.g. a cache's
+    own ``cache.yaml``), then the values ``given`` (flags)."""
+    return load_settings(CacheConfig, path, given=given, base=_bases("cache", recipe, plan))
 
 
 def _window_ok(v: int | None) -> bool:
