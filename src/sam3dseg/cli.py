@@ -228,6 +228,8 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
     e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
     e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")
+    e.add_argument("--raw", type=Path, metavar="DIR", help="the same cases predicted without post-processing (predict --no-postprocess): "
+                   "also scored (its files go there), and the mean Dice with and without post-processing printed")  # fmt: skip
     e.add_argument("--quiet", action="store_true", help="no progress bar (the results table is still printed)")
 
 
@@ -321,10 +323,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    evaluate_folders(
+    summary = evaluate_folders(
         args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png,
         progress=not args.quiet, strict=args.strict, images=args.images,
     )  # fmt: skip
+    if args.raw is not None:
+        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, args.nsd_tolerance, progress=False, quiet=True, strict=args.strict)
+        per_class = ", ".join(f"{n} {raw['per_class'][n]['dice']:.4f} -> {e['dice']:.4f}" for n, e in summary["per_class"].items())
+        print(f"post-processing: mean Dice {raw['mean_dice']:.4f} without ({args.raw}), {summary['mean_dice']:.4f} with; {per_class}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

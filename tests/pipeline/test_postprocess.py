@@ -1,6 +1,7 @@
 """Post-processing: largest connected components, adopted only where the validation Dice says so."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +118,18 @@ def test_postprocess_command_decides_over_all_runs(two_folds, capsys, tmp_path):
     (tmp_path / "r" / "best.pt").write_bytes((runs[0] / "best.pt").read_bytes())
     assert main(["postprocess", "--runs", str(tmp_path / "r")]) == 2
     assert "has no validation predictions" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_mean_with_and_without_postprocessing(tmp_path, capsys):
+    from sam3dseg.data.volumes import Geometry, write_volume
+
+    geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pred, ref = _case(False, True)
+    write_volume(ref, geometry, tmp_path / "ref" / "a.nii.gz")
+    write_volume(pred, geometry, tmp_path / "raw" / "a.nii.gz")
+    write_volume(Postprocess(classes=[1]).apply(pred, 3), geometry, tmp_path / "post" / "a.nii.gz")
+    code = main(["evaluate", "--pred", str(tmp_path / "post"), "--ref", str(tmp_path / "ref"), "--raw", str(tmp_path / "raw"), "--quiet"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0 and out.startswith("post-processing: mean Dice ") and "class1 " in out and "-> 1.0000" in out
+    without, with_ = (float(x) for x in re.findall(r"mean Dice ([0-9.]+) without .*, ([0-9.]+) with", out)[0])
+    assert with_ == 1.0 and without < 1.0
