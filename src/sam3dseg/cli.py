@@ -209,6 +209,8 @@ def _predict_options(sub) -> None:
     _setting(p, PredictConfig, "flip_tta", action="store_const", const=True)
     _setting(p, PredictConfig, "postprocess", action="store_const", const=False)
     p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
+    p.add_argument("--npz", action="store_true", help="also write nnU-Net's {case}.npz + {case}.pkl (float32 probabilities and "
+                   "properties), which nnUNetv2_ensemble averages with nnU-Net's own predictions")  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
     _setting(p, PredictConfig, "slice_batch", type=int)
@@ -316,7 +318,7 @@ def _cmd_postprocess(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     config = load_settings(PredictConfig, given=_given(args, PredictConfig))
     predictor = load_predictor(args.model, args.checkpoint, config)
-    outputs = FolderOutputs(probabilities=args.probabilities, png=args.png, overwrite=args.overwrite)
+    outputs = FolderOutputs(probabilities=args.probabilities, npz=args.npz, png=args.png, overwrite=args.overwrite)
     result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet)
     skipped = f", {len(result['skipped'])} already there (--overwrite to redo)" if result["skipped"] else ""
     print(f"predicted {len(result['written'])} case(s) into {result['out']}{skipped}")

@@ -262,3 +262,40 @@ def test_ensemble_members_must_share_one_encoding(tmp_path, capsys):
     assert Predictor(same, tiny_encoder()).postprocess.classes == [1]
     same[1].postprocess = Postprocess(foreground=True).to_dict()
     assert Predictor(same, tiny_encoder()).postprocess is None
+
+
+def test_npz_probabilities_are_nnunets_export(vit_b_model, tmp_path):
+    """--npz writes what nnU-Net v2 exports (its documented export_prediction_from_logits / SimpleITKIO):
+    {case}.npz with float32 "probabilities" (K, z, y, x) and {case}.pkl with sitk_stuff (spacing, origin,
+    direction) and the spacing in array order. Averaged with another tool's npz as nnUNetv2_ensemble does
+    (mean, argmax) and written with those properties as its SimpleITK writer does, the result has our
+    segmentation's exact geometry, and with our file alone, our labels."""
+    import pickle
+
+    import SimpleITK as sitk
+
+    images, _, geometry = make_case(np.random.default_rng(9), depth=(7, 8), size=(21, 22))
+    write_volume(images[0], geometry, tmp_path / "in" / "odd_0000.nii.gz")
+    args = ["predict", "--model", str(vit_b_model), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*args, "--npz", "--no-postprocess"]) == 0
+    seg, g = read_volume(tmp_path / "out" / "odd.nii.gz")
+    with np.load(tmp_path / "out" / "odd.npz", allow_pickle=False) as z:
+        assert list(z) == ["probabilities"]
+        probs = z["probabilities"]
+    assert probs.dtype == np.float32 and probs.shape == (3, *seg.shape) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    with open(tmp_path / "out" / "odd.pkl", "rb") as f:
+        properties = pickle.load(f)  # our own file, written a moment ago
+    assert properties["spacing"] == list(g.spacing)[::-1]
+    other = np.random.default_rng(0).dirichlet(np.ones(3), size=seg.shape).transpose(3, 0, 1, 2).astype(np.float32)
+    for pair, expected in (([probs], seg), ([probs, other], ((probs + other) / 2).argmax(0))):
+        merged = (sum(pair) / len(pair)).argmax(0).astype(np.uint8)
+        image = sitk.GetImageFromArray(merged)
+        image.SetSpacing(properties["sitk_stuff"]["spacing"])
+        image.SetOrigin(properties["sitk_stuff"]["origin"])
+        image.SetDirection(properties["sitk_stuff"]["direction"])
+        sitk.WriteImage(image, str(tmp_path / "merged.nii.gz"))
+        written, g2 = read_volume(tmp_path / "merged.nii.gz")
+        assert (g2.spacing, g2.origin, g2.direction) == (g.spacing, g.origin, g.direction)
+        top = np.sort(sum(pair) / len(pair), axis=0)
+        resolved = top[-1] > top[-2] + 1e-6
+        assert np.array_equal(written[resolved], expected[resolved]) and resolved.mean() > 0.9

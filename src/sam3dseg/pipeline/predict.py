@@ -231,6 +231,23 @@ def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[
     return list(cases.items())
 
 
+def write_nnunet_probabilities(out: Path, name: str, probs: np.ndarray, geometry: Geometry) -> None:
+    """nnU-Net v2's exported probabilities: ``{name}.npz`` with ``probabilities`` ``(K, z, y, x)`` float32 (the
+    layout its SimpleITK reader gives) and ``{name}.pkl``, the properties its writer needs (``sitk_stuff``:
+    spacing, origin, direction; ``spacing`` in array order). ``nnUNetv2_ensemble`` averages such files with
+    nnU-Net's own (it reads dataset.json and plans.json from the first folder: put nnU-Net's first)."""
+    import pickle  # written only: sam3dseg never loads a pickle
+
+    with atomic_output(out / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, probabilities=probs.astype(np.float32))
+    properties = {
+        "sitk_stuff": {"spacing": tuple(geometry.spacing), "origin": tuple(geometry.origin), "direction": tuple(geometry.direction)},
+        "spacing": list(geometry.spacing)[::-1],
+    }
+    with atomic_output(out / f"{name}.pkl") as tmp, open(tmp, "wb") as f:
+        pickle.dump(properties, f)
+
+
 def predict_probabilities(predictor: Predictor, array: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Class probabilities on the file's grid ``(K, z, y, x)`` (float32, the whole volume in memory)."""
     encoded, t = predictor.features(array, geometry)
@@ -243,6 +260,7 @@ class FolderOutputs:
     """What :func:`predict_folder` writes beside each segmentation."""
 
     probabilities: bool = False  # {case}_probabilities.npy, (K, z, y, x) float16
+    npz: bool = False  # nnU-Net's {case}.npz (float32 "probabilities", (K, z, y, x)) and {case}.pkl (properties)
     png: bool = False  # {case}.png, a montage with contours
     overwrite: bool = False  # redo cases whose segmentation exists
 
@@ -269,11 +287,14 @@ def predict_folder(
             continue
         array, geometry = read_channels(paths)
         array = array[0] if array.shape[0] == 1 else array
-        if outputs.probabilities:
+        if outputs.probabilities or outputs.npz:
             probs = predict_probabilities(predictor, array, geometry)
             label = probs.argmax(0).astype(np.uint8)
-            with atomic_output(out / f"{name}_probabilities.npy") as tmp:
-                np.save(tmp, probs.astype(np.float16))
+            if outputs.probabilities:
+                with atomic_output(out / f"{name}_probabilities.npy") as tmp:
+                    np.save(tmp, probs.astype(np.float16))
+            if outputs.npz:
+                write_nnunet_probabilities(out, name, probs, geometry)
         else:
             label, _ = predictor.predict_array(array, geometry)
         label = predictor.finish(label)
