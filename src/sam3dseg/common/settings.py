@@ -229,6 +229,20 @@ def _merge(data: dict, loaded: dict, source: str, where: str = "") -> None:
             data[key] = value
 
 
+def read_yaml(path: str | Path, missing: str) -> dict:
+    """A YAML file holding a mapping (an empty file is an empty one); ``missing`` is the message when absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} must hold a mapping of keys and sections")
+    return loaded
+
+
 def load_settings(
     cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None, base: Sequence[tuple[str, dict]] = ()
 ) -> Any:
@@ -238,16 +252,7 @@ def load_settings(
     for source, values in base:
         _merge(data, values, source)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path} must hold a mapping of keys and sections")
-        _merge(data, loaded, str(path))
+        _merge(data, read_yaml(path, f"config file not found: {path}"), str(path))
     apply_overrides(data, overrides)
     _merge(data, given or {}, "options")
     return from_dict(cls, data)

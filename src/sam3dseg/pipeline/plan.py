@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from ..common.files import write_json, write_text
+from ..common.settings import read_yaml
 from ..data.datasets import Dataset, read_case
 from ..data.preprocess import PreprocessConfig, plan_transform, reorient
 from ..errors import UserError
@@ -125,13 +126,7 @@ def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", pro
 
 def read_plan(path: str | Path) -> dict:
     """A ``plan.yaml`` (sections ``cache`` and ``run``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"plan file not found: {path} (sam3dseg plan writes one)")
-    try:
-        plan = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(plan, dict) or not set(plan) <= {"cache", "run"}:
+    plan = read_yaml(path, f"plan file not found: {path} (sam3dseg plan writes one)")
+    if not set(plan) <= {"cache", "run"}:
         raise UserError(f"{path} must hold the sections cache and run (a plan.yaml of sam3dseg plan)")
     return plan
