@@ -41,9 +41,9 @@ from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
 from .cache import read_manifest
 from .config import LossConfig, PredictConfig, RunConfig, TrainConfig
+from .folds import select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
-from .folds import select_cases
 from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
 from .samples import Batch, CaseStore, Sampling, sample_batch
 from .windows import WindowDecoder
