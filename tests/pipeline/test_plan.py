@@ -69,3 +69,13 @@ def test_mr_plans_percentiles_and_anisotropic_spacing_takes_the_10th_percentile(
     spacings = np.array([[s, 0.8, 0.8] for s in (4.0, 4.5, 5.0, 6.0, 7.0)])
     sizes = np.array([[10, 200, 200]] * 5)  # few slices, large planes: anisotropic in spacing and in voxels
     assert target_spacing(spacings, sizes) == [pytest.approx(np.percentile(spacings[:, 0], 10)), 0.8, 0.8]
+
+
+def test_crop_and_batch_fit_the_machines_memory():
+    """Batch 2 and 16 slices while a step's estimated memory fits in half the machine's; batch 1, then fewer slices."""
+    from sam3dseg.pipeline.plan import fit_to_memory
+
+    assert fit_to_memory(16, 1024, 11, 24.0) == (2, 16, 3.2)  # 16 slices × 2 × 0.1 GiB with crops
+    assert fit_to_memory(16, 1024, None, 24.0) == (1, 16, 9.6)  # whole 1024² planes: 0.6 GiB a slice
+    assert fit_to_memory(16, 1024, None, 8.0) == (1, 6, 3.6)  # then fewer slices
+    assert fit_to_memory(16, 256, None, 24.0)[0] == 2

@@ -12,7 +12,9 @@ and how often each class occurs. The plan proposes from it:
 - ``image_size``: the median in-plane extent at that spacing, rounded up to a multiple of 16,
   at most 1024 (SAM's own size);
 - ``train.crop_depth`` (16, or the median depth if smaller), ``train.crop_tokens`` (11, the
-  original SAM3D's 176² crop, when the token grid is larger), ``train.batch_size`` 2.
+  original SAM3D's 176² crop, when the token grid is larger), ``train.batch_size`` 2 (nnU-Net's):
+  while a step's memory, estimated from ``bench/crops.py``'s measurements, fits in half this
+  machine's memory; otherwise batch 1, then fewer slices.
 
 ``plan.yaml`` has the sections ``cache`` and ``run`` of a recipe: ``sam3dseg cache --plan`` and
 ``sam3dseg train --plan`` start from it, explicit options still winning.
@@ -93,8 +95,32 @@ def target_spacing(spacings: np.ndarray, sizes: np.ndarray) -> list[float]:
     return [round(float(s), 5) for s in target]
 
 
-def make_plan(fp: dict) -> dict:
-    """The settings the fingerprint suggests, as a recipe's ``cache`` and ``run`` sections (module docstring)."""
+# Resident memory of one training step per crop slice (batch 1, default decoder, CPU), measured by
+# bench/crops.py (README, "Numbers to plan with"): with 11 × 11-token crops, and on whole planes by size.
+STEP_GIB_PER_SLICE_CROPPED = 0.1
+STEP_GIB_PER_SLICE_WHOLE = {256: 0.14, 512: 0.28, 1024: 0.6}
+
+
+def machine_memory_gib() -> float:
+    """This machine's physical memory."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def fit_to_memory(crop_depth: int, image_size: int, crop_tokens: int | None, memory_gib: float) -> tuple[int, int, float]:
+    """Batch 2 (nnU-Net's) and ``crop_depth`` while a step's estimated memory stays within half the machine's;
+    else batch 1, then fewer slices. Returns the batch, the crop depth and the step's estimated GiB."""
+    per_slice = STEP_GIB_PER_SLICE_CROPPED if crop_tokens else next(v for s, v in STEP_GIB_PER_SLICE_WHOLE.items() if image_size <= s or s == 1024)
+    budget = memory_gib / 2
+    batch = 2 if 2 * crop_depth * per_slice <= budget else 1
+    depth = crop_depth if batch == 2 else max(1, min(crop_depth, int(budget / per_slice)))
+    return batch, depth, round(batch * depth * per_slice, 2)
+
+
+def make_plan(fp: dict, memory_gib: float | None = None) -> dict:
+    """The settings the fingerprint suggests, as a recipe's ``cache`` and ``run`` sections (module docstring),
+    crop and batch fitted to ``memory_gib`` (default: this machine's)."""
     spacings, sizes = np.asarray(fp["spacings"], float), np.asarray(fp["sizes"], float)
     spacing = target_spacing(spacings, sizes)
     resampled = np.median(sizes * spacings / np.asarray(spacing), axis=0)  # (D, H, W) at the target spacing
@@ -108,8 +134,12 @@ def make_plan(fp: dict) -> dict:
     else:
         preprocess |= {"intensity": "percentile"}
     grid = image_size // 16
-    train = {"crop_depth": int(min(16, max(1, round(resampled[0])))), "crop_tokens": 11 if grid > 11 else None, "batch_size": 2}
-    return {"cache": {"image_size": image_size, "preprocess": preprocess}, "run": {"train": train}}
+    tokens = 11 if grid > 11 else None
+    memory = machine_memory_gib() if memory_gib is None else memory_gib
+    batch, depth, step_gib = fit_to_memory(int(min(16, max(1, round(resampled[0])))), image_size, tokens, memory)
+    train = {"crop_depth": depth, "crop_tokens": tokens, "batch_size": batch}
+    about = f"machine memory {memory:.1f} GiB; a training step needs about {step_gib} GiB (estimate from bench/crops.py)"
+    return {"about": about, "cache": {"image_size": image_size, "preprocess": preprocess}, "run": {"train": train}}
 
 
 def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", progress: bool = True) -> dict:
@@ -127,6 +157,6 @@ def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", pro
 def read_plan(path: str | Path) -> dict:
     """A ``plan.yaml`` (sections ``cache`` and ``run``)."""
     plan = read_yaml(path, f"plan file not found: {path} (sam3dseg plan writes one)")
-    if not set(plan) <= {"cache", "run"}:
+    if not set(plan) <= {"about", "cache", "run"}:
         raise UserError(f"{path} must hold the sections cache and run (a plan.yaml of sam3dseg plan)")
     return plan
