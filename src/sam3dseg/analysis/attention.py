@@ -120,6 +120,6 @@ class AttentionDecoder(LevelDecoder):
             num_classes,
             in_channels,
             channels,
-            lambda cin, cout: AttentionUpBlock(cin, cout, dim, kernel, activation, upsample),
+            lambda cin, cout, scale: AttentionUpBlock(cin, cout, dim, kernel, activation, upsample),
         )
         self.dim, self.kernel = dim, kernel

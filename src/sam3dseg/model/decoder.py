@@ -10,6 +10,12 @@ with ``*`` a 3×3×3 convolution, IN instance norm, σ the activation and ``U_2x
 linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``;
 ``Ŷ(ℓ) = softmax(head_ℓ(g(ℓ)))`` for ℓ = 1..4, so ``Ŷ(4)`` is at full resolution.
 
+The decoder follows the encoder's stride s (decision D11): it always has four blocks and
+four supervised levels, and the last ``log2(s)`` blocks upsample, so ``Ŷ(4)`` is at the
+encoder's input resolution. For SAM's ViTs (s = 16) every block upsamples: the method's
+decoder exactly. For LiteMedSAM (s = 4) blocks 1 and 2 keep the S/4 grid
+(``g(ℓ+1) = σ(r1 + r2)``, no ``U_2x``) and blocks 3 and 4 upsample.
+
 The image path (not in the write-up; decision D10, ``decoder.image_path``) joins the
 preprocessed slices, average-pooled to each block's input grid, to that block's
 input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
@@ -34,6 +40,16 @@ UPSAMPLES: tuple[Upsample, ...] = ("linear", "nearest")
 SHORTCUT_KERNELS = (3, 1)
 # The image path's grid is S / IMAGE_STRIDE: the finest block input (block 4 reads S/2).
 IMAGE_STRIDE = 2
+NUM_BLOCKS = 4
+
+
+def block_scales(stride: int, blocks: int = NUM_BLOCKS) -> tuple[int, ...]:
+    """The in-plane factor of each block (1 or 2) for an encoder of output ``stride`` (decision D11):
+    the last ``log2(stride)`` blocks upsample, so the decoder ends at the encoder's input resolution."""
+    ups = stride.bit_length() - 1
+    if stride < 1 or 2**ups != stride or ups > blocks:
+        raise ValueError(f"the decoder's {blocks} blocks reach input resolution only for an encoder stride 1, 2, 4, ..., {2**blocks}; got {stride}")
+    return (1,) * (blocks - ups) + (2,) * ups
 
 
 def image_path_input(volume: Tensor, image_size: int) -> Tensor:
@@ -84,7 +100,8 @@ def instance_norm(channels: int) -> nn.InstanceNorm3d:
 
 
 class ResidualUpBlock(nn.Module):
-    """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (method §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``.
+    """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (method §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``
+    (``scale`` 2; with ``scale`` 1, decision D11, the same block without ``U_2x``: ``(B, C_out, D, h, w)``).
 
     ``W1: C_in → C_out`` and ``W2: C_out → C_out`` form the residual branch ``r1``;
     ``W0: C_in → C_out`` the shortcut ``r2``. The write-up has a 3×3×3 ``W0``; the original
@@ -100,8 +117,11 @@ class ResidualUpBlock(nn.Module):
         shortcut_kernel: int = 3,
         activation: Activation = "relu",
         upsample: Upsample = "linear",
+        scale: int = 2,
     ) -> None:
         super().__init__()
+        if scale not in (1, 2):
+            raise ValueError(f"scale must be 1 or 2, got {scale}")
         if shortcut_kernel not in (1, 3):
             raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
         if upsample not in ("linear", "nearest"):
@@ -110,7 +130,7 @@ class ResidualUpBlock(nn.Module):
         self.conv2, self.norm2 = _conv(out_channels, out_channels, 3), instance_norm(out_channels)  # W2
         self.conv0, self.norm0 = _conv(in_channels, out_channels, shortcut_kernel), instance_norm(out_channels)  # W0
         self.act = activation_layer(activation)
-        self.upsample = upsample
+        self.upsample, self.scale = upsample, scale
 
     def residual(self, g: Tensor) -> Tensor:
         """``r1 = IN(W2 * σ(IN(W1 * g)))``, the write-up's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
@@ -121,7 +141,8 @@ class ResidualUpBlock(nn.Module):
         return self.norm0(self.conv0(g))
 
     def forward(self, g: Tensor) -> Tensor:
-        return upsample_in_plane(self.act(self.residual(g) + self.shortcut(g)), self.upsample)
+        y = self.act(self.residual(g) + self.shortcut(g))
+        return upsample_in_plane(y, self.upsample) if self.scale == 2 else y
 
 
 def upsample_in_plane(y: Tensor, mode: Upsample) -> Tensor:
@@ -136,8 +157,9 @@ def upsample_in_plane(y: Tensor, mode: Upsample) -> Tensor:
 class LevelDecoder(nn.Module):
     """Four blocks ``g(ℓ) -> g(ℓ+1)`` and a 1×1×1 head per level: the contract every decoder here keeps.
 
-    Subclasses pass ``make_block(C_ℓ, C_ℓ+1)``, which builds a module ``(B, C_ℓ, D, h, w)
-    -> (B, C_ℓ+1, D, 2h, 2w)``; this class owns the heads and the forward pass, so
+    Subclasses pass ``make_block(C_ℓ, C_ℓ+1, scale)``, which builds a module ``(B, C_ℓ, D, h, w)
+    -> (B, C_ℓ+1, D, scale·h, scale·w)``, the scales from :func:`block_scales` of the encoder's
+    ``stride``; this class owns the heads and the forward pass, so
     the write-up's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
     take the same input and return the same four outputs. With ``image_channels = C > 0``
     (the image path) block ℓ is built for ``C_ℓ + C`` input channels and ``forward``
@@ -149,8 +171,9 @@ class LevelDecoder(nn.Module):
         num_classes: int,
         in_channels: int,
         channels: tuple[int, ...],
-        make_block: Callable[[int, int], nn.Module],
+        make_block: Callable[[int, int, int], nn.Module],
         image_channels: int = 0,
+        stride: int = 16,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -160,10 +183,11 @@ class LevelDecoder(nn.Module):
         if image_channels < 0:
             raise ValueError(f"image_channels must be >= 0, got {image_channels}")
         self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
-        self.image_channels = image_channels
+        self.image_channels, self.stride = image_channels, stride
+        self.scales = block_scales(stride)
         widths = (in_channels, *channels)
         # Blocks before heads: the order random initialisation draws in.
-        self.blocks = nn.ModuleList(make_block(widths[i] + image_channels, widths[i + 1]) for i in range(4))
+        self.blocks = nn.ModuleList(make_block(widths[i] + image_channels, widths[i + 1], s) for i, s in enumerate(self.scales))
         self.heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in channels)
 
     @property
@@ -172,9 +196,10 @@ class LevelDecoder(nn.Module):
         return (self.in_channels, *self.channels)
 
     def forward(self, features: Tensor, image: Tensor | None = None) -> list[Tensor]:
-        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·2^ℓ, w·2^ℓ) for ℓ = 1..4]``.
+        """``features: (B, C_in, D, h, w)`` -> ``[(B, K, D, h·f_ℓ, w·f_ℓ) for ℓ = 1..4]``, ``f_ℓ`` the product
+        of the first ℓ block scales (``2^ℓ`` at stride 16; ``f_4`` = the stride).
 
-        ``image``: with the image path, ``(B, C, D, 8h, 8w)`` from :func:`image_path_input`.
+        ``image``: with the image path, ``(B, C, D, h·s/2, w·s/2)`` from :func:`image_path_input`.
         """
         if features.ndim != 5 or features.shape[1] != self.in_channels:
             raise ValueError(
@@ -182,7 +207,7 @@ class LevelDecoder(nn.Module):
             )
         if self.image_channels:
             b, _, d, h, w = features.shape
-            expected = (b, self.image_channels, d, h * 16 // IMAGE_STRIDE, w * 16 // IMAGE_STRIDE)
+            expected = (b, self.image_channels, d, h * self.stride // IMAGE_STRIDE, w * self.stride // IMAGE_STRIDE)
             if image is None or tuple(image.shape) != expected:
                 got = None if image is None else tuple(image.shape)
                 raise ValueError(f"the decoder's image path expects an image {expected}, got {got}")
@@ -205,7 +230,8 @@ class SAM3DDecoder(LevelDecoder):
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
     ``Ŷ(1), …, Ŷ(4)`` in the write-up's order ℓ = 1..4 (coarse → fine), shaped
-    ``(B, K, D, h·2^ℓ, w·2^ℓ)``. Softmax is left to the loss / prediction.
+    ``(B, K, D, h·2^ℓ, w·2^ℓ)`` for an encoder of stride 16 (other strides: decision D11,
+    ``Ŷ(4)`` at the encoder's input resolution). Softmax is left to the loss / prediction.
 
     Defaults follow the write-up (3×3×3 shortcut, ReLU, linear upsampling); the original
     SAM3D code is ``shortcut_kernel=1, activation="leaky_relu", upsample="nearest"``.
@@ -220,6 +246,7 @@ class SAM3DDecoder(LevelDecoder):
         activation: Activation = "relu",
         upsample: Upsample = "linear",
         image_channels: int = 0,
+        stride: int = 16,
     ) -> None:
         """
         Args:
@@ -230,21 +257,24 @@ class SAM3DDecoder(LevelDecoder):
             activation: σ, ``relu`` (write-up) or ``leaky_relu`` (original).
             upsample: U_2x, ``linear`` (write-up) or ``nearest`` (original).
             image_channels: the image path's channels (the volume's C), 0 for none (the write-up).
+            stride: the encoder's output stride (16 for SAM's ViTs, 4 for LiteMedSAM): which
+                blocks upsample (:func:`block_scales`).
         """
         super().__init__(
             num_classes,
             in_channels,
             channels,
-            lambda cin, cout: ResidualUpBlock(cin, cout, shortcut_kernel, activation, upsample),
+            lambda cin, cout, scale: ResidualUpBlock(cin, cout, shortcut_kernel, activation, upsample, scale),
             image_channels,
+            stride,
         )
         self.shortcut_kernel = shortcut_kernel
 
     def level_flops(self, depth: int, height: int, width: int) -> list[int]:
         """Analytic FLOPs of the convolutions per level, ℓ = 1..4, for input ``(·, ·, D, h, w)``.
 
-        Level ℓ counts block ℓ-1 (W1, W2, W0 at the block's input grid
-        ``D × h·2^(ℓ-1) × w·2^(ℓ-1)``) and head ℓ (at ``D × h·2^ℓ × w·2^ℓ``). One
+        Level ℓ counts block ℓ (W1, W2, W0 at the block's input grid, ``D × h·2^(ℓ-1) × w·2^(ℓ-1)``
+        at stride 16) and head ℓ (at the block's output grid, ``D × h·2^ℓ × w·2^ℓ``). One
         multiply-add is 2 FLOPs, the convention of ``torch.utils.flop_counter``; biases,
         norms, activations and interpolation are not counted (they are O(voxels·C),
         not O(voxels·C²)).
@@ -252,10 +282,11 @@ class SAM3DDecoder(LevelDecoder):
         k0 = self.shortcut_kernel**3
         widths = self.widths
         flops = []
-        for i in range(4):
+        voxels_in = depth * height * width
+        for i, scale in enumerate(self.scales):
             cin, cout = widths[i] + self.image_channels, widths[i + 1]
-            voxels_in = depth * height * width * 4**i
             block_macs = voxels_in * (27 * cin * cout + 27 * cout * cout + k0 * cin * cout)
-            head_macs = 4 * voxels_in * cout * self.num_classes
+            head_macs = scale**2 * voxels_in * cout * self.num_classes
             flops.append(2 * (block_macs + head_macs))
+            voxels_in *= scale**2
         return flops

@@ -9,8 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .decoder import SAM3DDecoder, image_path_input
-from .encoder import SLICE_BATCH, encode_volume
-from .vit import SAMImageEncoder
+from .encoder import SLICE_BATCH, Encoder, encode_volume
 
 
 class SAM3D(nn.Module):
@@ -20,7 +19,7 @@ class SAM3D(nn.Module):
     an optimiser takes.
     """
 
-    def __init__(self, encoder: SAMImageEncoder, decoder: SAM3DDecoder, slice_batch: int = SLICE_BATCH) -> None:
+    def __init__(self, encoder: Encoder, decoder: SAM3DDecoder, slice_batch: int = SLICE_BATCH) -> None:
         """
         Args:
             encoder: from :func:`sam3dseg.build_encoder`.

