@@ -39,6 +39,33 @@ def test_a_file_written_by_version_1_still_loads_and_predicts_the_same():
     assert np.array_equal(labels, np.load(FIXTURES / "model_v1_prediction.npz")["labels"])
 
 
+def test_a_file_written_by_version_3_predicts_bit_identically_and_its_cache_keys_hold(tmp_path):
+    """tests/fixtures/model_v3.pt, its prediction and its cache keys were written at commit b7ecca7, before the
+    encoder interface (tests/fixtures/make_model_v3.py): the ViT path must give the same bytes, and caches of
+    SAM's ViTs the same keys (so nothing is re-encoded)."""
+    import json
+
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.data.preprocess import PreprocessConfig
+    from sam3dseg.data.synthetic import write_dataset
+    from sam3dseg.model.encoder import EncoderInfo
+    from sam3dseg.pipeline.cache import case_key
+    from sam3dseg.pipeline.predict import predict_probabilities
+
+    record = load_model_file(FIXTURES / "model_v3.pt")
+    assert record.encoder.stride == 16 and record.encoder.normalisation == "sam" and record.config.decoder.image_path
+    assert record.build_decoder().scales == (2, 2, 2, 2)
+    images, _, geometry = make_case(np.random.default_rng(4))
+    predictor = Predictor(record, tiny_encoder(32), PredictConfig(window=4))
+    expected = np.load(FIXTURES / "model_v3_prediction.npz")
+    assert np.array_equal(predictor.predict_array(images[0], geometry)[0], expected["labels"])
+    assert np.array_equal(predict_probabilities(predictor, images[0], geometry), expected["probabilities"])
+    ds = write_dataset(tmp_path / "ds", 3, "nnunet", seed=3)
+    info = EncoderInfo.of(tiny_encoder(32), None)
+    keys = {c.name: case_key(c, PreprocessConfig(), info) for c in load_dataset(ds).cases}
+    assert keys == json.loads((FIXTURES / "model_v3_cache_keys.json").read_text())
+
+
 def _with(tmp_path, **changes):
     state = tiny_model_file().to_state()
     state.update(changes)
