@@ -176,6 +176,7 @@ def _plan_options(sub) -> None:
                        "`sam3dseg cache --plan OUT/plan.yaml` and `sam3dseg train --plan OUT/plan.yaml` use it.")  # fmt: skip
     p.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     p.add_argument("--out", required=True, type=Path, help="folder for fingerprint.json and plan.yaml")
+    _setting(p, CacheConfig, "encoder")
     _setting(p, PreprocessConfig, "slicing_axis")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -297,11 +298,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> None:
     axis = _given(args, PreprocessConfig).get("slicing_axis", PreprocessConfig().slicing_axis)
-    plan = run_plan(load_dataset(args.dataset), args.out, PreprocessConfig(slicing_axis=axis).slicing_axis, progress=not args.quiet)
+    encoder = _given(args, CacheConfig).get("encoder", CacheConfig().encoder)
+    plan = run_plan(load_dataset(args.dataset), args.out, PreprocessConfig(slicing_axis=axis).slicing_axis, progress=not args.quiet, encoder=encoder)
     pre, train = plan["cache"]["preprocess"], plan["run"]["train"]
     window = f", CT window {pre['ct_window'][0]:g}/{pre['ct_window'][1]:g}" if pre.get("intensity") == "ct" else ", percentile clip"
     print(f"plan {args.out / 'plan.yaml'}: target spacing {' × '.join(f'{s:g}' for s in pre['target_spacing'])} mm{window}, "
-          f"image size {plan['cache']['image_size']}, crops {train['crop_depth']} slices × "
+          f"{plan['cache']['encoder']} at {plan['cache']['image_size']}, crops {train['crop_depth']} slices × "
           f"{train['crop_tokens'] or 'whole'} tokens, batch {train['batch_size']} ({plan['about']}; fingerprint in "
           f"{args.out / 'fingerprint.json'})")  # fmt: skip
 

@@ -79,3 +79,16 @@ def test_crop_and_batch_fit_the_machines_memory():
     assert fit_to_memory(16, 1024, None, 24.0) == (1, 16, 9.6)  # whole 1024² planes: 0.6 GiB a slice
     assert fit_to_memory(16, 1024, None, 8.0) == (1, 6, 3.6)  # then fewer slices
     assert fit_to_memory(16, 256, None, 24.0)[0] == 2
+
+
+def test_plan_follows_the_encoder(tmp_path):
+    """The image size is capped at the size the encoder was trained at, and the token crop is 176 px in its tokens."""
+    from sam3dseg.pipeline.plan import make_plan
+
+    fp = {"spacings": [[1.0, 1.0, 1.0]] * 3, "sizes": [[40, 512, 512]] * 3, "slicing_axis": "axial", "channels": ["MR"], "foreground_intensities": {}}
+    vit, lite = make_plan(fp, 24.0), make_plan(fp, 24.0, encoder="lite_medsam")
+    assert (vit["cache"]["encoder"], vit["cache"]["image_size"], vit["run"]["train"]["crop_tokens"]) == ("vit_b", 512, 11)
+    assert (lite["cache"]["encoder"], lite["cache"]["image_size"], lite["run"]["train"]["crop_tokens"]) == ("lite_medsam", 256, 44)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(lite))
+    assert load_cache_config(None, None, plan=tmp_path / "plan.yaml").encoder == "lite_medsam"
+    assert main(["plan", "--dataset", str(tmp_path), "--out", str(tmp_path / "p"), "--encoder", "vit_x"]) == 2

@@ -31,11 +31,11 @@ class SAM3D(nn.Module):
 
     @torch.no_grad()
     def encode(self, volume: Tensor) -> Tensor:
-        """Slice, encode and stack (method §1): ``(B, C, D, H, W) -> F: (B, 256·C, D, S/16, S/16)``.
+        """Slice, encode and stack (method §1): ``(B, C, D, H, W) -> F: (B, 256·C, D, S/s, S/s)``, s the encoder's stride.
 
         ``volume`` holds grey values in ``[0, 255]`` with ``max(H, W) <= S`` (the
         encoder's ``image_size``); each slice is repeated to three channels,
-        SAM-normalised and zero-padded to ``S × S`` (:func:`sam3dseg.model.encoder.to_encoder_input`).
+        normalised as the encoder's checkpoint was trained and zero-padded to ``S × S`` (:func:`sam3dseg.model.encoder.to_encoder_input`).
         Each of the C image channels (MR sequences) is encoded on its own and the
         features are concatenated, as the original SAM3D does.
         """
@@ -44,7 +44,8 @@ class SAM3D(nn.Module):
         return torch.stack([encode_volume(self.encoder, v, self.slice_batch) for v in volume])
 
     def forward(self, volume: Tensor) -> list[Tensor]:
-        """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits ``[(B, K, D, S·2^ℓ/16, S·2^ℓ/16) for ℓ = 1..4]``.
+        """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits for ℓ = 1..4, ``(B, K, D, S·2^ℓ/16, S·2^ℓ/16)`` at stride 16
+        (decision D11 for other strides; ``Ŷ(4)`` always at S).
 
         A decoder with the image path (decision D10) also reads the slices themselves,
         padded and pooled as the cache stores them (:func:`~sam3dseg.model.decoder.image_path_input`).

@@ -5,7 +5,7 @@ Layout of a cache folder::
     CACHE/cache.yaml           the settings of the run (CacheConfig): repeat it with --config
     CACHE/manifest.json        format version, encoder, preprocessing, classes and the list of cases
                                (written last, once every case is on disk)
-    CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/16, S/16), "label": uint8 (D', H', W'),
+    CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/s, S/s), "label": uint8 (D', H', W'),
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
                                (tensors and plain types: loads weights_only)
     CACHE/cases/{case}.json    {"key": ..., "image": true, ...}  written after the .pt: its presence marks the case done
@@ -17,8 +17,8 @@ Layout of a cache folder::
 case cached by an older sam3dseg, without it, gains it on the next run without being
 encoded again.
 A case's key hashes everything its features depend on: the bytes of its image and
-label files, the preprocessing settings, the encoder name, size and checkpoint
-hash. A view's key adds its index, the augmentation settings and MONAI's version. A
+label files, the preprocessing settings, the encoder name, size, architecture, checkpoint
+hash and normalisation (``EncoderInfo.identity``). A view's key adds its index, the augmentation settings and MONAI's version. A
 later run re-encodes exactly the cases and views whose key changed. Each file is
 written to a temporary name and renamed, and a killed run resumes where it
 stopped; the bytes written do not depend on where it was stopped.

@@ -116,7 +116,7 @@ class TrainConfig:
     foreground_fraction: float = fraction(0.33, "share of crops placed on a voxel of a class the case holds (nnU-Net's 0.33)")
     crop_tokens: int | None = setting(
         None, "null or a positive integer", lambda v: v is None or (isinstance(v, int) and v >= 1),
-        "train on N × N windows of the token grid (16N × 16N pixels); null: whole planes",
+        "train on N × N windows of the token grid (N·s × N·s pixels, s the encoder's stride: 16, or 4 for lite_medsam); null: whole planes",
     )  # fmt: skip
     views: int | None = setting(
         None, "null or an integer >= 0", lambda v: v is None or (isinstance(v, int) and v >= 0),

@@ -9,10 +9,12 @@ and how often each class occurs. The plan proposes from it:
   10th percentile instead, as nnU-Net does;
 - ``preprocess.intensity``: for a CT first channel, a window over the foreground's 0.5–99.5
   percentiles (nnU-Net's clip) instead of the fixed 40/400; percentiles otherwise;
-- ``image_size``: the median in-plane extent at that spacing, rounded up to a multiple of 16,
-  at most 1024 (SAM's own size);
-- ``train.crop_depth`` (16, or the median depth if smaller), ``train.crop_tokens`` (11, the
-  original SAM3D's 176² crop, when the token grid is larger), ``train.batch_size`` 2 (nnU-Net's):
+- ``encoder`` (the one asked for, ``vit_b`` by default) and ``image_size``: the median in-plane
+  extent at that spacing, rounded up to a multiple of 16, at most the size the encoder was
+  trained at (1024 for SAM's ViTs and mobile_sam, 256 for lite_medsam);
+- ``train.crop_depth`` (16, or the median depth if smaller), ``train.crop_tokens`` (the original
+  SAM3D's 176² crop in the encoder's tokens, 176 / stride: 11 at stride 16, 44 at stride 4, when
+  the token grid is larger), ``train.batch_size`` 2 (nnU-Net's):
   while a step's memory, estimated from ``bench/crops.py``'s measurements, fits in half this
   machine's memory; otherwise batch 1, then fewer slices.
 
@@ -33,6 +35,10 @@ from ..common.settings import read_yaml
 from ..data.datasets import Dataset, read_case
 from ..data.preprocess import PreprocessConfig, plan_transform, reorient
 from ..errors import UserError
+from ..model.encoder import encoder_entry
+
+# The original SAM3D's in-plane training crop (Synapse, 176²), in pixels.
+CROP_PIXELS = 176
 
 SAMPLES_PER_CASE = 10_000
 
@@ -118,13 +124,14 @@ def fit_to_memory(crop_depth: int, image_size: int, crop_tokens: int | None, mem
     return batch, depth, round(batch * depth * per_slice, 2)
 
 
-def make_plan(fp: dict, memory_gib: float | None = None) -> dict:
-    """The settings the fingerprint suggests, as a recipe's ``cache`` and ``run`` sections (module docstring),
-    crop and batch fitted to ``memory_gib`` (default: this machine's)."""
+def make_plan(fp: dict, memory_gib: float | None = None, encoder: str = "vit_b") -> dict:
+    """The settings the fingerprint suggests for ``encoder``, as a recipe's ``cache`` and ``run`` sections
+    (module docstring), crop and batch fitted to ``memory_gib`` (default: this machine's)."""
+    entry = encoder_entry(encoder)
     spacings, sizes = np.asarray(fp["spacings"], float), np.asarray(fp["sizes"], float)
     spacing = target_spacing(spacings, sizes)
     resampled = np.median(sizes * spacings / np.asarray(spacing), axis=0)  # (D, H, W) at the target spacing
-    image_size = int(min(1024, 16 * math.ceil(max(resampled[1], resampled[2]) / 16)))
+    image_size = int(min(entry.default_image_size, 16 * math.ceil(max(resampled[1], resampled[2]) / 16)))
     preprocess: dict = {"slicing_axis": fp["slicing_axis"], "target_spacing": spacing}
     first = fp["channels"][0]
     stats = fp["foreground_intensities"].get(first)
@@ -133,21 +140,23 @@ def make_plan(fp: dict, memory_gib: float | None = None) -> dict:
         preprocess |= {"intensity": "ct", "ct_window": [round((lo + hi) / 2, 2), round(max(hi - lo, 1.0), 2)]}
     else:
         preprocess |= {"intensity": "percentile"}
-    grid = image_size // 16
-    tokens = 11 if grid > 11 else None
+    grid, crop = image_size // entry.stride, CROP_PIXELS // entry.stride
+    tokens = crop if grid > crop else None
     memory = machine_memory_gib() if memory_gib is None else memory_gib
     batch, depth, step_gib = fit_to_memory(int(min(16, max(1, round(resampled[0])))), image_size, tokens, memory)
     train = {"crop_depth": depth, "crop_tokens": tokens, "batch_size": batch}
-    about = f"machine memory {memory:.1f} GiB; a training step needs about {step_gib} GiB (estimate from bench/crops.py)"
-    return {"about": about, "cache": {"image_size": image_size, "preprocess": preprocess}, "run": {"train": train}}
+    about = f"machine memory {memory:.1f} GiB; a training step needs about {step_gib} GiB (estimate from bench/crops.py, at stride 16)"
+    cache = {"encoder": encoder, "image_size": image_size, "preprocess": preprocess}
+    return {"about": about, "cache": cache, "run": {"train": train}}
 
 
-def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", progress: bool = True) -> dict:
-    """Write ``out/fingerprint.json`` and ``out/plan.yaml``; returns the plan."""
+def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", progress: bool = True, encoder: str = "vit_b") -> dict:
+    """Write ``out/fingerprint.json`` and ``out/plan.yaml`` for ``encoder``; returns the plan."""
+    encoder_entry(encoder)  # an unknown name is one line before any case is read
     if not dataset.cases:
         raise UserError(f"{dataset.root} has no cases to plan from")
     fp = fingerprint(dataset, slicing_axis, progress)
-    plan = make_plan(fp)
+    plan = make_plan(fp, encoder=encoder)
     write_json(Path(out) / "fingerprint.json", fp)
     header = "# sam3dseg plan: settings proposed from fingerprint.json; use with `sam3dseg cache --plan` and `sam3dseg train --plan`\n"
     write_text(Path(out) / "plan.yaml", header + yaml.safe_dump(plan, sort_keys=False))

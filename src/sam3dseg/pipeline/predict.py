@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 class Encoded(NamedTuple):
     """What the decoder reads of one volume, on the device."""
 
-    features: Tensor  # (256·C, D', S/16, S/16)
+    features: Tensor  # (256·C, D', S/s, S/s), s the encoder's stride
     image: Tensor | None  # (C, D', S/2, S/2) uint8 with the image path, else None
 
 
@@ -82,7 +82,7 @@ class Predictor:
 
     @torch.no_grad()
     def encode(self, volume: np.ndarray) -> Tensor:
-        """``(C, D', H', W')`` grey values -> features ``(256·C, D', S/16, S/16)`` on the device."""
+        """``(C, D', H', W')`` grey values -> features ``(256·C, D', S/s, S/s)`` on the device."""
         return encode_volume(self.encoder, torch.from_numpy(volume), self.config.slice_batch)
 
     def model_slices(self, encoded: Encoded, valid_hw: tuple[int, int]) -> Iterator[Tensor]:

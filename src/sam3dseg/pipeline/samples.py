@@ -129,7 +129,7 @@ def sample_batch(store: CaseStore, names: list[str], spec: Sampling, generator: 
     that class's locations (:meth:`CaseStore.locations`); other crops start uniformly
     at random. With p = 0 no further numbers are drawn, so runs without it are
     unchanged. With ``spec.tokens = N`` each crop is also cut to an N × N window of the
-    token grid (and the matching 16N × 16N labels, 8N × 8N image), placed uniformly or,
+    token grid (and the matching sN × sN labels, sN/2 × sN/2 image, s the encoder's stride), placed uniformly or,
     for a foreground crop, centred on the drawn voxel where the grid allows. Every rank
     of a data-parallel run draws the same global batch and builds only ``part`` of it,
     so N ranks see exactly the samples one process would.
