@@ -164,7 +164,7 @@ def test_image_path_joins_the_image_at_every_block():
 
 
 def test_stride_four_decoder_keeps_four_levels_and_ends_at_input_resolution():
-    """Decision D11: for a stride-4 encoder (lite_medsam) blocks 1 and 2 keep the grid, 3 and 4 upsample."""
+    """Decision D12: for a stride-4 encoder (lite_medsam) blocks 1 and 2 keep the grid, 3 and 4 upsample."""
     from sam3dseg.model.decoder import block_scales
 
     assert block_scales(16) == (2, 2, 2, 2) and block_scales(4) == (1, 1, 2, 2) and block_scales(8) == (1, 2, 2, 2)

@@ -252,7 +252,7 @@ def test_the_ignore_label_is_left_out_of_the_loss(dice):
 
 
 def test_gradient_identity_holds_for_the_stride_four_decoder():
-    """∇L_tot = Σ α_ℓ ∇L(ℓ) with levels 1 and 2 on the same grid (decision D11)."""
+    """∇L_tot = Σ α_ℓ ∇L(ℓ) with levels 1 and 2 on the same grid (decision D12)."""
     dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4), stride=4)
     feats = torch.randn(2, 8, 3, 4, 4)
     labels = torch.randint(0, 3, (2, 3, 16, 16))

@@ -10,7 +10,7 @@ with ``*`` a 3×3×3 convolution, IN instance norm, σ the activation and ``U_2x
 linear interpolation ×2. ``g(0) = F`` is the stacked encoder output at ``H/16``;
 ``Ŷ(ℓ) = softmax(head_ℓ(g(ℓ)))`` for ℓ = 1..4, so ``Ŷ(4)`` is at full resolution.
 
-The decoder follows the encoder's stride s (decision D11): it always has four blocks and
+The decoder follows the encoder's stride s (decision D12): it always has four blocks and
 four supervised levels, and the last ``log2(s)`` blocks upsample, so ``Ŷ(4)`` is at the
 encoder's input resolution. For SAM's ViTs (s = 16) every block upsamples: the method's
 decoder exactly. For LiteMedSAM (s = 4) blocks 1 and 2 keep the S/4 grid
@@ -44,7 +44,7 @@ NUM_BLOCKS = 4
 
 
 def block_scales(stride: int, blocks: int = NUM_BLOCKS) -> tuple[int, ...]:
-    """The in-plane factor of each block (1 or 2) for an encoder of output ``stride`` (decision D11):
+    """The in-plane factor of each block (1 or 2) for an encoder of output ``stride`` (decision D12):
     the last ``log2(stride)`` blocks upsample, so the decoder ends at the encoder's input resolution."""
     ups = stride.bit_length() - 1
     if stride < 1 or 2**ups != stride or ups > blocks:
@@ -101,7 +101,7 @@ def instance_norm(channels: int) -> nn.InstanceNorm3d:
 
 class ResidualUpBlock(nn.Module):
     """One decoder block, ``g(ℓ) -> g(ℓ+1)`` (method §2.1): ``(B, C_in, D, h, w) -> (B, C_out, D, 2h, 2w)``
-    (``scale`` 2; with ``scale`` 1, decision D11, the same block without ``U_2x``: ``(B, C_out, D, h, w)``).
+    (``scale`` 2; with ``scale`` 1, decision D12, the same block without ``U_2x``: ``(B, C_out, D, h, w)``).
 
     ``W1: C_in → C_out`` and ``W2: C_out → C_out`` form the residual branch ``r1``;
     ``W0: C_in → C_out`` the shortcut ``r2``. The write-up has a 3×3×3 ``W0``; the original
@@ -230,7 +230,7 @@ class SAM3DDecoder(LevelDecoder):
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
     ``Ŷ(1), …, Ŷ(4)`` in the write-up's order ℓ = 1..4 (coarse → fine), shaped
-    ``(B, K, D, h·2^ℓ, w·2^ℓ)`` for an encoder of stride 16 (other strides: decision D11,
+    ``(B, K, D, h·2^ℓ, w·2^ℓ)`` for an encoder of stride 16 (other strides: decision D12,
     ``Ŷ(4)`` at the encoder's input resolution). Softmax is left to the loss / prediction.
 
     Defaults follow the write-up (3×3×3 shortcut, ReLU, linear upsampling); the original

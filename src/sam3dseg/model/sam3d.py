@@ -45,7 +45,7 @@ class SAM3D(nn.Module):
 
     def forward(self, volume: Tensor) -> list[Tensor]:
         """``(B, C, D, H, W)`` in ``[0, 255]`` -> logits for ℓ = 1..4, ``(B, K, D, S·2^ℓ/16, S·2^ℓ/16)`` at stride 16
-        (decision D11 for other strides; ``Ŷ(4)`` always at S).
+        (decision D12 for other strides; ``Ŷ(4)`` always at S).
 
         A decoder with the image path (decision D10) also reads the slices themselves,
         padded and pooled as the cache stores them (:func:`~sam3dseg.model.decoder.image_path_input`).

@@ -1,4 +1,4 @@
-"""TinyViT, the image encoder of MobileSAM and LiteMedSAM, for inference (docs/method.md §1, step 2; D11).
+"""TinyViT, the image encoder of MobileSAM and LiteMedSAM, for inference (docs/method.md §1, step 2; D12).
 
 ``f_i = Enc(I_i) ∈ R^{256 × S/s × S/s}`` with a convolutional stage (MBConv blocks),
 three windowed-attention stages and SAM's 256-channel neck, as in MobileSAM's
