@@ -11,7 +11,14 @@ Part 2 (``--per-slice``): encode time per slice of every encoder at its default 
 (random weights where no file is installed; the time does not depend on the values),
 through ``encode_slices`` as the cache runs it, for the README's "Numbers to plan with".
 
-    python bench/tinyvit.py [--repeats 5] [--per-slice] [--json out.json]
+Part 3 (``--resize``): does the resize filter matter? LiteMedSAM resizes with cv2's
+``INTER_AREA`` (for shrinking: each output pixel the area-weighted mean of the input pixels it
+covers), sam3dseg with antialiased bilinear (``preprocess``). Axial slices of the MNI152 1 mm
+T1 template that nilearn ships (233 px long side) are shrunk both ways, by 2 (to 116) and by
+1.82 (to 128), and encoded by ``lite_medsam``; prints the mean and the lowest per-token cosine
+between the two sets of features.
+
+    python bench/tinyvit.py [--repeats 5] [--per-slice] [--resize] [--json out.json]
 """
 
 from __future__ import annotations
@@ -95,11 +102,51 @@ def per_slice(repeats: int, slices: int = 2) -> list[dict]:
     return rows
 
 
+def _area_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of area resampling for shrinking (cv2 INTER_AREA's definition):
+    output pixel i is the mean of input interval [i·f, (i+1)·f), f = n_in / n_out, pixels weighted by overlap."""
+    f = n_in / n_out
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * f
+    left = torch.arange(n_in, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(lo + f, left + 1) - torch.maximum(lo, left)).clamp_min(0)
+    return (overlap / f).float()
+
+
+def resize_filters(slices: int = 6) -> list[dict]:
+    """Per-token cosine between lite_medsam features of slices shrunk by area averaging and by ours."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nilearn import datasets
+
+    from sam3dseg.data.preprocess import PreprocessConfig, model_intensities
+    from sam3dseg.data.preprocess import _resample_image as ours_resize
+
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(datasets.MNI152_FILE_PATH)).astype(np.float32)  # (z, y, x)
+    grey = torch.from_numpy(model_intensities(volume, "MR", PreprocessConfig()))
+    picked = grey[torch.linspace(60, 130, slices).long()]  # (N, 233, 197) axial slices through the brain
+    rows = []
+    for side in (116, 128):
+        h, w = picked.shape[1:]
+        oh, ow = side, round(w * side / h)
+        area = _area_matrix(h, oh) @ picked @ _area_matrix(w, ow).T
+        bilinear = ours_resize(picked[None], (slices, oh, ow))[0]
+        size = side + (-side % 4)
+        encoder = build_encoder("lite_medsam", image_size=size)
+        a, b = encode_slices(encoder, area), encode_slices(encoder, bilinear)
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)  # (N, g, g)
+        rows.append({"from": h, "to": side, "mean_cosine": cos.mean().item(), "min_cosine": cos.min().item(),
+                     "max_abs_pixel_diff": (area - bilinear).abs().max().item()})  # fmt: skip
+        print(f"resize {h} -> {side} px: per-token cosine, area against ours, mean {rows[-1]['mean_cosine']:.4f}, "
+              f"lowest {rows[-1]['min_cosine']:.4f} (pixels differ by up to {rows[-1]['max_abs_pixel_diff']:.1f} grey levels)", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each encoder")
     parser.add_argument("--size", type=int, default=256, help="slice side for the comparison (LiteMedSAM's is 256)")
     parser.add_argument("--per-slice", action="store_true", help="also time every encoder at its default size")
+    parser.add_argument("--resize", action="store_true", help="also compare the resize filters' features")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -113,6 +160,8 @@ def main() -> None:
     results = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "reference": r}
     if args.per_slice:
         results["per_slice"] = per_slice(max(1, args.repeats // 2))
+    if args.resize:
+        results["resize"] = resize_filters()
     if args.json:
         write_json(args.json, results)
     if r["speedup"] < 1.0 or r["max_abs_diff"] > 1e-4:

