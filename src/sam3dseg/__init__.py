@@ -14,7 +14,16 @@ from .data.preprocess import PreprocessConfig
 from .data.volumes import Geometry, read_volume, write_volume
 from .errors import CheckpointError, UserError
 from .model.decoder import ResidualUpBlock, SAM3DDecoder
-from .model.encoder import ENCODERS, EncoderInfo, build_encoder, encode_slices, encode_volume, load_checkpoint
+from .model.encoder import (
+    ENCODERS,
+    EncoderEntry,
+    EncoderInfo,
+    build_encoder,
+    encode_slices,
+    encode_volume,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from .model.losses import (
     DEEP_SUPERVISION_WEIGHTS,
     DeepSupervisionLoss,
@@ -24,6 +33,7 @@ from .model.losses import (
     level_loss,
 )
 from .model.sam3d import SAM3D
+from .model.tinyvit import TinyViTEncoder
 from .model.vit import SAMImageEncoder
 from .pipeline.cache import build_cache, run_cache
 from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
@@ -52,6 +62,7 @@ __all__ = [
     "DEEP_SUPERVISION_WEIGHTS",
     "DeepSupervisionLoss",
     "ENCODERS",
+    "EncoderEntry",
     "EncoderInfo",
     "Geometry",
     "ModelFile",
@@ -63,6 +74,7 @@ __all__ = [
     "SAM3D",
     "SAM3DDecoder",
     "SAMImageEncoder",
+    "TinyViTEncoder",
     "UserError",
     "build_cache",
     "build_encoder",
@@ -80,6 +92,7 @@ __all__ = [
     "load_run_config",
     "predict_folder",
     "read_volume",
+    "resolve_checkpoint",
     "run_analysis",
     "run_cache",
     "train",

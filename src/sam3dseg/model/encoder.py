@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Literal, Protocol
@@ -463,7 +463,7 @@ class EncoderInfo:
     spec: dict
     stride: int = 16  # input pixels per feature token
     normalisation: str = "sam"  # how slices were normalised for it (to_encoder_input)
-    out_channels: int = field(default=256)  # feature channels per image channel
+    out_channels: int = 256  # feature channels per image channel
 
     @classmethod
     def of(cls, encoder: Encoder, checkpoint: str | Path | None) -> EncoderInfo:
