@@ -15,6 +15,18 @@ foreground Dice of the finest output), for each seed. Prints Dice, time per step
 FLOPs per slice; exits 1 when the default is not within 0.02 of the best mean Dice.
 
     python bench/stride_decoder.py [--steps 150] [--seeds 2] [--designs keep-first pool-16 ...]
+
+Status. Run here (2-core AMD EPYC, torch 2.13, 150 steps, 2 seeds; keep-first while the test
+suite shared the machine, the others alone):
+
+| design | held-out Dice (2 seeds) | decoder GFLOP per slice (forward, 64²) | s per step |
+|---|---|---|---|
+| keep-first (default: blocks 1–2 at S/4, 3–4 upsample) | 0.938 ± 0.006 | 1.56 | 1.30 (machine shared) |
+| keep-last (blocks 1–2 upsample, 3–4 at S) | 0.948 ± 0.002 | 3.68 | 3.04 |
+| pool-16 (features pooled to S/16, the method's decoder) | 0.841 ± 0.008 | 0.28 | 0.27 |
+
+The default is within 0.02 of the best (exit 0): keep-last's +0.010 is within two seed
+deviations and costs 2.4× the FLOPs; at equal wall time the default gets 2.3× the steps.
 """
 
 from __future__ import annotations
