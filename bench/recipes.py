@@ -88,18 +88,31 @@ VIEW_VARIANTS = {
     "K=0": ["train.views=0"], "K=2": ["train.views=2"], "K=4": ["train.views=4"],
     "K=0, 4× steps": ["train.views=0", "STEPS×4"], "K=4, 4× steps": ["train.views=4", "STEPS×4"],
 }  # fmt: skip
+# --equal-time: every variant trains for the same optimiser seconds (its own s/step measured first), on
+# caches made by real encoders (--encoders). "CROP/2" is replaced by half the cache's token grid; "VIEWS"
+# marks a variant that needs a cache with 2 augmented views per case (made once per dataset and encoder).
+TIME_VARIANTS = {
+    "default": [],
+    "no image path": ["decoder.image_path=false"],
+    "crops 1/2 (more steps)": ["CROP/2"],
+    "views K=2": ["train.views=2", "VIEWS"],
+    "adamw 1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],
+}
 # image size, crop depth, epochs, steps per epoch, per dataset
-DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15)}
+DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15), "anatomy": (96, 16, 6, 20)}
 
 
 def _make(name: str, root: Path) -> Path:
+    from sam3dseg.data.anatomy import SUBCORTICAL, AnatomyConfig, write_anatomy_dataset
+
+    if name == "anatomy":  # the nine subcortical structures of the demo, cropped to them, 2 mm
+        return write_anatomy_dataset(root, AnatomyConfig(structures=list(SUBCORTICAL), cases=10, seed=5))
     if name == "small":
         return write_dataset(root, 10, "nnunet", num_classes=6, seed=11, depth=(12, 16), size=(48, 64), small=True)
     if name == "large":
         return write_dataset(root, 10, "nnunet", seed=1)
-    from sam3dseg.demo import DemoConfig, build_dataset
-
-    return build_dataset(root, DemoConfig(train_cases=8, test_cases=1))
+    # grey and white matter of the whole brain (FreeSurfer's labels on MNI152), 2 mm
+    return write_anatomy_dataset(root, AnatomyConfig(structures=["grey_matter", "white_matter"], cases=10, margin=None))
 
 
 def _cache_views(data: Path, cache: Path, size: int) -> dict[str, list[float]]:
@@ -122,6 +135,109 @@ def _default_variant() -> str:
     return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}{' + image' if d.image_path else ''}"
 
 
+def _train_seconds(cache: Path, out: Path, overrides: list[str], steps: int, epochs: int) -> tuple[float, list[float]]:
+    """Train ``epochs`` × ``steps`` and validate once at the end; (seconds, held-out Dice per class)."""
+    config = load_run_config(None, [*overrides, f"train.epochs={epochs}", f"train.steps_per_epoch={steps}",
+                                    f"train.val_interval={epochs}"])  # fmt: skip
+    start = time.perf_counter()
+    history = train(cache, out, config, progress=False, log=None)["history"]
+    return time.perf_counter() - start, history[-1]["val_dice_per_class"]
+
+
+def _seconds_per_step(cache: Path, out: Path, overrides: list[str]) -> float:
+    """A variant's optimiser time per step: two short runs (3 and 9 steps), the difference over 6 (set-up
+    and validation cancel)."""
+    short, _ = _train_seconds(cache, out / "s3", overrides, 3, 1)
+    long, _ = _train_seconds(cache, out / "s9", overrides, 9, 1)
+    return max(long - short, 1e-3) / 6
+
+
+def equal_time(args: argparse.Namespace) -> None:
+    """--equal-time: encoder × dataset × variant × seed, each variant given the same optimiser seconds."""
+    from sam3dseg.data.augment import AugmentConfig
+    from sam3dseg.pipeline.cache import run_cache
+    from sam3dseg.pipeline.config import CacheConfig
+
+    variants = {v: TIME_VARIANTS[v] for v in args.variants}
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            size, depth, epochs, _ = DATASETS[dataset]
+            data = _make(dataset, Path(tmp) / dataset / "data")
+            for encoder in args.encoders:
+                caches = {}
+                for norm in ["auto"] + (["sam"] if args.normalisation and encoder == "lite_medsam" else []):
+                    cache = Path(tmp) / dataset / f"cache_{encoder}_{norm}"
+                    views = 2 if any("VIEWS" in o for o in variants.values()) and norm == "auto" else 0
+                    start = time.perf_counter()
+                    built = run_cache(data, cache, CacheConfig(encoder=encoder, image_size=size, normalisation=norm,
+                                                               augment=AugmentConfig(views=views)), progress=False)  # fmt: skip
+                    print(f"{dataset:>7} {encoder}: cache ({norm} normalisation, {views} views) in "
+                          f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+                    caches[norm] = cache
+                grid = int(torch.load(next((caches["auto"] / "cases").glob("*.pt")), weights_only=True)["features"].shape[-1])
+                runs = {f"{v}": (caches["auto"], o) for v, o in variants.items()}
+                if "sam" in caches:
+                    runs["default, SAM's normalisation"] = (caches["sam"], [])
+                common = [f"train.crop_depth={depth}", "train.views=0"]
+                for variant, (cache, overrides) in runs.items():
+                    overrides = [f"train.crop_tokens={max(grid // 2, 1)}" if o == "CROP/2" else o for o in overrides if o != "VIEWS"]
+                    out = Path(tmp) / dataset / f"run_{encoder}_{''.join(c if c.isalnum() else '_' for c in variant)}"
+                    per_step = _seconds_per_step(cache, out / "calibrate", [*common, *overrides])
+                    steps = max(int(args.equal_time / per_step / epochs), 1)
+                    cell = results.setdefault(dataset, {}).setdefault(encoder, {}).setdefault(variant, [])
+                    for seed in range(args.seeds):
+                        seconds, dice = _train_seconds(cache, out / str(seed), [*common, *overrides, f"train.seed={seed}"], steps, epochs)
+                        cell.append({"dice": dice, "steps": steps * epochs, "s_per_step": per_step, "seconds": seconds})
+                        mean = statistics.fmean(x for x in dice if x == x)
+                        print(f"{dataset:>7} {encoder:<11} {variant:<30} seed {seed}: held-out Dice {mean:.3f} "
+                              f"({' '.join(f'{x:.2f}' for x in dice)}), {steps * epochs} steps at {per_step:.2f} s, "
+                              f"{seconds:.0f} s in all", flush=True)  # fmt: skip
+            names = _class_names(data)
+            results[dataset]["classes"] = names
+
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {_cpu()}; {args.equal_time:g} s of optimiser "
+          f"steps per run; held-out mean foreground Dice, mean ± sd over {args.seeds} seeds (steps per run)")  # fmt: skip
+    failed = []
+    for dataset, by_encoder in results.items():
+        names = by_encoder["classes"]
+        for encoder, by_variant in ((e, v) for e, v in by_encoder.items() if e != "classes"):
+            print(f"\n{dataset}, {encoder}")
+            print("| variant | mean | " + " | ".join(names) + " | steps |")
+            print("|---|---|" + "---|" * len(names) + "---|")
+            means = {}
+            for variant, runs in by_variant.items():
+                per_run = [statistics.fmean(x for x in r["dice"] if x == x) for r in runs]
+                means[variant] = statistics.fmean(per_run)
+                sd = statistics.stdev(per_run) if len(per_run) > 1 else 0.0
+                per_class = []
+                for k in range(len(names)):
+                    values = [r["dice"][k] for r in runs if r["dice"][k] == r["dice"][k]]
+                    per_class.append(f"{statistics.fmean(values):.2f}" if values else "absent")
+                print(f"| {variant} | {means[variant]:.3f} ± {sd:.3f} | " + " | ".join(per_class) + f" | {runs[0]['steps']} |")
+            best = max(means, key=means.get)
+            if "default" in means and means["default"] < means[best] - args.tolerance:
+                failed.append(f"{dataset}/{encoder}: default {means['default']:.3f} < '{best}' {means[best]:.3f}")
+    if args.json:
+        write_json(args.json, {"results": results, "seconds": args.equal_time, "seeds": args.seeds, "cpu": _cpu()})
+    if failed:
+        print("DEFAULT NOT BEST: " + "; ".join(failed))
+        sys.exit(1)
+
+
+def _class_names(data: Path) -> list[str]:
+    from sam3dseg.data.datasets import load_dataset
+
+    return load_dataset(data).class_names[1:]
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per combination (default 3)")
@@ -130,7 +246,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--crops", action="store_true", help="compare whole planes with in-plane token crops instead")
     parser.add_argument("--views", action="store_true", help="compare K = 0, 2, 4 augmented views per case instead")
+    parser.add_argument("--equal-time", type=float, metavar="SECONDS",
+                        help="compare TIME_VARIANTS at equal optimiser seconds on real encoders (--encoders) instead")
+    parser.add_argument("--encoders", nargs="+", default=["lite_medsam", "vit_b"], help="--equal-time: encoders (random vit_b is the control)")
+    parser.add_argument("--variants", nargs="+", default=list(TIME_VARIANTS), choices=list(TIME_VARIANTS), help="--equal-time: variants")
+    parser.add_argument("--normalisation", action="store_true", help="--equal-time: also lite_medsam's default on SAM's normalisation")
     args = parser.parse_args()
+    if args.equal_time:
+        return equal_time(args)
     variants = CROP_VARIANTS if args.crops else VIEW_VARIANTS if args.views else VARIANTS
     costs: dict[str, dict[str, list[float]]] = {}  # --views: dataset -> [seconds, MiB] per K
 

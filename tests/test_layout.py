@@ -19,7 +19,7 @@ ALLOWED = {
     "model": {"common", "model", "errors"},
     "pipeline": {"common", "data", "model", "pipeline", "errors"},
     "analysis": {"common", "model", "analysis", "errors"},
-    "demo": {"common", "data", "pipeline", "errors"},
+    "demo": {"common", "data", "model", "pipeline", "errors"},
     "cli": {"__init__", "common", "data", "pipeline", "analysis", "demo", "errors"},
 }
 

@@ -7,13 +7,14 @@ import pytest
 
 from sam3dseg.cli import main
 from sam3dseg.common.settings import describe, from_dict
+from sam3dseg.data.anatomy import AnatomyConfig
 from sam3dseg.data.augment import AugmentConfig
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.demo import DemoConfig
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import CacheConfig, PredictConfig, RunConfig, TrainConfig
 
-SETTINGS = [CacheConfig, PreprocessConfig, AugmentConfig, RunConfig, PredictConfig, DemoConfig]
+SETTINGS = [CacheConfig, PreprocessConfig, AugmentConfig, RunConfig, PredictConfig, DemoConfig, AnatomyConfig]
 
 
 @pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)

