@@ -136,20 +136,16 @@ def _default_variant() -> str:
 
 
 def _train_seconds(cache: Path, out: Path, overrides: list[str], steps: int, epochs: int) -> tuple[float, list[float]]:
-    """Train ``epochs`` × ``steps`` and validate once at the end; (seconds, held-out Dice per class)."""
+    """Train ``epochs`` × ``steps``, validating once at the end; (optimiser seconds, held-out Dice per class)."""
     config = load_run_config(None, [*overrides, f"train.epochs={epochs}", f"train.steps_per_epoch={steps}",
                                     f"train.val_interval={epochs}"])  # fmt: skip
-    start = time.perf_counter()
     history = train(cache, out, config, progress=False, log=None)["history"]
-    return time.perf_counter() - start, history[-1]["val_dice_per_class"]
+    return sum(h["train_seconds"] for h in history), history[-1]["val_dice_per_class"]
 
 
 def _seconds_per_step(cache: Path, out: Path, overrides: list[str]) -> float:
-    """A variant's optimiser time per step: two short runs (3 and 9 steps), the difference over 6 (set-up
-    and validation cancel)."""
-    short, _ = _train_seconds(cache, out / "s3", overrides, 3, 1)
-    long, _ = _train_seconds(cache, out / "s9", overrides, 9, 1)
-    return max(long - short, 1e-3) / 6
+    """A variant's optimiser seconds per step, from 10 steps (the run's own timing: no set-up, no validation)."""
+    return _train_seconds(cache, out, overrides, 10, 1)[0] / 10
 
 
 def equal_time(args: argparse.Namespace) -> None:
@@ -161,13 +157,15 @@ def equal_time(args: argparse.Namespace) -> None:
     variants = {v: TIME_VARIANTS[v] for v in args.variants}
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)  # data and caches (kept with --work); runs always in tmp
         for dataset in args.datasets:
             size, depth, epochs, _ = DATASETS[dataset]
-            data = _make(dataset, Path(tmp) / dataset / "data")
+            data = work / dataset / "data"
+            data = data if (data / "dataset.json").is_file() else _make(dataset, data)
             for encoder in args.encoders:
                 caches = {}
                 for norm in ["auto"] + (["sam"] if args.normalisation and encoder == "lite_medsam" else []):
-                    cache = Path(tmp) / dataset / f"cache_{encoder}_{norm}"
+                    cache = work / dataset / f"cache_{encoder}_{norm}"
                     views = 2 if any("VIEWS" in o for o in variants.values()) and norm == "auto" else 0
                     start = time.perf_counter()
                     built = run_cache(data, cache, CacheConfig(encoder=encoder, image_size=size, normalisation=norm,
@@ -192,7 +190,7 @@ def equal_time(args: argparse.Namespace) -> None:
                         mean = statistics.fmean(x for x in dice if x == x)
                         print(f"{dataset:>7} {encoder:<11} {variant:<30} seed {seed}: held-out Dice {mean:.3f} "
                               f"({' '.join(f'{x:.2f}' for x in dice)}), {steps * epochs} steps at {per_step:.2f} s, "
-                              f"{seconds:.0f} s in all", flush=True)  # fmt: skip
+                              f"{seconds:.0f} s of steps", flush=True)  # fmt: skip
             names = _class_names(data)
             results[dataset]["classes"] = names
 
@@ -203,8 +201,8 @@ def equal_time(args: argparse.Namespace) -> None:
         names = by_encoder["classes"]
         for encoder, by_variant in ((e, v) for e, v in by_encoder.items() if e != "classes"):
             print(f"\n{dataset}, {encoder}")
-            print("| variant | mean | " + " | ".join(names) + " | steps |")
-            print("|---|---|" + "---|" * len(names) + "---|")
+            print("| variant | mean | " + " | ".join(names) + " | steps | s of steps |")
+            print("|---|---|" + "---|" * len(names) + "---|---|")
             means = {}
             for variant, runs in by_variant.items():
                 per_run = [statistics.fmean(x for x in r["dice"] if x == x) for r in runs]
@@ -214,7 +212,8 @@ def equal_time(args: argparse.Namespace) -> None:
                 for k in range(len(names)):
                     values = [r["dice"][k] for r in runs if r["dice"][k] == r["dice"][k]]
                     per_class.append(f"{statistics.fmean(values):.2f}" if values else "absent")
-                print(f"| {variant} | {means[variant]:.3f} ± {sd:.3f} | " + " | ".join(per_class) + f" | {runs[0]['steps']} |")
+                print(f"| {variant} | {means[variant]:.3f} ± {sd:.3f} | " + " | ".join(per_class)
+                      + f" | {runs[0]['steps']} | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
             best = max(means, key=means.get)
             if "default" in means and means["default"] < means[best] - args.tolerance:
                 failed.append(f"{dataset}/{encoder}: default {means['default']:.3f} < '{best}' {means[best]:.3f}")
@@ -250,6 +249,7 @@ def main() -> None:
                         help="compare TIME_VARIANTS at equal optimiser seconds on real encoders (--encoders) instead")
     parser.add_argument("--encoders", nargs="+", default=["lite_medsam", "vit_b"], help="--equal-time: encoders (random vit_b is the control)")
     parser.add_argument("--variants", nargs="+", default=list(TIME_VARIANTS), choices=list(TIME_VARIANTS), help="--equal-time: variants")
+    parser.add_argument("--work", type=Path, help="--equal-time: keep the data and caches here and reuse them")
     parser.add_argument("--normalisation", action="store_true", help="--equal-time: also lite_medsam's default on SAM's normalisation")
     args = parser.parse_args()
     if args.equal_time:

@@ -41,8 +41,12 @@ def test_a_file_written_by_version_1_still_loads_and_predicts_the_same():
 
 def test_a_file_written_by_version_3_predicts_bit_identically_and_its_cache_keys_hold(tmp_path):
     """tests/fixtures/model_v3.pt, its prediction and its cache keys were written at commit b7ecca7, before the
-    encoder interface (tests/fixtures/make_model_v3.py): the ViT path must give the same bytes, and caches of
-    SAM's ViTs the same keys (so nothing is re-encoded)."""
+    encoder interface (tests/fixtures/make_model_v3.py): the ViT path must give the same labels and the same
+    probabilities, and caches of SAM's ViTs the same keys (so nothing is re-encoded).
+
+    The probabilities are compared to 1e-6, not bit for bit: the same code gives bit-identical bytes on one CPU,
+    but oneDNN picks other GEMM kernels on AVX-512/AMX than on AVX2 (a CI machine differed from the writer's by
+    5e-8). bench/output_digest.py checks bytes on one machine; a changed computation moves them far more."""
     import json
 
     from sam3dseg.data.datasets import load_dataset
@@ -59,7 +63,9 @@ def test_a_file_written_by_version_3_predicts_bit_identically_and_its_cache_keys
     predictor = Predictor(record, tiny_encoder(32), PredictConfig(window=4))
     expected = np.load(FIXTURES / "model_v3_prediction.npz")
     assert np.array_equal(predictor.predict_array(images[0], geometry)[0], expected["labels"])
-    assert np.array_equal(predict_probabilities(predictor, images[0], geometry), expected["probabilities"])
+    probabilities = predict_probabilities(predictor, images[0], geometry)
+    assert probabilities.dtype == expected["probabilities"].dtype
+    np.testing.assert_allclose(probabilities, expected["probabilities"], rtol=0, atol=1e-6)
     ds = write_dataset(tmp_path / "ds", 3, "nnunet", seed=3)
     info = EncoderInfo.of(tiny_encoder(32), None)
     keys = {c.name: case_key(c, PreprocessConfig(), info) for c in load_dataset(ds).cases}

@@ -351,7 +351,8 @@ def train(
         # one epoch
         start = time.perf_counter()
         loss = _train_epoch(stepper, data, epoch, part, progress and rank == 0)
-        entry = {"epoch": epoch + 1, "train_loss": loss, "lr": scheduler.get_last_lr()[0], "val_dice": None}
+        entry = {"epoch": epoch + 1, "train_loss": loss, "lr": scheduler.get_last_lr()[0], "val_dice": None,
+                 "train_seconds": time.perf_counter() - start}  # fmt: skip
 
         # validate
         if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
