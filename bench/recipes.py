@@ -77,7 +77,7 @@ VARIANTS = {
 # the same steps and with 4× the steps (the same pixels seen: each crop is a quarter of a plane).
 # "STEPS×4" multiplies the dataset's steps per epoch.
 CROP_VARIANTS = {
-    "whole planes": [],
+    "whole planes": ["train.crop_tokens=null"],
     "crop_tokens=2": ["train.crop_tokens=2"],
     "crop_tokens=2, 4× steps": ["train.crop_tokens=2", "STEPS×4"],
 }
@@ -89,14 +89,17 @@ VIEW_VARIANTS = {
     "K=0, 4× steps": ["train.views=0", "STEPS×4"], "K=4, 4× steps": ["train.views=4", "STEPS×4"],
 }  # fmt: skip
 # --equal-time: every variant trains for the same optimiser seconds (its own s/step measured first), on
-# caches made by real encoders (--encoders). "CROP/2" is replaced by half the cache's token grid; "VIEWS"
-# marks a variant that needs a cache with 2 augmented views per case (made once per dataset and encoder).
+# caches made by real encoders (--encoders). Each variant changes one thing from the defaults (AdamW 1e-3,
+# crops of half the token grid, image path, per-class Dice); "VIEWS" marks a variant that needs a cache
+# with 2 augmented views per case (made once per dataset and encoder).
 TIME_VARIANTS = {
     "default": [],
     "no image path": ["decoder.image_path=false"],
-    "crops 1/2 (more steps)": ["CROP/2"],
+    "whole planes": ["train.crop_tokens=null"],
+    "sgd 1e-2": ["train.optimizer=sgd", "train.lr=1e-2"],
+    "sgd 1e-2, whole planes (before)": ["train.optimizer=sgd", "train.lr=1e-2", "train.crop_tokens=null"],
+    "joint Dice": ["loss.dice=joint"],
     "views K=2": ["train.views=2", "VIEWS"],
-    "adamw 1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],
 }
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15), "anatomy": (96, 16, 6, 20)}
@@ -173,13 +176,12 @@ def equal_time(args: argparse.Namespace) -> None:
                     print(f"{dataset:>7} {encoder}: cache ({norm} normalisation, {views} views) in "
                           f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
                     caches[norm] = cache
-                grid = int(torch.load(next((caches["auto"] / "cases").glob("*.pt")), weights_only=True)["features"].shape[-1])
                 runs = {f"{v}": (caches["auto"], o) for v, o in variants.items()}
                 if "sam" in caches:
                     runs["default, SAM's normalisation"] = (caches["sam"], [])
                 common = [f"train.crop_depth={depth}", "train.views=0"]
                 for variant, (cache, overrides) in runs.items():
-                    overrides = [f"train.crop_tokens={max(grid // 2, 1)}" if o == "CROP/2" else o for o in overrides if o != "VIEWS"]
+                    overrides = [o for o in overrides if o != "VIEWS"]
                     out = Path(tmp) / dataset / f"run_{encoder}_{''.join(c if c.isalnum() else '_' for c in variant)}"
                     per_step = _seconds_per_step(cache, out / "calibrate", [*common, *overrides])
                     steps = max(int(args.equal_time / per_step / epochs), 1)

@@ -44,8 +44,8 @@ class DemoConfig:
     train_cases: int = positive_int(8, "generated training cases, of which the last 2 (by name) validate")
     test_cases: int = positive_int(2, "generated test cases, predicted and scored")
     image_size: int = image_size_setting(96, "encoder input side (the 2 mm crop is about 55 px a side)")
-    epochs: int = positive_int(10, "training epochs", flag="--epochs")
-    steps_per_epoch: int = positive_int(30, "optimiser steps per epoch")
+    epochs: int = positive_int(12, "training epochs", flag="--epochs")
+    steps_per_epoch: int = positive_int(50, "optimiser steps per epoch (each on crops of half the token grid: the default recipe)")
     seed: int = non_negative_int(0, "seed of the data and the training")
     device: str = device_setting(flag="--device")
 

@@ -48,7 +48,7 @@ def test_plan_proposes_the_expected_spacing_window_and_size(tmp_path, capsys):
     lo, hi = np.percentile(values, [0.5, 99.5])
     assert pre["intensity"] == "ct" and pre["ct_window"] == pytest.approx([(lo + hi) / 2, hi - lo], abs=0.01)
     assert plan["cache"]["image_size"] == 48  # 40 rows at 0.8 mm, rounded up to 16
-    assert plan["run"]["train"] == {"crop_depth": 12, "crop_tokens": None, "batch_size": 2}  # 12 slices × (2.0..5.0) / 3.0: median 12
+    assert plan["run"]["train"] == {"crop_depth": 12, "batch_size": 2}  # crop_tokens: the default, half the grid  # 12 slices × (2.0..5.0) / 3.0: median 12
     assert "target spacing 3 × 0.8 × 0.8 mm, CT window" in capsys.readouterr().out
     # cache and train take it; explicit options still win
     cache = load_cache_config(None, {"image_size": 64}, plan=tmp_path / "plan" / "plan.yaml")

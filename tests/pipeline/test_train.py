@@ -32,7 +32,7 @@ def test_learns_generated_data(trained_tiny):
     """Ten generated cases, tiny random encoder at 128²: held-out Dice must pass 0.8."""
     result, run, config = trained_tiny["result"], trained_tiny["run"], trained_tiny["config"]
     losses = [h["train_loss"] for h in result["history"]]
-    assert losses[-1] < 0.6 * losses[0]
+    assert losses[-1] < 0.8 * losses[0]  # AdamW's first epoch already falls further than SGD's did (0.6 then)
     assert result["val_cases"] == ["case_008", "case_009"]
     assert result["best_dice"] >= 0.8, result["history"]
     for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "curves.png"):
@@ -40,10 +40,12 @@ def test_learns_generated_data(trained_tiny):
     state = load_model_file(run / "best.pt")
     assert state.class_names == ["background", "class1", "class2"]
     assert state.preprocess.slicing_axis == "axial" and state.encoder.image_size == 128
-    # the run's settings as given, train.views resolved to what the cache holds (none here)
+    # the run's settings as given, train.views resolved to what the cache holds (none here), and
+    # train.crop_tokens=auto to half the 8 × 8 token grid
     assert config.train.views is None and state.config.train.views == 0
+    assert config.train.crop_tokens == "auto" and state.config.train.crop_tokens == 4
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
-    assert _differences(to_dict(config), to_dict(state.config)) == ["train.views: None there, 0 now"]
+    assert _differences(to_dict(config), to_dict(state.config)) == ["train.crop_tokens: auto there, 4 now", "train.views: None there, 0 now"]
 
 
 def _interrupt_after(monkeypatch, batches: int) -> None:
@@ -62,15 +64,17 @@ def _interrupt_after(monkeypatch, batches: int) -> None:
 
 def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path):
     """Small, low-contrast structures (two classes, about 1 % of the voxels each, blobs of about one
-    token), tiny random encoder at 64², 150 steps: the default recipe (per-class Dice, foreground
-    crops, image path) must beat `loss.dice=joint` with the same steps by 0.2 held-out Dice.
-    Measured: 0.52 against 0.00 (seeds 1, 2: 0.44 and 0.46 against 0.00)."""
+    token), tiny random encoder at 64², 150 steps on whole planes with SGD (the optimiser and planes
+    of its day): the per-class Dice with foreground crops and the image path must beat `loss.dice=joint`
+    with the same steps by 0.2 held-out Dice. Measured: 0.52 against 0.00 (seeds 1, 2: 0.44 and 0.46
+    against 0.00). With AdamW on half-grid crops (the defaults now) the joint form finds them too
+    (0.23 against 0.19 here, one seed): README, "Training recipe"."""
     from sam3dseg.data.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "data", 10, "nnunet", num_classes=3, seed=11, depth=(12, 16), size=(48, 64), small=True)
     make_cache(data, tmp_path / "cache", image_size=64)
     same = ["train.epochs=6", "train.steps_per_epoch=25", "train.crop_depth=8", "train.val_interval=100",
-            "decoder.channels=[32,32,16,16]"]  # fmt: skip
+            "decoder.channels=[32,32,16,16]", "train.optimizer=sgd", "train.lr=1e-2", "train.crop_tokens=null"]  # fmt: skip
     dice = {}
     for name, extra in (("default", []), ("joint", ["loss.dice=joint"])):
         result = train(tmp_path / "cache", tmp_path / name, load_run_config(None, [*same, *extra]), progress=False)
@@ -100,7 +104,7 @@ def test_resume_refuses_another_configuration(small_cache, tmp_path):
     other = ["train.epochs=1", "train.lr=0.5", "loss.dice=joint", *SMALL]
     with pytest.raises(UserError, match="another configuration") as err:
         train(small_cache, tmp_path / "run", load_run_config(None, other), progress=False)
-    assert "loss.dice: per_class there, joint now; train.lr: 0.01 there, 0.5 now" in str(err.value)
+    assert "loss.dice: per_class there, joint now; train.lr: 0.001 there, 0.5 now" in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -115,7 +119,7 @@ def test_more_epochs_continue_a_finished_run(small_cache, tmp_path):
     assert lines[0] == f"continuing {tmp_path / 'run'} from epoch 1 to 3 (it was trained for 1): the learning-rate schedule is recomputed for 3 epochs"
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3] and result["history"][0] == first["history"][0]
     lrs = [h["lr"] for h in result["history"]]
-    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9) and lrs[2] == 0.0  # epoch 1 ended its own schedule
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.001 * (1 - 2 / 3) ** 0.9) and lrs[2] == 0.0  # epoch 1 ended its own schedule
     assert not all(torch.equal(weights[k], v) for k, v in load_model_file(tmp_path / "run" / "last.pt").decoder.items())
     with pytest.raises(UserError, match="train.epochs: 3 there, 2 now"):  # fewer is not "more"
         train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=2", *SMALL]), progress=False)
@@ -299,7 +303,7 @@ def test_quiet_keeps_the_facts(small_cache, tmp_path, capsys):
 
 
 def test_crop_tokens_must_fit_the_grid(small_cache, tmp_path, capsys):
-    for value, message in (("0", "train.crop_tokens must be null or a positive integer, got 0"),
+    for value, message in (("0", "train.crop_tokens must be auto, null or a positive integer, got 0"),
                            ("3", "train.crop_tokens=3 is larger than the cache's token grid of 2 × 2 (image size 32)")):  # fmt: skip
         code = main(["train", "--cache", str(small_cache), "--out", str(tmp_path / value), f"train.crop_tokens={value}", *SMALL])
         err = capsys.readouterr().err.strip().splitlines()

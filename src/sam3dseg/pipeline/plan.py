@@ -14,7 +14,7 @@ and how often each class occurs. The plan proposes from it:
   trained at (1024 for SAM's ViTs and mobile_sam, 256 for lite_medsam);
 - ``train.crop_depth`` (16, or the median depth if smaller), ``train.crop_tokens`` (the original
   SAM3D's 176² crop in the encoder's tokens, 176 / stride: 11 at stride 16, 44 at stride 4, when
-  the token grid is larger), ``train.batch_size`` 2 (nnU-Net's):
+  the token grid is larger; else left to its default, half the grid), ``train.batch_size`` 2 (nnU-Net's):
   while a step's memory, estimated from ``bench/crops.py``'s measurements, fits in half this
   machine's memory; otherwise batch 1, then fewer slices.
 
@@ -141,10 +141,12 @@ def make_plan(fp: dict, memory_gib: float | None = None, encoder: str = "vit_b")
     else:
         preprocess |= {"intensity": "percentile"}
     grid, crop = image_size // entry.stride, CROP_PIXELS // entry.stride
-    tokens = crop if grid > crop else None
+    # the original's crop where the grid is larger; else no key: train.crop_tokens' default (half the grid)
+    tokens = {"crop_tokens": crop} if grid > crop else {}
     memory = machine_memory_gib() if memory_gib is None else memory_gib
-    batch, depth, step_gib = fit_to_memory(int(min(16, max(1, round(resampled[0])))), image_size, tokens, memory)
-    train = {"crop_depth": depth, "crop_tokens": tokens, "batch_size": batch}
+    # both are crops: the cropped step's memory (whole planes only with train.crop_tokens=null)
+    batch, depth, step_gib = fit_to_memory(int(min(16, max(1, round(resampled[0])))), image_size, crop, memory)
+    train = {"crop_depth": depth, **tokens, "batch_size": batch}
     about = f"machine memory {memory:.1f} GiB; a training step needs about {step_gib} GiB (estimate from bench/crops.py, at stride 16)"
     cache = {"encoder": encoder, "image_size": image_size, "preprocess": preprocess}
     return {"about": about, "cache": cache, "run": {"train": train}}
