@@ -303,7 +303,9 @@ def _cmd_anatomy(args: argparse.Namespace) -> None:
     config = load_settings(AnatomyConfig, given=_given(args, AnatomyConfig))
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the dataset")
-    if args.out.is_dir() and any(args.out.iterdir()) and not (args.out / "dataset.json").is_file():
+    # a run killed before dataset.json leaves only the case folders: made again in place
+    made = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json"}
+    if args.out.is_dir() and any(p.name not in made for p in args.out.iterdir()):
         raise UserError(f"--out {args.out} is a folder that holds other files; give a new or empty folder")
     existed = (args.out / "dataset.json").is_file()
     root = write_anatomy_dataset(args.out, config)

@@ -53,6 +53,10 @@ def test_dataset(atlas, tmp_path):
     # seeded per case: case 1 alone, remade, is the same file content
     again = write_anatomy_dataset(tmp_path / "again", AnatomyConfig(structures=config.structures, cases=2, seed=3), atlas)
     assert np.array_equal(read_volume(again / "labelsTr" / "brain_001.nii.gz")[0], lb)
+    # a complete dataset is kept for the same settings, refused for others
+    assert write_anatomy_dataset(again, AnatomyConfig(structures=config.structures, cases=2, seed=3), atlas) == again
+    with pytest.raises(UserError, match=r"made with other settings \(seed: 3 there, 4 now\)"):
+        write_anatomy_dataset(again, AnatomyConfig(structures=config.structures, cases=2, seed=4), atlas)
 
 
 def test_geometry_without_deformation(atlas, tmp_path):
@@ -99,6 +103,13 @@ def test_cli(atlas, tmp_path, capsys):
     assert main(["anatomy", "--out", str(tmp_path / "d"), "--structures", "brainstem", "--cases", "1", "--spacing", "3"]) == 0
     assert "brainstem" in capsys.readouterr().out and (tmp_path / "d" / "dataset.json").is_file()
     assert set(STRUCTURES) >= {"thalamus", "grey_matter", "white_matter"}
+    # a run killed before dataset.json (only case folders there) is made again in place; other files are refused
+    (tmp_path / "d" / "dataset.json").unlink()
+    assert main(["anatomy", "--out", str(tmp_path / "d"), "--structures", "brainstem", "--cases", "1", "--spacing", "3"]) == 0
+    assert (tmp_path / "d" / "dataset.json").is_file() and "brainstem" in capsys.readouterr().out
+    (tmp_path / "other").mkdir(), (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["anatomy", "--out", str(tmp_path / "other"), "--structures", "brainstem"]) == 2
+    assert "holds other files" in capsys.readouterr().err
 
 
 def test_missing_wheel(monkeypatch, tmp_path, capsys):

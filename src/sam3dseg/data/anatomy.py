@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import wheel_file, write_json
-from ..common.settings import check_settings, non_negative_int, non_negative_number, positive_int, positive_number, setting
+from ..common.files import read_json, wheel_file, write_json
+from ..common.settings import check_settings, non_negative_int, non_negative_number, positive_int, positive_number, setting, to_dict
 from ..errors import UserError
 from .volumes import Geometry, write_volume
 
@@ -263,12 +263,19 @@ def write_anatomy_dataset(root: str | Path, config: AnatomyConfig | None = None,
     """Write ``config.cases`` training and ``config.test_cases`` test cases under ``root`` (nnU-Net v2 layout).
 
     ``anatomy`` defaults to ``load_atlas(config.atlas)``. ``dataset.json`` records the source files,
-    their licences, the structures with their atlas labels and each class's voxel fraction over the
-    training cases. A dataset already complete under ``root`` (its ``dataset.json``) is kept.
+    their licences, the structures with their atlas labels, each class's voxel fraction over the
+    training cases and the settings that made it. A dataset already complete under ``root`` (its
+    ``dataset.json``) is kept if those settings are ``config``'s; other settings are refused
+    (``UserError`` naming the first that differs).
     """
     config = config or AnatomyConfig()
     root = Path(root)
     if (root / "dataset.json").is_file():
+        made = read_json(root / "dataset.json").get("generator", {})
+        wanted = to_dict(config)
+        differ = [f"{k}: {made.get(k)!r} there, {v!r} now" for k, v in wanted.items() if made.get(k) != v]
+        if differ:
+            raise UserError(f"{root} holds an anatomy dataset made with other settings ({differ[0]}); give a new folder")
         return root
     anatomy = anatomy or load_atlas(config.atlas)
     classes = class_map(anatomy, config.structures)
@@ -300,6 +307,7 @@ def write_anatomy_dataset(root: str | Path, config: AnatomyConfig | None = None,
         "class_voxel_fraction": {name: float(counts[k] / counts.sum()) for k, name in enumerate(config.structures, start=1)},
         "spacing_mm": config.spacing,
         "seed": config.seed,
+        "generator": to_dict(config),  # sam3dseg.data.anatomy.AnatomyConfig
     }
     write_json(root / "dataset.json", meta)  # last: its presence marks the dataset complete
     return root
