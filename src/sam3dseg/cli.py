@@ -363,7 +363,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     window = f", CT window {pre['ct_window'][0]:g}/{pre['ct_window'][1]:g}" if pre.get("intensity") == "ct" else ", percentile clip"
     print(f"plan {args.out / 'plan.yaml'}: target spacing {' × '.join(f'{s:g}' for s in pre['target_spacing'])} mm{window}, "
           f"{plan['cache']['encoder']} at {plan['cache']['image_size']}, crops {train['crop_depth']} slices × "
-          f"{train.get('crop_tokens', 'half the grid of')} tokens, batch {train['batch_size']} ({plan['about']}; fingerprint in "
+          f"{str(train['crop_tokens']) + ' tokens' if 'crop_tokens' in train else 'half the token grid'}, batch {train['batch_size']} ({plan['about']}; fingerprint in "
           f"{args.out / 'fingerprint.json'})")  # fmt: skip
 
 

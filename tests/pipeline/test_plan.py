@@ -48,8 +48,10 @@ def test_plan_proposes_the_expected_spacing_window_and_size(tmp_path, capsys):
     lo, hi = np.percentile(values, [0.5, 99.5])
     assert pre["intensity"] == "ct" and pre["ct_window"] == pytest.approx([(lo + hi) / 2, hi - lo], abs=0.01)
     assert plan["cache"]["image_size"] == 48  # 40 rows at 0.8 mm, rounded up to 16
-    assert plan["run"]["train"] == {"crop_depth": 12, "batch_size": 2}  # crop_tokens: the default, half the grid  # 12 slices × (2.0..5.0) / 3.0: median 12
-    assert "target spacing 3 × 0.8 × 0.8 mm, CT window" in capsys.readouterr().out
+    # 12 slices × (2.0..5.0) / 3.0: median 12; a 3 × 3 token grid: crop_tokens left to its default, half the grid
+    assert plan["run"]["train"] == {"crop_depth": 12, "batch_size": 2}
+    out = capsys.readouterr().out
+    assert "target spacing 3 × 0.8 × 0.8 mm, CT window" in out and "crops 12 slices × half the token grid, batch 2" in out
     # cache and train take it; explicit options still win
     cache = load_cache_config(None, {"image_size": 64}, plan=tmp_path / "plan" / "plan.yaml")
     assert cache.image_size == 64 and cache.preprocess.target_spacing == (3.0, 0.8, 0.8) and cache.preprocess.intensity == "ct"
