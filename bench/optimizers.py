@@ -4,8 +4,9 @@ Both train the same decoder from the same initialisation on the same cache (a
 generated 3-class dataset encoded by a small random SAM-structured encoder at 128²)
 with the same batches; only the optimiser and its learning rate differ. Printed per
 epoch: training loss and held-out Dice; then, per optimiser, the first epoch whose
-validation Dice reaches the threshold, and the final Dice. This is how the default
-optimiser in ``TrainConfig`` was chosen.
+validation Dice reaches the threshold, and the final Dice. This is how SGD was first chosen as
+``TrainConfig``'s optimiser; AdamW 1e-3 replaced it after ``bench/recipes.py --equal-time`` on real
+encoders and real anatomy (README, "Training recipe").
 
     python bench/optimizers.py [--epochs 8] [--cases 10] [--json out.json]
 """
