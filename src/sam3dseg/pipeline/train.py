@@ -40,7 +40,7 @@ from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
 from .cache import read_manifest
-from .config import AUTO_CROP, LossConfig, PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
+from .config import LossConfig, PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
 from .folds import select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
@@ -312,18 +312,15 @@ def train(
     device = resolve_device(t.device, world)
     data = _Data.open(Path(cache), t, config.decoder.image_path)
     grid = data.encoder.grid
-    if t.crop_tokens == AUTO_CROP:  # written into config.yaml and the model files as the number used
-        t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid))
-        config = replace(config, train=t)
+    # auto crops and null views resolved on this cache, written into config.yaml and the model files as the numbers used
+    t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views)
+    config = replace(config, train=t)
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
             f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
             f"(image size {data.image_size}); give 1..{grid}, or null for whole planes"
         )
-    if t.views is None:  # all the cache holds, written into config.yaml and the model files as the number used
-        t = replace(t, views=data.views)
-        config = replace(config, train=t)
-    elif t.views > data.views:
+    if t.views > data.views:
         raise UserError(
             f"train.views={t.views} but cache {cache} holds {data.views} augmented view(s) per case: give 0..{data.views}, "
             f"or run `sam3dseg cache --views {t.views}` with the cache's settings first"
