@@ -361,9 +361,10 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     plan = run_plan(load_dataset(args.dataset), args.out, PreprocessConfig(slicing_axis=axis).slicing_axis, progress=not args.quiet, encoder=encoder)
     pre, train = plan["cache"]["preprocess"], plan["run"]["train"]
     window = f", CT window {pre['ct_window'][0]:g}/{pre['ct_window'][1]:g}" if pre.get("intensity") == "ct" else ", percentile clip"
+    crops = f"{train['crop_tokens']} tokens" if "crop_tokens" in train else "half the token grid"
     print(f"plan {args.out / 'plan.yaml'}: target spacing {' × '.join(f'{s:g}' for s in pre['target_spacing'])} mm{window}, "
           f"{plan['cache']['encoder']} at {plan['cache']['image_size']}, crops {train['crop_depth']} slices × "
-          f"{str(train['crop_tokens']) + ' tokens' if 'crop_tokens' in train else 'half the token grid'}, batch {train['batch_size']} ({plan['about']}; fingerprint in "
+          f"{crops}, batch {train['batch_size']} ({plan['about']}; fingerprint in "
           f"{args.out / 'fingerprint.json'})")  # fmt: skip
 
 

@@ -34,6 +34,8 @@ def test_learns_generated_data(trained_tiny):
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.8 * losses[0]  # AdamW's first epoch already falls further than SGD's did (0.6 then)
     assert result["val_cases"] == ["case_008", "case_009"]
+    # each epoch's optimiser seconds (what bench/recipes.py --equal-time counts), validation left out
+    assert all(0 < h["train_seconds"] < h["seconds"] for h in result["history"])
     assert result["best_dice"] >= 0.8, result["history"]
     for name in ("config.yaml", "last.pt", "best.pt", "log.csv", "curves.png"):
         assert (run / name).is_file()
