@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .common.runtime import is_main_process
-from .common.files import read_json
+from .common.files import check_output_folder, read_json
 from .common.settings import format_settings, load_settings
 from .data.anatomy import STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
@@ -74,6 +74,9 @@ onto its own grid and written as OUT/{case}{ext} with the input's exact geometry
 Inputs: one file, a DICOM series folder, or a folder of images (nnU-Net style
 {case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case). Cases whose
 segmentation is already in OUT are skipped, so a killed run resumes; --overwrite redoes them.
+A case unlike the model's training data is predicted with a warning that names what differs
+(the modality its file states, an intensity range far outside the training data's, a spacing
+more than 2x off); --strict refuses it instead.
 """
 
 EPILOG_EVALUATE = """\
@@ -162,8 +165,10 @@ def _none_or(kind: type):
 
 def _check_options(sub) -> None:
     c = sub.add_parser("check", help="check every case of a dataset before any work (cache runs it too)",
-                       description="Read every case of an MSD or nnU-Net v2 dataset and report all problems at once: "
-                       "missing or unreadable files, channel counts, image and label grids, label values.")  # fmt: skip
+                       description="Read every case of an MSD or nnU-Net v2 dataset, training (imagesTr, labelsTr) and test (imagesTs, "
+                       "labelsTs where present), and report all problems at once: images without labels and labels "
+                       "without images, numTraining against the cases found, missing or unreadable files, NaN voxels, "
+                       "channel counts, image and label grids, label values.")  # fmt: skip
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -253,6 +258,7 @@ def _predict_options(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
     _setting(p, PredictConfig, "slice_batch", type=int)
     _setting(p, PredictConfig, "device")
+    _setting(p, PredictConfig, "strict", action="store_const", const=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -301,8 +307,6 @@ def _analyze_options(sub) -> None:
 
 def _cmd_anatomy(args: argparse.Namespace) -> None:
     config = load_settings(AnatomyConfig, given=_given(args, AnatomyConfig))
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file; give a folder for the dataset")
     # a run killed before dataset.json leaves only the case folders: made again in place
     made = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json"}
     if args.out.is_dir() and any(p.name not in made for p in args.out.iterdir()):
@@ -320,9 +324,10 @@ def _cmd_anatomy(args: argparse.Namespace) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset)
-    require_valid(dataset, progress=not args.quiet)
+    require_valid(dataset, progress=not args.quiet, test=True)
+    tests = f" and {len(dataset.test_cases)} test case(s)" if dataset.test_cases else ""
     print(
-        f"dataset {dataset.root} ({dataset.layout}): {len(dataset.cases)} case(s), no problems; "
+        f"dataset {dataset.root} ({dataset.layout}): {len(dataset.cases)} training case(s){tests}, no problems; "
         f"classes {', '.join(dataset.class_names)}; channels {', '.join(dataset.channel_names)}"
     )
 
@@ -406,14 +411,20 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import run_analysis  # the analysis wing loads only for this command
 
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file; give a folder for the report")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --out {args.out}: {err.strerror}; give a writable folder") from None
     run_analysis(args.out, args.quick, log=(lambda _: None) if args.quiet else print)
     print(f"analysis written to {args.out / 'report.md'}")
+
+
+# The folders each command writes into, by option: checked before any work, created only by the first
+# file written there (check_output_folder), so a run that fails at the door leaves nothing behind.
+OUTPUTS = {"anatomy": ("out",), "plan": ("out",), "cache": ("out",), "train": ("out",), "predict": ("out",),
+           "evaluate": ("out", "raw"), "demo": ("out",), "analyze": ("out",)}  # fmt: skip
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for dest in OUTPUTS.get(args.command, ()):
+        if getattr(args, dest, None) is not None:
+            check_output_folder(getattr(args, dest), "--" + dest)
 
 
 COMMANDS = {
@@ -439,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     try:
+        _check_outputs(args)
         COMMANDS[args.command](args)
     except UserError as err:
         print(f"sam3dseg: error: {err}", file=sys.stderr)

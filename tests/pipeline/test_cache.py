@@ -265,7 +265,7 @@ def test_damaged_cached_case_is_explained(generated_dataset, tmp_path):
     make_cache(generated_dataset, tmp_path / "c")
     path = tmp_path / "c" / "cases" / "case_001.pt"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UserError, match=r"case_001.pt is not a readable cached case .*run `sam3dseg cache` again") as err:
+    with pytest.raises(UserError, match=r"case_001.pt is not a readable cached case: .*run `sam3dseg cache` again") as err:
         load_case(tmp_path / "c", "case_001")
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="cached case not found: .*case_404.pt"):
@@ -324,7 +324,7 @@ def test_every_problem_is_reported_before_any_encoding(generated_dataset, tmp_pa
     assert main(["check", "--dataset", str(ds), "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[1:] == lines[1:]
     assert main(["check", "--dataset", str(generated_dataset), "--quiet"]) == 0
-    assert "6 case(s), no problems" in capsys.readouterr().out
+    assert "6 training case(s), no problems" in capsys.readouterr().out
 
 
 # Augmented views (--views K). Two generated cases keep these fast; every case of the dataset gets views.
@@ -350,7 +350,7 @@ def test_views_are_the_augmented_cases_encoded(generated_dataset, tmp_path):
     manifest = read_manifest(tmp_path / "c")
     assert manifest["views"] == 2 and manifest["augment"]["rotation"] == 30.0
     case = load_dataset(ds).cases[1]
-    volume, label, _ = load_case_arrays(case, load_dataset(ds), PreprocessConfig(), 64)
+    volume, label, *_ = load_case_arrays(case, load_dataset(ds), PreprocessConfig(), 64)
     original = load_case(tmp_path / "c", case.name)
     for v in (1, 2):
         view = load_case(tmp_path / "c", case.name, view=v)

@@ -157,7 +157,7 @@ def test_bad_input_one_line_exit_2(vit_b_model, generated_dataset, tmp_path, cap
     blocker = tmp_path / "a_file"
     blocker.write_text("x", encoding="utf-8")
     code, err = _run(["predict", "--model", str(vit_b_model), "--input", str(image), "--out", str(blocker / "sub")], capsys)
-    assert code == 2 and len(err) == 1 and "cannot write to output folder" in err[0]
+    assert code == 2 and len(err) == 1 and "cannot be created: " in err[0] and "is a file, not a folder" in err[0]
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
 
 

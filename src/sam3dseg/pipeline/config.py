@@ -250,6 +250,8 @@ class PredictConfig:
     postprocess: bool = switch(True, "apply the post-processing the model's validation decided (--no-postprocess: raw)", flag="--no-postprocess")
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
     device: str = device_setting(flag="--device")
+    strict: bool = switch(False, "refuse an input unlike the model's training data (modality, intensity range, spacing) "
+                          "instead of warning", flag="--strict")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_settings(self)

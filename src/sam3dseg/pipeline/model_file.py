@@ -9,8 +9,10 @@ is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
 
     {"format": "sam3dseg-model", "version": 3, "epoch", "decoder", "optimizer",
      "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
-     "feature_channels", "history", "best_dice", "split", "postprocess"}
+     "feature_channels", "history", "best_dice", "split", "postprocess", "fingerprint"}
 
+``fingerprint`` (the training data's spacing and intensity ranges, which ``predict`` compares
+new input with) is absent from files written before it was kept, and reads as None.
 ``encoder`` is :meth:`EncoderInfo.to_dict`; records written before the encoder interface
 have no ``stride`` / ``normalisation`` and read as SAM's ViT (16, ``sam``).
 
@@ -87,6 +89,7 @@ class ModelFile:
     scheduler: dict | None = None
     split: dict[str, list[str]] | None = None  # {"train": [...], "val": [...]}: the cases of the run (train.fold)
     postprocess: dict | None = None  # the decision of pipeline.postprocess (Postprocess.to_dict), once made
+    fingerprint: dict | None = None  # the training data's spacing and intensity ranges (data.fingerprint.combine)
 
     def build_decoder(self) -> SAM3DDecoder:
         """The decoder with these weights loaded (on the CPU, in training mode)."""
@@ -113,6 +116,7 @@ class ModelFile:
             "best_dice": self.best_dice,
             "split": self.split,
             "postprocess": self.postprocess,
+            "fingerprint": self.fingerprint,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -138,6 +142,7 @@ class ModelFile:
                 scheduler=state.get("scheduler"),
                 split=state.get("split"),
                 postprocess=state.get("postprocess"),
+                fingerprint=state.get("fingerprint"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{source} is damaged: a sam3dseg model file without a valid {err} entry") from err

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..common.files import atomic_output, write_json
-from ..errors import UserError
+from ..errors import UserError, summarise
 from .metrics import dice_per_class, mean_finite
 from .model_file import load_model_file
 
@@ -127,7 +127,7 @@ def load_validation(run: Path) -> list[tuple[np.ndarray, np.ndarray]]:
             with np.load(path, allow_pickle=False) as z:
                 pairs.append((z["prediction"], z["reference"]))
         except (OSError, ValueError, KeyError) as err:
-            raise UserError(f"cannot read {path}: {err}") from err
+            raise UserError(f"cannot read {path}: {summarise(err)}") from err
     return pairs
 
 

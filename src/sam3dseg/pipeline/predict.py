@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..common.files import atomic_output, ensure_writable
+from ..common.files import atomic_output, check_output_folder
 from ..common.settings import to_dict
 from ..common.plots import save_montage
 from ..common.runtime import resolve_device
 from ..data.preprocess import Transform, anatomical_view, model_intensities, preprocess_image, restore_probabilities, unreorient
-from ..data.volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, split_channel, write_volume
+from ..data.fingerprint import differences
+from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import Encoder, encode_volume
@@ -75,6 +76,13 @@ class Predictor:
             for m in models
         ]  # fmt: skip
         self.postprocess = _shared_postprocess(models) if config.postprocess else None
+        self.fingerprint = first.fingerprint
+
+    def unlike_training(self, array: np.ndarray, geometry: Geometry, modality: str | None = None) -> list[str]:
+        """How a read volume ``(z, y, x)`` or ``(C, z, y, x)`` differs from the first model's training data
+        (:func:`~sam3dseg.data.fingerprint.differences`); empty when it looks alike."""
+        channels = array[None] if array.ndim == 3 else array
+        return differences(self.fingerprint, self.channel_names, self.preprocess, channels, geometry, modality)
 
     def finish(self, label: np.ndarray) -> np.ndarray:
         """A predicted label volume with the models' post-processing applied (if they have one and it is on)."""
@@ -269,7 +277,8 @@ def predict_folder(
 ) -> dict:
     """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
 
-    A case whose segmentation exists is skipped unless ``outputs.overwrite``: the
+    A case unlike the model's training data (:meth:`Predictor.unlike_training`) is predicted with a
+    warning, or refused under ``config.strict``. A case whose segmentation exists is skipped unless ``outputs.overwrite``: the
     segmentation is written last and atomically, so an existing one is a finished
     case and a killed run resumes. Returns ``{"written": [...], "skipped": [...], "out": out}``.
     """
@@ -277,7 +286,7 @@ def predict_folder(
 
     outputs = outputs or FolderOutputs()
     cases = collect_inputs(inputs, len(predictor.channel_names))
-    out = ensure_writable(out)
+    out = check_output_folder(out)  # created with the first segmentation: a failed first case leaves nothing
     written, skipped = [], []
     for name, paths in tqdm(cases, desc="predict", unit="case", disable=not progress):
         target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
@@ -286,6 +295,12 @@ def predict_folder(
             continue
         array, geometry = read_channels(paths)
         array = array[0] if array.shape[0] == 1 else array
+        unlike = predictor.unlike_training(array, geometry, file_modality(paths[0]))
+        if unlike:
+            text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
+            if predictor.config.strict:
+                raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
+            log.warning(f"{text}; the segmentation may be poor (--strict refuses such cases)")
         if outputs.probabilities or outputs.npz:
             probs = predict_probabilities(predictor, array, geometry)
             label = probs.argmax(0).astype(np.uint8)

@@ -35,7 +35,7 @@ from ..common.plots import save_curves
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, from_dict, to_dict
 from ..data.preprocess import PreprocessConfig
-from ..errors import UserError
+from ..errors import UserError, summarise
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
@@ -157,6 +157,7 @@ class _Data:
             feature_channels=m["feature_channels"],
             decoder=decoder.state_dict(),
             split={"train": list(self.train_names), "val": list(self.val_names)},
+            fingerprint=m.get("fingerprint"),
         )
 
 
@@ -234,7 +235,7 @@ def _initial_weights(path: str, record: ModelFile, decoder: SAM3DDecoder) -> Non
     try:
         decoder.load_state_dict(source.decoder)
     except RuntimeError as err:
-        raise UserError(f"train.init_from={path} has another decoder shape (decoder settings differ): {str(err).splitlines()[0]}") from None
+        raise UserError(f"train.init_from={path} has another decoder shape (decoder settings differ): {summarise(err)}") from None
 
 
 @dataclass
