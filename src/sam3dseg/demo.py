@@ -67,20 +67,16 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | None:
-    """A montage per predicted test case on the image as the model saw it, prediction solid and
-    reference dashed; the last one's path."""
-    from .common.plots import save_montage
-    from .data.preprocess import anatomical_view, model_intensities
+    """A montage per predicted test case, prediction and reference (the rule of
+    :func:`~sam3dseg.data.pictures.save_case_montage`); the last one's path."""
+    from .data.pictures import save_case_montage
     from .data.volumes import read_volume
 
     montage = None
     for name in names:
         array, geometry = read_volume(data / "imagesTs" / f"{name}_0000.nii.gz")
         label, reference = read_volume(preds / f"{name}.nii.gz")[0], read_volume(data / "labelsTs" / f"{name}.nii.gz")[0]
-        shown = model_intensities(array, predictor.channel_names[0], predictor.preprocess)
-        (img, seg, ref), aspect = anatomical_view([shown, label, reference], geometry, predictor.preprocess.slicing_axis)
-        title = f"{name}: prediction (solid), reference (dashed)"
-        montage = save_montage(preds / f"{name}.png", img, seg, ref, predictor.class_names, title=title, aspect=aspect, window=(0, 255))
+        montage = save_case_montage(preds / f"{name}.png", array, predictor.modality, geometry, label, reference, predictor.class_names, name)
     return montage
 
 

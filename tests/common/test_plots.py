@@ -22,11 +22,12 @@ def test_montage_window_sets_the_grey_levels(tmp_path):
     image[:, :, 20:] = 150.0
     label = np.zeros((3, 40, 40), np.uint8)
     label[1, 30:35, 30:35] = 1
-    greys = {}
+    counts = {}
     for name, window in (("model", (0, 255)), ("stretched", None)):
         png = imread(save_montage(tmp_path / f"{name}.png", image, label, window=window))
         rgb = (png[..., :3] * 255).round().astype(int)
         grey = rgb[(rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])][:, 0]
-        greys[name] = set(np.unique(grey).tolist())
-    assert {100, 150} <= greys["model"]
-    assert not {100, 150} & greys["stretched"]  # 1-99 % percentiles map the halves to black and white
+        counts[name] = np.bincount(grey, minlength=256)
+    assert counts["model"][100] > 5000 and counts["model"][150] > 5000
+    # 1-99 % percentiles map the halves to black and white (the few greys left are the text's edges)
+    assert counts["stretched"][100] + counts["stretched"][150] < 100

@@ -201,28 +201,3 @@ def test_summary_flags_a_class_never_found(tmp_path, capsys):
     assert (summary["per_class"]["class2"]["present"], summary["per_class"]["class2"]["found"]) == (2, 0)
 
 
-def test_evaluate_png_draws_on_the_image_the_model_saw(tmp_path, monkeypatch):
-    """--png --images: the montage shows the case's image (nnU-Net `{case}_0000`) in the model's
-    intensities: the CT window that dataset.json's modality selects, not the raw HU."""
-    import sam3dseg.pipeline.evaluate as evaluate
-    from sam3dseg.data.preprocess import PreprocessConfig, anatomical_view, model_intensities
-
-    rng = np.random.default_rng(3)
-    ref = _blob((12, 20, 17), rng).astype(np.uint8)
-    hu = rng.normal(60, 300, size=ref.shape).astype(np.float32)
-    write_volume(ref, GEOMETRY, tmp_path / "ref" / "a.nii.gz")
-    write_volume(ref, GEOMETRY, tmp_path / "pred" / "a.nii.gz")
-    write_volume(hu, GEOMETRY, tmp_path / "images" / "a_0000.nii.gz")
-    labels = tmp_path / "dataset.json"
-    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1}, "channel_names": {"0": "CT"}}), encoding="utf-8")
-    drawn = []
-    monkeypatch.setattr(evaluate, "save_montage", lambda path, image, *a, **k: drawn.append((image, k["window"])))
-    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels), "--png", "--quiet"]
-    assert main([*args, "--images", str(tmp_path / "images")]) == 0
-    (image, window), = drawn
-    expected = anatomical_view([model_intensities(hu, "CT", PreprocessConfig())], GEOMETRY)[0][0]
-    assert window == (0, 255) and np.array_equal(image, expected)
-    assert image.min() == 0 and image.max() == 255  # clipped to the 40/400 window
-    assert main([*args, "--images", str(tmp_path / "nowhere")]) == 2
-    drawn.clear()
-    assert main(args) == 0 and drawn[0][0] is None  # without --images: contours only

@@ -190,23 +190,6 @@ def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_pa
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--strict", "--quiet"]) == 0
 
 
-def test_png_shows_the_image_as_the_model_saw_it(generated_dataset, tmp_path, monkeypatch):
-    import sam3dseg.pipeline.predict as predict
-    from sam3dseg.data.preprocess import anatomical_view, model_intensities
-    from sam3dseg.data.volumes import read_volume
-    from sam3dseg.pipeline.predict import FolderOutputs, predict_folder
-
-    drawn = []
-    monkeypatch.setattr(predict, "save_montage", lambda path, image, *a, **k: drawn.append((image, k["window"])))
-    predictor = Predictor(tiny_model_file(), tiny_encoder())
-    source = generated_dataset / "imagesTr" / "case_002_0000.nii.gz"
-    predict_folder(predictor, source, tmp_path / "out", FolderOutputs(png=True), progress=False)
-    array, geometry = read_volume(source)
-    (image, window), = drawn
-    assert window == (0, 255)
-    assert np.array_equal(image, anatomical_view([model_intensities(array, "MR", predictor.preprocess)], geometry)[0][0])
-
-
 def test_depth_flip_tta_flips_the_image_with_the_features():
     """With the image path, --tta decodes the depth-flipped features together with the depth-flipped image."""
     from sam3dseg.pipeline.windows import WindowDecoder

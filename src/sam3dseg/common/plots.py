@@ -56,19 +56,37 @@ def save_curves(history: list[dict], path: str | Path, classes: list[str] = ()) 
 
 def pick_slices(labels: list[np.ndarray], count: int) -> list[int]:
     """Slice indices (axis 0): each class's largest slice in any of ``labels`` (so a small lesion is
-    shown; more than ``count`` if there are more classes), then slices spread over the foreground."""
+    shown; more than ``count`` if there are more classes), then slices spread over those holding at
+    least a third of the largest slice's foreground (so no panel shows a speck at an organ's tip)."""
     depth = labels[0].shape[0]
     chosen = set()
     for k in sorted(set().union(*(np.unique(a).tolist() for a in labels)) - {0}):
         area = np.sum([(a == k).reshape(depth, -1).sum(1) for a in labels], axis=0)
         chosen.add(int(area.argmax()))
-    busy = np.flatnonzero(np.any([(a > 0).reshape(depth, -1).any(1) for a in labels], axis=0))
-    pool = busy if busy.size else np.arange(depth)
-    for j in np.linspace(0, pool.size - 1, min(count, pool.size)):
+    area = np.sum([(a > 0).reshape(depth, -1).sum(1) for a in labels], axis=0)
+    busy = np.flatnonzero(area >= area.max() / 3) if area.max() > 0 else np.arange(depth)
+    for j in np.linspace(0, busy.size - 1, min(count, busy.size)):
         if len(chosen) >= count:
             break
-        chosen.add(int(pool[round(j)]))
+        chosen.add(int(busy[round(j)]))
     return sorted(chosen)
+
+
+def _zoom(labels: list[np.ndarray], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The in-plane region to show: the labels' bounding box with a margin of its own size (at least 16
+    pixels) on each side, square-ish; the whole plane when that is most of it or there is no label."""
+    found = np.any([(a > 0).any(0) for a in labels], axis=0)
+    if not found.any():
+        return slice(None), slice(None)
+    box = []
+    for axis in (0, 1):
+        hits = np.flatnonzero(found.any(1 - axis))
+        lo, hi = int(hits[0]), int(hits[-1]) + 1
+        margin = max(16, hi - lo)
+        box.append((max(0, lo - margin), min(shape[axis], hi + margin)))
+    if (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]) > 0.5 * shape[0] * shape[1]:
+        return slice(None), slice(None)
+    return slice(*box[0]), slice(*box[1])
 
 
 def save_montage(
@@ -84,45 +102,61 @@ def save_montage(
 ) -> Path:
     """Write ``count`` slices (along the array's first axis) as one PNG, atomically.
 
+    Prediction and reference read apart at the saved size: the prediction is filled (translucent)
+    with a solid edge, the reference a thick dashed line over a white one; each class has its
+    colour. Panels show the slices where the classes are (:func:`pick_slices`), zoomed in on the
+    labels when they fill little of the plane.
+
     Args:
         image: ``(z, y, x)`` grey image shown underneath (first channel), or None.
-        window: grey values shown black and white; None: the image's 1st and 99th
-            percentiles. Pass ``(0, 255)`` with an image in the model's intensities
-            (:func:`sam3dseg.data.preprocess.model_intensities`) to show what the model saw.
-        pred: ``(z, y, x)`` labels, drawn as solid contours.
-        ref: ``(z, y, x)`` reference labels, drawn dashed.
+        window: grey values shown black and white; None: the image's 1st and 99th percentiles
+            (:func:`sam3dseg.data.pictures.display_window` chooses one per modality).
+        pred: ``(z, y, x)`` labels.
+        ref: ``(z, y, x)`` reference labels, or None.
         class_names: names by label value (legend).
         aspect: row spacing / column spacing, so anisotropic voxels look right.
     """
+    from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     plt = pyplot()
 
     path = Path(path)
-    num_classes = int(max(pred.max(), ref.max() if ref is not None else 0)) + 1
+    labels = [pred] + ([ref] if ref is not None else [])
+    num_classes = int(max(a.max() for a in labels)) + 1
     names = class_names or [f"class {k}" for k in range(num_classes)]
-    slices = pick_slices([pred] + ([ref] if ref is not None else []), count)
-    fig, axes = plt.subplots(1, len(slices), figsize=(2.6 * len(slices), 2.9), squeeze=False)
+    slices = pick_slices(labels, count)
+    rows, cols = _zoom([a[slices] for a in labels], pred.shape[1:])
+    fig, axes = plt.subplots(1, len(slices), figsize=(3.2 * len(slices), 3.7), squeeze=False)
     if image is not None:
         lo, hi = window if window is not None else np.percentile(image, (1, 99))
     for ax, z in zip(axes[0], slices):
         if image is not None:
-            ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
+            ax.imshow(image[z][rows, cols], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
         else:
-            ax.imshow(np.zeros(pred.shape[1:]), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+            ax.imshow(np.zeros(pred[z][rows, cols].shape), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+        p = pred[z][rows, cols]
+        r = ref[z][rows, cols] if ref is not None else None
         for k in range(1, num_classes):
             colour = COLOURS[(k - 1) % len(COLOURS)]
-            if (pred[z] == k).any():
-                ax.contour(pred[z] == k, levels=[0.5], colors=[colour], linewidths=1.2)
-            if ref is not None and (ref[z] == k).any():
-                ax.contour(ref[z] == k, levels=[0.5], colors=[colour], linewidths=1.0, linestyles="dashed")
-        ax.set_title(f"slice {z}", fontsize=8)
+            if (p == k).any():
+                fill = np.zeros((*p.shape, 4))
+                fill[p == k] = to_rgba(colour, 0.35)
+                ax.imshow(fill, interpolation="nearest", aspect=aspect)
+                ax.contour(p == k, levels=[0.5], colors=[colour], linewidths=1.2)
+            if r is not None and (r == k).any():
+                ax.contour(r == k, levels=[0.5], colors=["white"], linewidths=2.6)
+                ax.contour(r == k, levels=[0.5], colors=[colour], linewidths=2.0, linestyles=[(0, (3, 2))])
+        ax.set_title(f"slice {z}", fontsize=9)
         ax.axis("off")
-    handles = [Line2D([], [], color=COLOURS[(k - 1) % len(COLOURS)], label=names[k]) for k in range(1, min(num_classes, len(names)))]
+    handles = [Patch(facecolor=to_rgba(COLOURS[(k - 1) % len(COLOURS)], 0.35), edgecolor=COLOURS[(k - 1) % len(COLOURS)], label=names[k])
+               for k in range(1, min(num_classes, len(names)))]  # fmt: skip
     if ref is not None:
-        handles += [Line2D([], [], color="k", label="prediction"), Line2D([], [], color="k", linestyle="dashed", label="reference")]
-    fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=7, frameon=False)
+        handles += [Patch(facecolor=(0, 0, 0, 0.2), edgecolor="k", label="prediction (filled)"),
+                    Line2D([], [], color="k", linewidth=2.0, linestyle=(0, (3, 2)), label="reference (dashed)")]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(handles), 8)), fontsize=9, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return save_figure(fig, path)

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common.files import read_json, write_csv, write_json, write_text
-from ..common.plots import save_montage
 from ..data.datasets import read_class_names
-from ..data.preprocess import PreprocessConfig, anatomical_view, model_intensities
+from ..data.pictures import save_case_montage
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
 from .metrics import case_metrics, drop_ignored, nnunet_counts, nnunet_summary, summarise
@@ -49,8 +48,8 @@ def _first_modality(labels: str | Path) -> str:
     return str(names.get("0", "MR")) if isinstance(names, dict) else "MR"
 
 
-def _image_for(folder: Path, case: str, shape: tuple[int, ...], modality: str) -> np.ndarray:
-    """The case's image (first channel) from ``folder`` in the model's intensities ``[0, 255]``."""
+def _image_for(folder: Path, case: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The case's image (first channel, as read) from ``folder``."""
     found = [p for p in sorted(folder.iterdir()) if image_suffix(p) and case_name(p) in (f"{case}_0000", case)]
     if not found:
         raise UserError(f"no image for case {case} in {folder} (expected {case}_0000 or {case} with an image suffix)")
@@ -58,7 +57,7 @@ def _image_for(folder: Path, case: str, shape: tuple[int, ...], modality: str) -
     first = array if array.ndim == 3 else array[0]
     if first.shape != shape:
         raise UserError(f"image {found[0]} has shape {first.shape}, the segmentation {shape}")
-    return model_intensities(first, modality, PreprocessConfig())
+    return first
 
 
 def evaluate_folders(
@@ -80,8 +79,8 @@ def evaluate_folders(
     are listed (``summary["missing_predictions"]``) and left out, or refused with
     ``strict``. ``progress`` shows the bar; ``quiet`` prints nothing (for callers that
     print their own summary). With ``png`` and ``images`` (a folder of the cases' images,
-    ``{case}_0000`` or ``{case}``) the montages draw both contours on the image, shown with
-    the intensity mapping the model uses for the modality ``labels`` names. Returns the summary (per-class means, overall means,
+    ``{case}_0000`` or ``{case}``) the montages draw both on the image, shown by
+    :func:`~sam3dseg.data.pictures.save_case_montage`'s rule for the modality ``labels`` names. Returns the summary (per-class means, overall means,
     per class how many cases hold it and in how many the prediction found it).
     """
     from tqdm import tqdm
@@ -119,10 +118,8 @@ def evaluate_folders(
         counts = nnunet_counts(pred, ref, len(class_names), counted)
         nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
         if png:
-            shown = _image_for(Path(images), case, pred.shape, modality) if images is not None else None
-            (i_o, p_o, r_o), aspect = anatomical_view([shown, pred, ref], geometry)
-            window = (0, 255) if shown is not None else None
-            save_montage(out_dir / f"{case}_vs_reference.png", i_o, p_o, r_o, class_names, title=case, aspect=aspect, window=window)
+            shown = _image_for(Path(images), case, pred.shape) if images is not None else None
+            save_case_montage(out_dir / f"{case}_vs_reference.png", shown, modality, geometry, pred, ref, class_names, case)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
     summary["missing_predictions"] = missing

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from ..common.files import atomic_output, check_output_folder
 from ..common.settings import to_dict
-from ..common.plots import save_montage
 from ..common.runtime import resolve_device
-from ..data.preprocess import Transform, anatomical_view, model_intensities, preprocess_image, restore_probabilities, unreorient
+from ..data.pictures import save_case_montage
+from ..data.preprocess import Transform, preprocess_image, restore_probabilities, unreorient
 from ..data.fingerprint import differences
 from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
@@ -77,6 +77,8 @@ class Predictor:
         ]  # fmt: skip
         self.postprocess = _shared_postprocess(models) if config.postprocess else None
         self.fingerprint = first.fingerprint
+        # what the first channel is, for pictures: a model that read it through a CT window was trained on CT
+        self.modality = "CT" if self.preprocess.intensity == "ct" else self.channel_names[0]
 
     def unlike_training(self, array: np.ndarray, geometry: Geometry, modality: str | None = None) -> list[str]:
         """How a read volume ``(z, y, x)`` or ``(C, z, y, x)`` differs from the first model's training data
@@ -314,9 +316,7 @@ def predict_folder(
         label = predictor.finish(label)
         if outputs.png:
             first = array if array.ndim == 3 else array[0]
-            shown = model_intensities(first, predictor.channel_names[0], predictor.preprocess)  # what the model saw
-            (image, seg), aspect = anatomical_view([shown, label], geometry, predictor.preprocess.slicing_axis)
-            save_montage(out / f"{name}.png", image, seg, None, predictor.class_names, title=name, aspect=aspect, window=(0, 255))
+            save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
         write_volume(label, geometry, target)
         written.append(name)
     return {"written": written, "skipped": skipped, "out": out}
