@@ -223,3 +223,22 @@ def test_summarise_keeps_the_first_sentence_and_whole_words():
     short = summarise(ValueError(words), limit=50)
     assert short.endswith(" …") and all(w == "word" for w in short[:-2].split())
     assert summarise(KeyError()) == "KeyError"
+
+
+# --- 10. small mismatches ---------------------------------------------------------------------------
+
+
+def test_without_monai_the_error_comes_before_any_warning(generated_dataset, tmp_path, capsys, monkeypatch):
+    """`cache --views K` without MONAI ends at the door: no RANDOM-weights warning first, no folder."""
+    import sam3dseg.pipeline.cache as cache
+
+    def missing() -> str:
+        raise UserError("augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'")
+
+    monkeypatch.setattr(cache, "require_monai", missing)
+    args = ["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--image-size", "32", "--views", "2"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sam3dseg: error: augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'"
+    ]
+    assert not (tmp_path / "c").exists()

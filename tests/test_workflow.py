@@ -1,5 +1,6 @@
 """nnU-Net's workflow end to end on generated data: 3 folds -> post-processing -> ensemble predict -> evaluate."""
 
+import json
 import shutil
 
 import numpy as np
@@ -26,6 +27,8 @@ def test_three_folds_postprocessing_ensemble_evaluate(tmp_path):
     for case in ("case_009", "case_010"):  # held out of every fold
         shutil.move(train_ds / "imagesTr" / f"{case}_0000.nii.gz", test / "images" / f"{case}_0000.nii.gz")
         shutil.move(train_ds / "labelsTr" / f"{case}.nii.gz", test / "labels" / f"{case}.nii.gz")
+    meta = json.loads((train_ds / "dataset.json").read_text(encoding="utf-8"))
+    (train_ds / "dataset.json").write_text(json.dumps({**meta, "numTraining": 9}), encoding="utf-8")  # without the held-out two
     make_cache(train_ds, tmp_path / "cache", image_size=64)
     runs = [tmp_path / f"fold_{k}" for k in range(3)]
     stages = {}

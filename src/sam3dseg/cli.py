@@ -379,9 +379,7 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def _cmd_postprocess(args: argparse.Namespace) -> None:
-    decision = postprocess_runs(args.runs)
-    steps = ["largest foreground component"] * decision.foreground + [f"largest component of class {k}" for k in decision.classes]
-    print(f"recorded in {len(args.runs)} run(s): {', '.join(steps) if steps else 'no post-processing'}")
+    postprocess_runs(args.runs)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

@@ -120,12 +120,3 @@ def test_analyze_quick_writes_report_with_expected_slopes(tmp_path):
     assert law["law_mib"][2] > 0 and math.isfinite(law["voxels_at_machine_memory"])
 
 
-def test_analyze_out_must_be_a_folder(tmp_path, capsys):
-    target = tmp_path / "file.txt"
-    target.write_text("x")
-    assert main(["analyze", "--out", str(target), "--quick"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is a file" in err[0]
-    assert main(["analyze", "--out", str(target / "below"), "--quick"]) == 2  # a folder under a file
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot create --out" in err[0]

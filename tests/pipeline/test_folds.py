@@ -49,15 +49,19 @@ def test_a_fold_writes_the_splits_once_and_trains_on_them(cache, tmp_path):
     record = load_model_file(tmp_path / "f1" / "best.pt")
     assert record.config.train.fold == 1 and record.split == splits[1]
     # the file is read as it is from now on: another num_folds does not remake it
-    assert select_cases(cache, NAMES, 2, 5, 0.2) == (splits[2]["train"], splits[2]["val"])
+    assert select_cases(cache, NAMES, 2, 5, 0.2) == (splits[2]["train"], splits[2]["val"], 3)
     assert json.loads((cache / "splits_final.json").read_text(encoding="utf-8")) == splits
 
 
 def test_a_users_splits_are_honoured(cache, tmp_path):
     mine = [{"train": NAMES[2:], "val": NAMES[:2]}, {"train": ["case_005", "case_000"], "val": ["case_003"]}]
     (cache / "splits_final.json").write_text(json.dumps(mine), encoding="utf-8")
-    result = train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1"]), progress=False)
+    said = []
+    result = train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1"]), progress=False, log=said.append)
     assert result["train_cases"] == ["case_000", "case_005"] and result["val_cases"] == ["case_003"]
+    # the file's 2 folds are the run's, recorded and said (train.num_folds=5, the default, shapes only a new file)
+    assert load_model_file(tmp_path / "f1" / "best.pt").config.train.num_folds == 2
+    assert any(line.startswith("using the 2 folds of") for line in said)
     assert json.loads((cache / "splits_final.json").read_text(encoding="utf-8")) == mine
 
 

@@ -195,6 +195,7 @@ def test_summary_flags_a_class_never_found(tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("class2"))
     assert "0/2" in line and "NEVER FOUND" in line
+    assert line.split()[2] == "inf"  # its HD95, as metrics.csv has it per case (not nan)
     assert "2/2" in next(x for x in out.splitlines() if x.startswith("class1"))
     assert "never found: class2" in out
     summary = json.loads((tmp_path / "pred" / "sam3dseg_summary.json").read_text(encoding="utf-8"))

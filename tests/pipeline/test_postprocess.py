@@ -110,6 +110,8 @@ def test_postprocess_command_decides_over_all_runs(two_folds, capsys, tmp_path):
     pooled = decide(load_validation(runs[0]) + load_validation(runs[1]), CLASSES, lambda _: None).to_dict()
     assert all(load_model_file(r / "best.pt").postprocess == pooled for r in runs)
     assert pooled["cases"] == 4
+    assert f"recorded in 2 run(s): {Postprocess.from_dict(pooled).describe(CLASSES)}" in out
+
 
     # bad input: a folder that is no run, a run without validation predictions
     assert main(["postprocess", "--runs", str(tmp_path)]) == 2
@@ -118,6 +120,12 @@ def test_postprocess_command_decides_over_all_runs(two_folds, capsys, tmp_path):
     (tmp_path / "r" / "best.pt").write_bytes((runs[0] / "best.pt").read_bytes())
     assert main(["postprocess", "--runs", str(tmp_path / "r")]) == 2
     assert "has no validation predictions" in capsys.readouterr().err
+
+
+def test_a_decision_names_its_classes():
+    decision = Postprocess(foreground=True, classes=[2])
+    assert decision.describe(["background", "liver", "kidney"]) == "largest foreground component, largest component of kidney"
+    assert Postprocess().describe(["background", "liver"]) == "no post-processing"
 
 
 def test_evaluate_reports_the_mean_with_and_without_postprocessing(tmp_path, capsys):

@@ -10,6 +10,7 @@ each other with different layouts.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,14 @@ def evaluate_folders(
     return summary
 
 
+def _hd95_text(entry: dict) -> str:
+    """A class's mean HD95 for the table: ``inf`` when every case it holds was missed (as metrics.csv says),
+    ``n/a`` when no case holds it."""
+    if math.isnan(entry["hd95"]):
+        return "inf" if entry["hd95_infinite"] else "n/a"
+    return f"{entry['hd95']:.2f}"
+
+
 def format_table(summary: dict, cases: int) -> str:
     """The per-class means as a fixed-width table, with how many cases found each class."""
     tol = summary["nsd_tolerance_mm"]
@@ -144,7 +153,7 @@ def format_table(summary: dict, cases: int) -> str:
         notes = ["NEVER FOUND"] * (name in never) + [f"{e['hd95_infinite']} one-sided empty"] * bool(e["hd95_infinite"])
         note = f"  [{'; '.join(notes)}]" if notes else ""
         found = f"{e.get('found', 0)}/{e.get('present', 0)}"
-        lines.append(f"{name:<16}{e['dice']:>8.4f}{e['hd95']:>10.2f}{e['nsd']:>12.4f}{found:>8}{note}")
+        lines.append(f"{name:<16}{e['dice']:>8.4f}{_hd95_text(e):>10}{e['nsd']:>12.4f}{found:>8}{note}")
     lines.append(f"{'mean':<16}{summary['mean_dice']:>8.4f}{summary['mean_hd95']:>10.2f}{summary['mean_nsd']:>12.4f}")
     if never:
         lines.append(f"never found: {', '.join(never)} (the mean HD95 covers found classes only)")

@@ -61,18 +61,22 @@ def read_splits(path: Path, names: list[str]) -> list[dict[str, list[str]]]:
     return splits
 
 
-def select_cases(cache: Path, names: list[str], fold: int | str | None, num_folds: int, val_fraction: float) -> tuple[list[str], list[str]]:
-    """The training and validation case names of a run (module docstring); writes the splits file on first use."""
+def select_cases(
+    cache: Path, names: list[str], fold: int | str | None, num_folds: int, val_fraction: float
+) -> tuple[list[str], list[str], int | None]:
+    """The training and validation case names of a run (module docstring), and how many folds the splits
+    file holds (None without folds): an existing file's count wins over ``num_folds``, which only shapes a
+    file made on first use. Writes the splits file on first use."""
     names = sorted(names)
     if fold is None:
         n_val = min(math.ceil(val_fraction * len(names)) if len(names) > 1 else 0, len(names) - 1)
-        return names[: len(names) - n_val], names[len(names) - n_val :]
+        return names[: len(names) - n_val], names[len(names) - n_val :], None
     if fold == "all":
-        return names, []
+        return names, [], None
     path = Path(cache) / SPLITS_FILE
     if not path.is_file():
         write_json(path, make_splits(names, num_folds))
     splits = read_splits(path, names)
     if fold >= len(splits):
         raise UserError(f"train.fold={fold} but {path} has {len(splits)} folds: give 0..{len(splits) - 1} or all")
-    return sorted(splits[fold]["train"]), sorted(splits[fold]["val"])
+    return sorted(splits[fold]["train"]), sorted(splits[fold]["val"]), len(splits)

@@ -54,6 +54,11 @@ class Postprocess:
     dice_after: list[float] = field(default_factory=list)
     cases: int = 0  # validation cases it was decided on
 
+    def describe(self, class_names: list[str]) -> str:
+        """The steps in words, classes by name: ``largest foreground component, largest component of kidney``."""
+        steps = ["largest foreground component"] * self.foreground + [f"largest component of {class_names[k]}" for k in self.classes]
+        return ", ".join(steps) if steps else "no post-processing"
+
     def apply(self, label: np.ndarray, num_classes: int) -> np.ndarray:
         """The post-processed ``label`` (any grid)."""
         if self.foreground:
@@ -160,4 +165,5 @@ def postprocess_runs(runs: list[Path], say: Callable[[str], None] = print) -> Po
     decision = decide(pairs, names, lambda line: say("  " + line))
     for run in runs:
         record_decision(run, decision)
+    say(f"recorded in {len(runs)} run(s): {decision.describe(names)}")
     return decision

@@ -41,7 +41,7 @@ from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
 from .cache import read_manifest
 from .config import LossConfig, PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
-from .folds import select_cases
+from .folds import SPLITS_FILE, select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
@@ -113,6 +113,7 @@ class _Data:
 
     image: bool  # the decoder's image path reads the cached images
     views: int  # augmented views the cache holds per labelled case
+    folds: int | None  # folds in the cache's splits_final.json when train.fold names one
 
     @property
     def ignore(self) -> int | None:
@@ -130,7 +131,7 @@ class _Data:
     @classmethod
     def open(cls, cache: Path, t: TrainConfig, image: bool) -> _Data:
         manifest = read_manifest(cache)
-        train_names, val_names = select_cases(cache, manifest["cases"], t.fold, t.num_folds, t.val_fraction)
+        train_names, val_names, folds = select_cases(cache, manifest["cases"], t.fold, t.num_folds, t.val_fraction)
         if not train_names:
             raise UserError(f"cache {cache} has no training cases")
         store = CaseStore(cache, ignore=manifest.get("ignore_label"))
@@ -144,7 +145,7 @@ class _Data:
                     f"run `sam3dseg cache --dataset {manifest['dataset']} --out {cache}` again (it adds the images "
                     "without encoding again), or train with decoder.image_path=false"
                 )
-        return cls(manifest, store, train_names, val_names, image, views)
+        return cls(manifest, store, train_names, val_names, image, views, folds)
 
     def model_file(self, config: RunConfig, decoder: SAM3DDecoder) -> ModelFile:
         m = self.manifest
@@ -314,7 +315,12 @@ def train(
     data = _Data.open(Path(cache), t, config.decoder.image_path)
     grid = data.encoder.grid
     # auto crops and null views resolved on this cache, written into config.yaml and the model files as the numbers used
-    t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views)
+    folds_note = data.folds is not None and data.folds != t.num_folds
+    if folds_note:
+        folds_note = (f"using the {data.folds} folds of {Path(cache) / SPLITS_FILE} (train.num_folds={t.num_folds} "
+                      "shapes only a file made on first use)")  # fmt: skip
+    t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views,
+                num_folds=data.folds or t.num_folds)  # fmt: skip
     config = replace(config, train=t)
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
@@ -338,6 +344,8 @@ def train(
 
     # resume, or start from a trained model's weights
     say = log if log is not None and rank == 0 else (lambda _: None)
+    if folds_note:
+        say(folds_note)
     if _resume(record, out / "last.pt", decoder, optimizer, scheduler, say):
         say(f"resuming {out} after epoch {record.epoch} of {t.epochs}")
     elif t.init_from is not None:
