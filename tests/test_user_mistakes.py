@@ -242,3 +242,16 @@ def test_without_monai_the_error_comes_before_any_warning(generated_dataset, tmp
         "sam3dseg: error: augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'"
     ]
     assert not (tmp_path / "c").exists()
+
+
+def test_evaluate_checks_every_image_before_it_draws(generated_dataset, tmp_path, capsys):
+    """`evaluate --png --images DIR` with one case's image missing: one line, exit 2, no --out folder."""
+    ref = generated_dataset / "labelsTr"
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("case_000", "case_001", "case_002", "case_003", "case_004"):  # case_005 has none
+        shutil.copy(generated_dataset / "imagesTr" / f"{name}_0000.nii.gz", images)
+    args = ["evaluate", "--pred", str(ref), "--ref", str(ref), "--out", str(tmp_path / "scores"), "--png", "--images", str(images)]
+    assert main(args) == 2
+    assert _errors(capsys) == [f"sam3dseg: error: no image for case case_005 in {images} (expected case_005_0000 or case_005 with an image suffix)"]
+    assert not (tmp_path / "scores").exists()

@@ -49,15 +49,20 @@ def _first_modality(labels: str | Path) -> str:
     return str(names.get("0", "MR")) if isinstance(names, dict) else "MR"
 
 
-def _image_for(folder: Path, case: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The case's image (first channel, as read) from ``folder``."""
+def _image_path(folder: Path, case: str) -> Path:
+    """The case's image in ``folder``: ``{case}_0000`` (nnU-Net) or ``{case}``, with an image suffix."""
     found = [p for p in sorted(folder.iterdir()) if image_suffix(p) and case_name(p) in (f"{case}_0000", case)]
     if not found:
         raise UserError(f"no image for case {case} in {folder} (expected {case}_0000 or {case} with an image suffix)")
-    array, _ = read_volume(found[0])
+    return found[0]
+
+
+def _first_channel(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The first channel of the image at ``path``, which must lie on the segmentation's grid ``shape``."""
+    array, _ = read_volume(path)
     first = array if array.ndim == 3 else array[0]
     if first.shape != shape:
-        raise UserError(f"image {found[0]} has shape {first.shape}, the segmentation {shape}")
+        raise UserError(f"image {path} has shape {first.shape}, the segmentation {shape}")
     return first
 
 
@@ -92,6 +97,7 @@ def evaluate_folders(
     pairs, missing = _pairs(pred_dir, ref_dir, strict)
     if images is not None and not Path(images).is_dir():
         raise UserError(f"--images folder not found: {images}")
+    shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if png and images is not None else {}
     modality = _first_modality(labels) if labels else "MR"
     ignore = None
     if labels:
@@ -118,9 +124,12 @@ def evaluate_folders(
             rows.append({"case": case, "class": name, **m})
         counts = nnunet_counts(pred, ref, len(class_names), counted)
         nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
-        if png:
-            shown = _image_for(Path(images), case, pred.shape) if images is not None else None
-            save_case_montage(out_dir / f"{case}_vs_reference.png", shown, modality, geometry, pred, ref, class_names, case)
+    for case, pred_path, ref_path in pairs if png else ():  # drawn once every case has scored: a failure writes nothing
+        (pred, _), (ref, geometry) = read_volume(pred_path), read_volume(ref_path)
+        if ignore is not None:
+            pred, ref = drop_ignored(pred, ref, ignore)
+        image = _first_channel(shown[case], pred.shape) if case in shown else None
+        save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, class_names, case)
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
     summary["missing_predictions"] = missing
