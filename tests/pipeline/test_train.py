@@ -155,6 +155,31 @@ def test_init_from_starts_from_the_source_weights(small_cache, tmp_path, monkeyp
         train(small_cache, tmp_path / "wider", load_run_config(None, wider), progress=False)
 
 
+def test_a_fine_tuned_model_outlives_the_model_it_started_from(small_cache, generated_dataset, tmp_path):
+    """train.init_from is a fact about how a run began: once the source is moved or deleted, the fine-tuned
+    model files still load, predict and resume; only starting a new run from a missing file is refused."""
+    from helpers import tiny_encoder
+
+    from sam3dseg.pipeline.predict import Predictor, predict_folder
+
+    train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
+    tuned = ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", *SMALL]
+    train(small_cache, tmp_path / "tuned", load_run_config(None, tuned), progress=False, log=None)
+    import shutil
+
+    shutil.rmtree(tmp_path / "source")
+    record = load_model_file(tmp_path / "tuned" / "best.pt")
+    assert record.config.train.init_from == str(tmp_path / "source" / "best.pt")
+    image = generated_dataset / "imagesTr" / "case_000_0000.nii.gz"
+    predict_folder(Predictor(record, tiny_encoder(32)), image, tmp_path / "pred", progress=False)
+    assert (tmp_path / "pred" / "case_000.nii.gz").is_file()
+    more = load_run_config(None, [*tuned[1:], "train.epochs=2"])  # resuming needs the run, not its source
+    assert train(small_cache, tmp_path / "tuned", more, progress=False, log=None)["history"][-1]["epoch"] == 2
+    with pytest.raises(UserError, match=r"train.init_from=.*source/best.pt: no such model file"):
+        train(small_cache, tmp_path / "new", load_run_config(None, tuned), progress=False, log=None)
+    assert not (tmp_path / "new").exists()
+
+
 def test_adamw_option_trains(small_cache, tmp_path):
     config = load_run_config(None, ["train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", *SMALL])
     result = train(small_cache, tmp_path / "run", config, progress=False)

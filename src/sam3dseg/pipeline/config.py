@@ -134,8 +134,10 @@ class TrainConfig:
         None, "null or an integer >= 0", lambda v: v is None or (isinstance(v, int) and v >= 0),
         "augmented views per case to draw among, beside the original (cache --views); null: all the cache holds",
     )  # fmt: skip
+    # whether the file exists is the training command's check (train._initial_weights), not the
+    # setting's: a model file records it, and must load after the model it started from is gone
     init_from: str | None = setting(
-        None, "null or an existing model file", lambda v: v is None or Path(v).is_file(),
+        None, "null or a model file's path", lambda v: v is None or (isinstance(v, str) and bool(v)),
         "start from this model's decoder weights (e.g. RUN/best.pt; same classes and channels), not random ones",
     )  # fmt: skip
     # AdamW 1e-3 with poly decay since the equal-time bench on real encoders and real anatomy (README,

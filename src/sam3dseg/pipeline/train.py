@@ -224,7 +224,9 @@ def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: C
 
 
 def _initial_weights(path: str, record: ModelFile, decoder: SAM3DDecoder) -> None:
-    """Load ``train.init_from``'s decoder weights, which must fit: same classes, channels and decoder shape."""
+    """Load ``train.init_from``'s decoder weights, which must exist and fit: same classes, channels and decoder shape."""
+    if not Path(path).is_file():
+        raise UserError(f"train.init_from={path}: no such model file; give a run's best.pt or last.pt, or null")
     source = load_model_file(path)
     for what, theirs, ours in (
         ("classes", source.class_names, record.class_names),
