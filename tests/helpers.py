@@ -15,6 +15,10 @@ from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
 from sam3dseg.pipeline.config import load_run_config
 from sam3dseg.pipeline.model_file import ModelFile, build_decoder
 
+# A run that trains in a second: one epoch of two steps on 4-slice crops with a narrow decoder. Tests
+# add or override keys after it (the last value of a key wins).
+TINY_RUN = ["train.epochs=1", "train.steps_per_epoch=2", "train.crop_depth=4", "decoder.channels=[8,8,8,8]"]
+
 TINY_SPEC = EncoderSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32)
 
 
@@ -44,7 +48,7 @@ def tiny_model_file(
     image_path: bool = False,
 ) -> ModelFile:
     """A model file around an untrained small decoder (32 feature channels per image channel, K = 3)."""
-    run = load_run_config(None, [f"train.crop_depth={crop_depth}", "decoder.channels=[8,8,8,8]", f"decoder.image_path={str(image_path).lower()}"])
+    run = load_run_config(None, [*TINY_RUN, f"train.crop_depth={crop_depth}", f"decoder.image_path={str(image_path).lower()}"])
     torch.manual_seed(seed)
     encoder = EncoderInfo.of(tiny_encoder(image_size), None)
     decoder = build_decoder(run.decoder, 3, 32 * len(channels), len(channels))

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from helpers import make_cache
+from helpers import TINY_RUN, make_cache
 
 from sam3dseg.cli import main
 from sam3dseg.errors import UserError
@@ -13,7 +13,7 @@ from sam3dseg.pipeline.folds import make_splits, select_cases
 from sam3dseg.pipeline.model_file import load_model_file
 from sam3dseg.pipeline.train import train
 
-SMALL = ["train.epochs=1", "train.steps_per_epoch=2", "train.crop_depth=4", "decoder.channels=[8,8,8,8]"]
+SMALL = TINY_RUN
 NAMES = [f"case_{i:03d}" for i in range(6)]
 
 

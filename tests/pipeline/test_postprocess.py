@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import make_cache, tiny_encoder, tiny_model_file
+from helpers import TINY_RUN, make_cache, tiny_encoder, tiny_model_file
 
 from sam3dseg.cli import main
 from sam3dseg.pipeline.config import PredictConfig, load_run_config
@@ -86,7 +86,7 @@ def test_predict_applies_the_recorded_decision_unless_told_not_to():
 def two_folds(generated_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("pp")
     make_cache(generated_dataset, root / "cache", image_size=32)
-    small = ["train.epochs=1", "train.steps_per_epoch=2", "train.crop_depth=4", "decoder.channels=[8,8,8,8]", "train.num_folds=3"]
+    small = [*TINY_RUN, "train.num_folds=3"]
     for fold in (0, 1):
         train(root / "cache", root / f"f{fold}", load_run_config(None, [*small, f"train.fold={fold}"]), progress=False, log=None)
     return root

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_encoder, tiny_model_file
+from helpers import TINY_RUN, tiny_encoder, tiny_model_file
 
 from sam3dseg.cli import main
 from sam3dseg.data.preprocess import PreprocessConfig
@@ -89,7 +89,7 @@ def test_trained_model_predicts_held_out_cases(trained_tiny):
 def vit_b_model(generated_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("vitb")
     assert main(["cache", "--dataset", str(generated_dataset), "--out", str(root / "c"), "--image-size", "32", "--quiet"]) == 0
-    overrides = ["train.epochs=1", "train.steps_per_epoch=2", "train.crop_depth=4", "decoder.channels=[8,8,8,8]"]
+    overrides = TINY_RUN
     assert main(["train", "--cache", str(root / "c"), "--out", str(root / "run"), "--quiet", *overrides]) == 0
     return root / "run" / "best.pt"
 

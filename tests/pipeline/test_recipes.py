@@ -1,11 +1,12 @@
 """The paper's recipes: each loads, sets what the original used, and trains a step on data of its kind."""
 
 import pytest
-from helpers import make_cache
+from helpers import TINY_RUN, make_cache
 
 from sam3dseg.cli import main
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.pipeline.config import load_cache_config, load_run_config
+from sam3dseg.pipeline.model_file import load_model_file
 from sam3dseg.pipeline.recipes import RECIPES, load_recipe
 from sam3dseg.pipeline.train import train
 
@@ -34,18 +35,30 @@ def test_recipes_set_what_the_original_used():
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path):
+def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path, monkeypatch):
     """Generated data with the recipe's channel count and modality, cached at the smallest size its crop fits,
-    one step with the recipe's crop shape, batch and loss (a narrow decoder, to keep it quick)."""
+    one step with the recipe's crop shape, batch and loss (a narrow decoder, to keep it quick): the step's batch
+    has the recipe's shape, its loss is a finite positive number, and the model file records the recipe."""
+    import math
+
+    import sam3dseg.pipeline.train as training
+
     modality, channels = CHANNELS[name]
     recipe = load_run_config(None, None, name)
     ds = write_dataset(tmp_path / "ds", 3, "nnunet", channels=channels, modality=modality, seed=2, depth=(12, 14), size=(40, 48))
     make_cache(ds, tmp_path / "cache", image_size=16 * (recipe.train.crop_tokens + 1))
-    config = load_run_config(None, ["train.epochs=1", "train.steps_per_epoch=1", "decoder.channels=[8,8,8,8]", "train.fold=all"], name)
+    shapes = []
+    step = training._Stepper.step
+    monkeypatch.setattr(training._Stepper, "step", lambda self, batch: shapes.append(tuple(batch.features.shape)) or step(self, batch))
+    config = load_run_config(None, [*TINY_RUN, "train.steps_per_epoch=1", "train.fold=all",
+                                    f"train.crop_depth={recipe.train.crop_depth}"], name)  # fmt: skip
     result = train(tmp_path / "cache", tmp_path / "run", config, progress=False, log=None)
+    t = recipe.train
+    assert shapes == [(t.batch_size, 32 * channels, t.crop_depth, t.crop_tokens, t.crop_tokens)]
     loss = result["history"][0]["train_loss"]
-    assert loss == loss and loss > 0
-    assert config.train.crop_depth == recipe.train.crop_depth and config.train.crop_tokens == recipe.train.crop_tokens
+    assert math.isfinite(loss) and loss > 0
+    written = load_model_file(tmp_path / "run" / "last.pt").config
+    assert (written.train.optimizer, written.train.lr, written.loss.weights) == (t.optimizer, t.lr, recipe.loss.weights)
 
 
 def test_recipes_command_and_unknown_recipe(capsys, tmp_path):

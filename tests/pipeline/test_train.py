@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import drop_images, make_cache
+from helpers import TINY_RUN, drop_images, make_cache
 
 from sam3dseg.cli import main
 import sam3dseg.pipeline.train as training
@@ -18,7 +18,7 @@ from sam3dseg.pipeline.config import RunConfig, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
 from sam3dseg.pipeline.train import _differences, train
 
-SMALL = ["train.steps_per_epoch=3", "train.crop_depth=4", "train.batch_size=2", "decoder.channels=[8,8,8,8]"]
+SMALL = [*TINY_RUN[1:], "train.steps_per_epoch=3", "train.batch_size=2"]  # epochs given per test
 
 
 @pytest.fixture(scope="module")
