@@ -58,7 +58,7 @@ def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
 
     from sam3dseg.pipeline.config import RunConfig
     from sam3dseg.pipeline.model_file import build_decoder
-    from sam3dseg.pipeline.train import build_loss
+    from sam3dseg.model.losses import build_loss
 
     torch.manual_seed(0)
     config = RunConfig()

@@ -65,3 +65,13 @@ def drop_images(cache, names):
         meta = json.loads((cache / "cases" / f"{name}.json").read_text())
         del meta["image"]
         (cache / "cases" / f"{name}.json").write_text(json.dumps(meta))
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for torchrun's rendezvous (a fixed one collides with anything
+    else running here, another test session included)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -294,10 +294,10 @@ def _demo_options(sub) -> None:
 
 
 def _analyze_options(sub) -> None:
-    a = sub.add_parser("analyze", help="measure the write-up's complexity, gradient and Lipschitz claims; write a report",
-                       description="Check the write-up's claims (method §2.2-§5) on the real modules: FLOPs and peak "
+    a = sub.add_parser("analyze", help="measure the method's complexity, gradient and Lipschitz claims; write a report",
+                       description="Check the method's claims (method §2.2-§5) on the real modules: FLOPs and peak "
                        "memory of the conv decoder against a 3-D self-attention baseline, FLOPs per level against "
-                       "the write-up's formula, gradients through four ways of joining the block's paths, the ‖W‖₁ "
+                       "the method's formula, gradients through four ways of joining the block's paths, the ‖W‖₁ "
                        "Lipschitz bound, and the deep-supervision gradient sum.",
                        epilog=EPILOG_ANALYZE, formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")

@@ -38,7 +38,7 @@ def test_dice_golden():
     # Σ YŶ = 3/4 + 1/2 = 5/4; Σ Y² = 2; Σ Ŷ² = 9/16 + 1/16 + 1/4 + 1/4 = 9/8
     # L_Dice = 1 - 2·(5/4) / (2 + 9/8) = 1 - (5/2)/(25/8) = 1 - 4/5 = 1/5
     assert dice_loss(logits, target).item() == pytest.approx(0.2, abs=1e-7)
-    assert level_loss(logits, target).item() == pytest.approx(0.2 - (math.log(0.75) + math.log(0.5)) / 2, abs=1e-7)
+    assert level_loss(logits, target, dice_loss).item() == pytest.approx(0.2 - (math.log(0.75) + math.log(0.5)) / 2, abs=1e-7)
 
 
 def test_dice_with_soft_target_golden():
@@ -87,8 +87,8 @@ def test_deep_supervision_golden():
     ce = [math.log(2), math.log(3 / 2), math.log(4 / 3), math.log(5 / 4)]
     dice = [1 / 3, 1 / 7, 1 / 13, 1 / 21]
     expected = sum(a * (c + d) for a, c, d in zip((1 / 15, 2 / 15, 4 / 15, 8 / 15), ce, dice))
-    assert deep_supervision_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
-    assert DeepSupervisionLoss()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert deep_supervision_loss(logits, labels, dice=dice_loss).item() == pytest.approx(expected, abs=1e-6)
+    assert DeepSupervisionLoss(dice=dice_loss)(logits, labels).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_total_gradient_is_weighted_sum_of_level_gradients():
@@ -183,26 +183,27 @@ def test_per_class_dice_equals_monai(include_background, batch):
     assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
-def test_joint_is_the_write_up_and_unchanged():
-    """`loss.dice=joint` runs the write-up's formula: the same numbers bit for bit; the default is per_class."""
-    from sam3dseg.pipeline.config import LossConfig
-    from sam3dseg.pipeline.train import build_loss
+def test_joint_is_the_method_and_unchanged():
+    """`loss.dice=joint` runs the method's formula: the same numbers bit for bit; the default is per_class,
+    for training (LossConfig) and for the public loss functions alike."""
+    from sam3dseg.model.losses import LossConfig, build_loss
 
     logits = [torch.randn(2, 3, 2, 2 * 2**lvl, 2 * 2**lvl) for lvl in (1, 2, 3, 4)]
     labels = torch.randint(0, 3, (2, 2, 32, 32))
     written = sum(a * (cross_entropy(x, t) + dice_loss(x, t)) for a, x, t in zip(
         DEEP_SUPERVISION_WEIGHTS, logits, [level_target(one_hot(labels, 3), 2 ** (3 - i)) for i in range(4)]))  # fmt: skip
-    assert torch.equal(build_loss(LossConfig(dice="joint"))(logits, labels), deep_supervision_loss(logits, labels))
-    assert torch.equal(deep_supervision_loss(logits, labels), written)
+    joint = deep_supervision_loss(logits, labels, dice=dice_loss)
+    assert torch.equal(build_loss(LossConfig(dice="joint"))(logits, labels), joint)
+    assert torch.equal(joint, written)
     per_class = build_loss(LossConfig())(logits, labels)
     assert torch.equal(per_class, build_loss(LossConfig(dice="per_class"))(logits, labels))
-    assert not torch.equal(per_class, deep_supervision_loss(logits, labels))
+    assert torch.equal(per_class, deep_supervision_loss(logits, labels)) and torch.equal(per_class, DeepSupervisionLoss()(logits, labels))
+    assert not torch.equal(per_class, joint)
 
 
 @pytest.mark.parametrize("form", ["joint", "per_class"])
 def test_total_gradient_is_the_weighted_sum_for_both_dice_forms(form):
-    from sam3dseg.pipeline.config import LossConfig
-    from sam3dseg.pipeline.train import build_loss
+    from sam3dseg.model.losses import LossConfig, build_loss
 
     loss = build_loss(LossConfig(dice=form))
     dec = SAM3DDecoder(num_classes=3, in_channels=8, channels=(8, 8, 4, 4))

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import drop_images, make_cache, tiny_encoder
+from helpers import drop_images, free_port, make_cache, tiny_encoder
 
 from sam3dseg.pipeline.cache import EncoderInfo, load_case, read_manifest
 from sam3dseg.data.volumes import read_volume, write_volume
@@ -247,7 +247,7 @@ def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         "-m", "sam3dseg", "cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"),
         "--image-size", "32", "--quiet",
     ]  # fmt: skip

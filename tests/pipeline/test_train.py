@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY_RUN, drop_images, make_cache
+from helpers import TINY_RUN, drop_images, free_port, make_cache
 
 from sam3dseg.cli import main
 import sam3dseg.pipeline.train as training
 from sam3dseg.common.settings import dump_yaml, to_dict
 from sam3dseg.errors import UserError
+from sam3dseg.model.losses import build_loss
 from sam3dseg.pipeline.config import RunConfig, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
 from sam3dseg.pipeline.train import _differences, train
@@ -140,7 +141,7 @@ def test_init_from_starts_from_the_source_weights(small_cache, tmp_path, monkeyp
     batch, loss = seen[0]
     decoder = source.build_decoder()
     outputs = decoder(batch.features, *(() if batch.images is None else (batch.images,)))
-    assert loss == pytest.approx(training.build_loss(source.config.loss)(outputs, batch.labels).item(), rel=1e-5)
+    assert loss == pytest.approx(build_loss(source.config.loss)(outputs, batch.labels).item(), rel=1e-5)
 
     refused = [(lambda r: setattr(r, "class_names", ["bg", "x"]), "has classes"),
                (lambda r: setattr(r, "channel_names", ["CT", "MR"]), "has image channels")]  # fmt: skip
@@ -239,7 +240,7 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     single = train(small_cache, tmp_path / "single", load_run_config(None, overrides), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         "-m", "sam3dseg", "train", "--cache", str(small_cache), "--out", str(tmp_path / "ddp"), "--quiet", *overrides,
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""The write-up's claims, measured (``sam3dseg analyze``): a 3-D self-attention baseline, FLOP and
+"""The method's claims, measured (``sam3dseg analyze``): a 3-D self-attention baseline, FLOP and
 memory sweeps, gradient forms, Lipschitz bounds, deep supervision, and the report.
 
 Not imported by ``import sam3dseg``; ``sam3dseg.AttentionDecoder`` and

@@ -1,9 +1,9 @@
-"""A 3-D self-attention decoder: the baseline the write-up compares against (method §3).
+"""A 3-D self-attention decoder: the baseline the method compares against (method §3).
 
 It keeps the conv decoder's contract (:class:`sam3dseg.model.decoder.LevelDecoder`): the same
 input ``F``, the same four blocks ``g(ℓ) -> g(ℓ+1)`` with the same in-plane ``U_2x``,
 the same 1×1×1 heads, so outputs match :class:`~sam3dseg.model.decoder.SAM3DDecoder`'s
-shapes exactly. Only the mixing step differs: where the write-up's block mixes
+shapes exactly. Only the mixing step differs: where the method's block mixes
 neighbours with 3×3×3 convolutions, this one lets every one of the block's
 ``T = D·h·w`` positions attend to all others::
 

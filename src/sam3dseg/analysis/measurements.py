@@ -1,17 +1,17 @@
-"""The write-up's analysis (method §2.2–§5), measured on the real modules.
+"""The method's analysis (method §2.2–§5), measured on the real modules.
 
 Five measurements, each a function returning plain numbers (``results.json``):
 
 - :func:`measure_complexity`: FLOPs (``torch.utils.flop_counter``) and peak memory of the
   conv decoder and the self-attention baseline over depths × in-plane sizes, with the
   fitted log-log slope against voxels (method §2.2, §3).
-- :func:`measure_level_flops`: the conv FLOPs per level beside the write-up's
+- :func:`measure_level_flops`: the conv FLOPs per level beside the method's
   ``H_ℓ W_ℓ D k C_ℓ²`` and the exact closed form (method §2.2).
 - :func:`measure_gradient_forms`: the block with its projection shortcut, the
   identity residual ``y = g + φ(g)``, serial ``y = φ(g)`` and concat + 1×1×1 fusion:
   parameters, activation memory, gradient norms through four blocks, Jacobian
   singular values (method §4).
-- :func:`measure_lipschitz`: the write-up's bound ``‖W‖₁`` against each conv's spectral
+- :func:`measure_lipschitz`: the method's bound ``‖W‖₁`` against each conv's spectral
   norm by power iteration (method §3).
 - :func:`measure_deep_supervision`: ``∇L_tot = Σ α_ℓ ∇L(ℓ)`` and the gradient reaching
   the first block with and without the auxiliary levels (method §5.2).
@@ -238,9 +238,9 @@ def _probe_line(r: dict[str, Any]) -> str:
 
 
 def measure_level_flops(config: AnalysisConfig) -> list[dict[str, Any]]:
-    """Conv FLOPs per level (flop_counter) beside the write-up's ``H_ℓ W_ℓ D k C_ℓ²`` and the closed form.
+    """Conv FLOPs per level (flop_counter) beside the method's ``H_ℓ W_ℓ D k C_ℓ²`` and the closed form.
 
-    Seed level ℓ = 0..3 is block ℓ: input ``C_ℓ × D × H_ℓ × W_ℓ`` with ``H_ℓ = H / 2^(4-ℓ)``.
+    Level ℓ = 0..3 is block ℓ: input ``C_ℓ × D × H_ℓ × W_ℓ`` with ``H_ℓ = H / 2^(4-ℓ)``.
     Closed form in multiply-adds (×2 for FLOPs), with ``k = 27`` and ``k0`` W0's kernel::
 
         H_ℓ W_ℓ D (k C_ℓ C_ℓ+1  +  k C_ℓ+1²  +  k0 C_ℓ C_ℓ+1)  +  4 H_ℓ W_ℓ D C_ℓ+1 K
@@ -289,7 +289,7 @@ class BlockForm(nn.Module):
     ``(B, C, D, h, w) -> (B, C, D, h, w)``, without the upsampling (it is the same for all).
 
     - ``projection``: the decoder's real block, ``σ(φ(g) + IN(W0 * g))``;
-    - ``identity``: the write-up's ``y = g + φ(g)``;
+    - ``identity``: the method's ``y = g + φ(g)``;
     - ``serial``: ``y = φ(g)``;
     - ``concat``: ``y = W_f [g ; φ(g)]``, a 1×1×1 fusion ``2C -> C``.
 
@@ -403,7 +403,7 @@ def conv_spectral_norm(conv: nn.Conv3d, grid: tuple[int, int, int], iterations: 
 
 
 def measure_lipschitz(config: AnalysisConfig, model: SAM3DDecoder | None = None) -> list[dict[str, Any]]:
-    """Per conv layer: the write-up's bound ``‖W‖₁ = Σ|w|`` and the spectral norm; their ratio is the slack."""
+    """Per conv layer: the method's bound ``‖W‖₁ = Σ|w|`` and the spectral norm; their ratio is the slack."""
     if model is None:
         torch.manual_seed(0)
         model = SAM3DDecoder(config.num_classes)

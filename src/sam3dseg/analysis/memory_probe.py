@@ -54,7 +54,7 @@ def reset_peak() -> bool:
 
 
 def decoder_of_kind(kind: str, num_classes: int = 3, dim: int = 32):
-    """``conv`` (the write-up's decoder), ``sdpa`` or ``explicit`` (the attention baseline), seed widths."""
+    """``conv`` (the method's decoder), ``sdpa`` or ``explicit`` (the attention baseline), the method's widths."""
     from ..model.decoder import SAM3DDecoder
     from .attention import AttentionDecoder
 

@@ -1,6 +1,6 @@
 """``report.md`` and its plots from the numbers :func:`sam3dseg.analysis.run_analysis` measured.
 
-Each section quotes a claim of the write-up, shows the measurement and gives a
+Each section quotes a claim of the method, shows the measurement and gives a
 verdict computed from the numbers (holds / holds with constant c / does not hold).
 """
 
@@ -15,7 +15,7 @@ from ..common.files import write_text
 from ..common.plots import pyplot, save_figure
 
 COLOURS = {"conv": "tab:blue", "attention": "tab:red", "explicit": "tab:red", "sdpa": "tab:orange"}
-LABELS = {"conv": "conv decoder (write-up)", "attention": "attention", "explicit": "attention, explicit softmax",
+LABELS = {"conv": "conv decoder (the method)", "attention": "attention", "explicit": "attention, explicit softmax",
           "sdpa": "attention, fused SDPA"}
 
 
@@ -81,7 +81,7 @@ def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
     orig = [r for r in rows if r["shortcut_kernel"] == 1]
     x = range(len(seed))
     ax.bar([i - 0.27 for i in x], [r["seed_formula"] / 1e9 for r in seed], 0.27, label="seed: H_ℓ W_ℓ D k C_ℓ²")
-    ax.bar(list(x), [r["measured"] / 1e9 for r in seed], 0.27, label="measured, W0 3×3×3 (write-up)")
+    ax.bar(list(x), [r["measured"] / 1e9 for r in seed], 0.27, label="measured, W0 3×3×3 (the method)")
     ax.bar([i + 0.27 for i in x], [r["measured"] / 1e9 for r in orig], 0.27, label="measured, W0 1×1×1 (original)")
     ax.set_xticks(list(x), [f"ℓ = {r['level']}\n{r['channels'][0]}→{r['channels'][1]}" for r in seed])
     ax.set_ylabel("GFLOPs")
@@ -119,7 +119,7 @@ def _plot_gradients(g: dict[str, Any], out: Path) -> str:
 def _plot_lipschitz(rows: list[dict[str, Any]], out: Path) -> str:
     fig, ax = pyplot().subplots(figsize=(9, 3.5))
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["l1_bound"] for r in rows], 0.4, label="seed bound ‖W‖₁ = Σ|w|")
+    ax.bar([i - 0.2 for i in x], [r["l1_bound"] for r in rows], 0.4, label="the method's bound ‖W‖₁ = Σ|w|")
     ax.bar([i + 0.2 for i in x], [r["spectral"] for r in rows], 0.4, label="spectral norm (power iteration)")
     ax.set_yscale("log")
     ax.set_xticks(list(x), [r["layer"].replace("blocks.", "b") for r in rows], rotation=60, fontsize=7)
@@ -147,7 +147,7 @@ def _plot_dice_forms(df: dict[str, Any], out: Path) -> str:
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.5))
     bg = df["background"]
     f = [b["fraction"] for b in bg]
-    left.semilogx(f, [b["joint_dice"] for b in bg], "o-", color="tab:red", label="joint Dice (write-up §5.1)")
+    left.semilogx(f, [b["joint_dice"] for b in bg], "o-", color="tab:red", label="joint Dice (method §5.1)")
     left.semilogx(f, [b["per_class_dice"] for b in bg], "s-", color="tab:blue", label="per-class Dice, no background")
     left.set_xlabel("foreground fraction f")
     left.set_ylabel("score of the all-background prediction")
@@ -281,7 +281,7 @@ def write_report(r: dict[str, Any], out: Path) -> Path:
         plots["dice_forms"] = _plot_dice_forms(r["dice_forms"], out)
     verdicts = _verdicts(r)
     lines = [
-        "# The write-up's analysis, measured",
+        "# The method's analysis, measured",
         "",
         f"{'Quick run (coarser sweeps, fewer seeds)' if r['quick'] else 'Full run'}: "
         f"{r['seconds']:.0f} s on this machine, torch {r['torch']}. "
@@ -315,7 +315,7 @@ def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "> 3-D Self-Attn 解码器: FLOPs T²d = O(H²W²D²/p⁴), 显存 O(T²); 轻量 3-D Conv 解码器: O(HWD), 显存 O(T).  (§3)",
         "",
         f"Both decoders take the same features `(1, 256, D, H/16, W/16)` and return the same four outputs. "
-        f"The baseline (`sam3dseg.attention.AttentionDecoder`) replaces each block's 3×3×3 convolutions by one "
+        f"The baseline (`sam3dseg.analysis.attention.AttentionDecoder`) replaces each block's 3×3×3 convolutions by one "
         f"head of full self-attention (d = {c['attention_dim']}) over all D·h·w positions of that level; everything "
         "else in it is 1×1×1. FLOPs are counted by `torch.utils.flop_counter` on the meta device (matmuls and "
         "convolutions, 2 per multiply-add; norms and activations not counted) over every depth × size pair.",
@@ -393,14 +393,14 @@ def _levels_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "    FLOPs_ℓ = 2 H_ℓ W_ℓ D (k C_ℓ C' + k C'² + k₀ C_ℓ C') + 2 · 4 H_ℓ W_ℓ D C' K",
         "            = H_ℓ W_ℓ D k C_ℓ² · 2 (½ + ¼ + k₀/(2k)) + head",
         "",
-        "so the write-up's formula is the cost of one C_ℓ→C_ℓ convolution in multiply-adds; the block runs three "
-        "convolutions at half or quarter that width. The constant is 2 × 1.25 = 2.5 with the write-up's 3×3×3 W0 and "
+        "so the method's formula is the cost of one C_ℓ→C_ℓ convolution in multiply-adds; the block runs three "
+        "convolutions at half or quarter that width. The constant is 2 × 1.25 = 2.5 with the method's 3×3×3 W0 and "
         "2 × (0.75 + 1/54) = 1.54 with the original code's 1×1×1 W0; the head adds 4K/(27 C_ℓ). Norms, "
         "activations and the interpolation are O(H_ℓW_ℓD·C') and not counted.",
         "",
         f"![per level]({plots['levels']})",
         "",
-        "| W0 | level ℓ | C_ℓ → C_ℓ+1 | grid D×H_ℓ×W_ℓ | seed formula | measured | closed form | measured / seed |",
+        "| W0 | level ℓ | C_ℓ → C_ℓ+1 | grid D×H_ℓ×W_ℓ | the method's formula | measured | closed form | measured / formula |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for x in r["level_flops"]:
@@ -424,7 +424,7 @@ def _gradient_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "concat doubles channels, needs a 1×1×1 fusion and doubles parameters and memory.)",
         "",
         "φ(g) = IN(W2 σ(IN(W1 g))) is taken from one `ResidualUpBlock(C, C)` per seed, so the four forms differ "
-        "only in the join: **projection** σ(φ(g) + IN(W0 g)) is the decoder's real block (the write-up's §2.1 "
+        "only in the join: **projection** σ(φ(g) + IN(W0 g)) is the decoder's real block (the method's §2.1 "
         "shortcut is a convolution, not the identity); **identity** g + φ(g); **serial** φ(g); **concat** "
         f"W_f[g; φ(g)] with a 1×1×1 fusion. Width C = {g['width']}, grid {d}×{h}×{w}, PyTorch's default "
         "initialisation. Gain = ‖∂⟨y, v⟩/∂g‖ / ‖v‖ for a Gaussian v at the output (input and output have the "
@@ -523,7 +523,7 @@ def _supervision_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "> ∇_θ L_tot = Σ_ℓ α_ℓ ∂L(ℓ)/∂Ŷ(ℓ) ∇_θ f_θ(ℓ). 每级误差并联发送 ⇒ 低层参数收到直接梯度；数值稳定因 Σα_ℓ = 1。",
         "> (Each level's error is sent in parallel, so lower layers receive a direct gradient; stable since Σα = 1.)",
         "",
-        f"The write-up-width decoder (K = {r['config']['num_classes']}) on random features `(1, 256, {d}, {h}, {w})` "
+        f"The method-width decoder (K = {r['config']['num_classes']}) on random features `(1, 256, {d}, {h}, {w})` "
         f"and blob labels at {16 * h}×{16 * w}, float64, {len(ds['seeds'])} seeds; α = (1, 2, 4, 8)/15. "
         "L(ℓ) alone is the same `deep_supervision_loss` with one-hot weights.",
         "",
@@ -549,7 +549,7 @@ def _supervision_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         f"from its α₄L(4) part alone (×{total / part4:.2f}), so the auxiliary levels do reach the first block "
         f"directly. Against L(4) with weight 1, i.e. training without deep supervision, the norm is "
         f"×{total / alone:.2f}: Σα = 1 spreads the same unit of weight over four outputs, which keeps the "
-        "total on the scale of one level's loss (the write-up's stability remark) rather than adding gradient.",
+        "total on the scale of one level's loss (the method's stability remark) rather than adding gradient.",
         "",
     ]
     return lines
@@ -566,7 +566,7 @@ def _dice_forms_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "",
         f"A label volume of {d}×{h}×{w} voxels with a foreground class on a random share f of the voxels. "
         "With one-hot Y and Ŷ both norms are √N, so the identity applies, and the joint Dice "
-        "(`loss.dice=joint`, the write-up's form) of the all-background prediction is its voxel accuracy, 1 − f. "
+        "(`loss.dice=joint`, the method's form) of the all-background prediction is its voxel accuracy, 1 − f. "
         "The per-class soft Dice without background (`loss.dice=per_class`, nnU-Net's) scores it 0.",
         "",
         f"![Dice forms]({plots['dice_forms']})",

@@ -16,7 +16,7 @@ encoder's input resolution. For SAM's ViTs (s = 16) every block upsamples: the m
 decoder exactly. For LiteMedSAM (s = 4) blocks 1 and 2 keep the S/4 grid
 (``g(ℓ+1) = σ(r1 + r2)``, no ``U_2x``) and blocks 3 and 4 upsample.
 
-The image path (not in the write-up; decision D10, ``decoder.image_path``) joins the
+The image path (not in the method; decision D10, ``decoder.image_path``) joins the
 preprocessed slices, average-pooled to each block's input grid, to that block's
 input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
 this gives it the grey values of structures smaller than a token.
@@ -79,7 +79,7 @@ def _pooled_image(image: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def activation_layer(name: Activation) -> nn.Module:
-    """σ: ReLU (the write-up) or LeakyReLU 0.01 (the original SAM3D code), in place."""
+    """σ: ReLU (the method) or LeakyReLU 0.01 (the original SAM3D code), in place."""
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "leaky_relu":
@@ -104,9 +104,9 @@ class ResidualUpBlock(nn.Module):
     (``scale`` 2; with ``scale`` 1, decision D12, the same block without ``U_2x``: ``(B, C_out, D, h, w)``).
 
     ``W1: C_in → C_out`` and ``W2: C_out → C_out`` form the residual branch ``r1``;
-    ``W0: C_in → C_out`` the shortcut ``r2``. The write-up has a 3×3×3 ``W0``; the original
+    ``W0: C_in → C_out`` the shortcut ``r2``. The method (docs/method.md) has a 3×3×3 ``W0``; the original
     SAM3D code a 1×1×1 one (``shortcut_kernel=1``). Depth is never resampled: the
-    write-up's ×2 linear interpolation acts in-plane only (method §2.1, decision D4), so the slice
+    method's ×2 linear interpolation acts in-plane only (method §2.1, decision D4), so the slice
     count D of the volume is kept at every level.
     """
 
@@ -133,7 +133,7 @@ class ResidualUpBlock(nn.Module):
         self.upsample, self.scale = upsample, scale
 
     def residual(self, g: Tensor) -> Tensor:
-        """``r1 = IN(W2 * σ(IN(W1 * g)))``, the write-up's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
+        """``r1 = IN(W2 * σ(IN(W1 * g)))``, the method's φ(g): ``(B, C_in, D, h, w) -> (B, C_out, D, h, w)``."""
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(g)))))
 
     def shortcut(self, g: Tensor) -> Tensor:
@@ -160,7 +160,7 @@ class LevelDecoder(nn.Module):
     Subclasses pass ``make_block(C_ℓ, C_ℓ+1, scale)``, which builds a module ``(B, C_ℓ, D, h, w)
     -> (B, C_ℓ+1, D, scale·h, scale·w)``, the scales from :func:`block_scales` of the encoder's
     ``stride``; this class owns the heads and the forward pass, so
-    the write-up's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
+    the method's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
     take the same input and return the same four outputs. With ``image_channels = C > 0``
     (the image path) block ℓ is built for ``C_ℓ + C`` input channels and ``forward``
     takes the image too.
@@ -229,11 +229,11 @@ class SAM3DDecoder(LevelDecoder):
     """Four residual-upsampling blocks and a 1×1×1 head per level (method §2).
 
     ``forward(F)`` with ``F: (B, C_in, D, h, w)`` returns the logits of
-    ``Ŷ(1), …, Ŷ(4)`` in the write-up's order ℓ = 1..4 (coarse → fine), shaped
+    ``Ŷ(1), …, Ŷ(4)`` in the method's order ℓ = 1..4 (coarse → fine), shaped
     ``(B, K, D, h·2^ℓ, w·2^ℓ)`` for an encoder of stride 16 (other strides: decision D12,
     ``Ŷ(4)`` at the encoder's input resolution). Softmax is left to the loss / prediction.
 
-    Defaults follow the write-up (3×3×3 shortcut, ReLU, linear upsampling); the original
+    Defaults follow the method (3×3×3 shortcut, ReLU, linear upsampling); the original
     SAM3D code is ``shortcut_kernel=1, activation="leaky_relu", upsample="nearest"``.
     """
 
@@ -253,10 +253,10 @@ class SAM3DDecoder(LevelDecoder):
             num_classes: K, background included.
             in_channels: C_0; 256 per encoded image channel (256·C for C modalities).
             channels: C_1..C_4, the widths of g(1)..g(4).
-            shortcut_kernel: kernel of W0, 3 (write-up) or 1 (original SAM3D).
-            activation: σ, ``relu`` (write-up) or ``leaky_relu`` (original).
-            upsample: U_2x, ``linear`` (write-up) or ``nearest`` (original).
-            image_channels: the image path's channels (the volume's C), 0 for none (the write-up).
+            shortcut_kernel: kernel of W0, 3 (the method) or 1 (original SAM3D).
+            activation: σ, ``relu`` (the method) or ``leaky_relu`` (original).
+            upsample: U_2x, ``linear`` (the method) or ``nearest`` (original).
+            image_channels: the image path's channels (the volume's C), 0 for none (the method).
             stride: the encoder's output stride (16 for SAM's ViTs, 4 for LiteMedSAM): which
                 blocks upsample (:func:`block_scales`).
         """

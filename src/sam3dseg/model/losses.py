@@ -8,7 +8,7 @@ Per level (method §5.1), with ``Ŷ = softmax(logits)`` and one-hot (or soft) ``
 
 and the total (method §5.2) ``L_tot = Σ_ℓ α_ℓ L(ℓ)`` with ``(α4, α3, α2, α1) = (8, 4, 2, 1) / 15``.
 
-Decisions where the write-up is silent (docs/method.md, "Decisions"):
+Decisions where the method is silent (docs/method.md, "Decisions"):
 
 - CE is *averaged* over voxels instead of summed: a sum grows with the crop and
   would drown the Dice term, which is a ratio in [0, 1]. The factor is a positive
@@ -20,22 +20,27 @@ Decisions where the write-up is silent (docs/method.md, "Decisions"):
   loss does not depend on what else is in its batch (data-parallel training then
   averages the same quantity as one large batch).
 - ``Y(ℓ)``, the label on level ℓ's coarser grid, is the one-hot label
-  average-pooled in-plane (soft targets; the write-up's ``Y²`` and ``KL(Y‖Ŷ)`` allow
+  average-pooled in-plane (soft targets; the method's ``Y²`` and ``KL(Y‖Ŷ)`` allow
   them). Nearest-neighbour subsampling is the option.
-- The joint Dice is dominated by the background on small structures (decision D9):
-  :func:`per_class_dice_loss`, nnU-Net's soft Dice per class, is the option
-  (``loss.dice=per_class``). With ``batch_dice`` its value depends on the whole
+- The joint Dice is dominated by the background on small structures (decision D9), so the
+  default Dice term is :func:`per_class_dice_loss`, nnU-Net's soft Dice per class
+  (``loss.dice=per_class``); the method's joint form, :func:`dice_loss`, is
+  ``loss.dice=joint``. With ``batch_dice`` the per-class value depends on the whole
   batch, so a data-parallel run no longer equals one process exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..common.settings import check_settings, non_negative_number, one_of, setting, switch
 
 # α_ℓ for ℓ = 1..4 (coarse → fine), the decoder's output order; Σ α_ℓ = 1 (method §5.2).
 DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
@@ -86,7 +91,7 @@ def per_class_dice_loss(
 
     nnU-Net's soft Dice (``MemoryEfficientSoftDiceLoss``; the original SAM3D trains with
     it), written as a loss in [0, 1]: each class counts alike whatever its size, so a
-    small organ weighs as much as the liver (decision D9). The write-up's form is
+    small organ weighs as much as the liver (decision D9). The method's form is
     :func:`dice_loss`.
 
     Args:
@@ -112,10 +117,10 @@ def per_class_dice_loss(
     return 1 - ((2 * overlap + smooth) / (present + predicted + smooth).clamp_min(1e-8)).mean()
 
 
-def level_loss(logits: Tensor, target: Tensor, dice: DiceLoss = dice_loss, mask: Tensor | None = None) -> Tensor:
+def level_loss(logits: Tensor, target: Tensor, dice: DiceLoss = per_class_dice_loss, mask: Tensor | None = None) -> Tensor:
     """``L(ℓ) = L_CE + L_Dice`` (method §5.1) for one level: ``(B, K, …)`` each -> scalar.
 
-    ``dice`` is the write-up's joint form by default, or e.g. :func:`per_class_dice_loss`;
+    ``dice``: nnU-Net's per-class soft Dice by default (decision D9), or :func:`dice_loss`, the method's joint form;
     ``mask`` (``(B, 1, …)``) leaves ignored voxels out of both terms.
     """
     if mask is None:
@@ -153,7 +158,7 @@ def deep_supervision_loss(
     labels: Tensor,
     weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS,
     target_mode: TargetMode = "average",
-    dice: DiceLoss = dice_loss,
+    dice: DiceLoss = per_class_dice_loss,
     ignore: bool = False,
 ) -> Tensor:
     """``L_tot = Σ_ℓ α_ℓ L(ℓ)`` (method §5.2).
@@ -164,7 +169,8 @@ def deep_supervision_loss(
         labels: integer labels ``(B, D, H, W)`` in ``[0, K)``.
         weights: α_ℓ in the same order as ``logits``; default ``(1, 2, 4, 8) / 15``.
         target_mode: how ``Y(ℓ)`` is made from the labels (see :func:`level_target`).
-        dice: the Dice term of every level (the write-up's joint form by default).
+        dice: the Dice term of every level: :func:`per_class_dice_loss` by default (decision D9),
+            :func:`dice_loss` for the method's joint form.
         ignore: label value K (one past the classes) is nnU-Net's ignore label: those voxels
             count in neither term, at any level (a coarse voxel counts by its share of others).
 
@@ -196,7 +202,7 @@ class DeepSupervisionLoss(nn.Module):
     """
 
     def __init__(
-        self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average", dice: DiceLoss = dice_loss,
+        self, weights: Sequence[float] = DEEP_SUPERVISION_WEIGHTS, target_mode: TargetMode = "average", dice: DiceLoss = per_class_dice_loss,
         ignore: bool = False,
     ) -> None:
         super().__init__()
@@ -204,3 +210,40 @@ class DeepSupervisionLoss(nn.Module):
 
     def forward(self, logits: Sequence[Tensor], labels: Tensor) -> Tensor:
         return deep_supervision_loss(logits, labels, self.weights, self.target_mode, self.dice, self.ignore)
+
+
+@dataclass
+class LossConfig:
+    """Deep-supervision weights α_ℓ (ℓ = 1..4, coarse → fine) and how level targets are made."""
+
+    SECTION: ClassVar[str] = "loss"
+
+    weights: tuple[float, ...] = setting(
+        DEEP_SUPERVISION_WEIGHTS,
+        "four numbers >= 0 with a positive sum",
+        lambda v: len(v) == 4 and min(v) >= 0 and sum(v) > 0,
+        "α_1..α_4, coarse to fine (the method: 1, 2, 4, 8 over 15)",
+    )
+    target_mode: str = one_of("average", TARGET_MODES, "Y(ℓ): one-hot label average-pooled or nearest-subsampled")
+    # per_class by default, departing from the method's joint form (method §5.1, decision D9):
+    # the joint Dice scores an all-background prediction as its voxel accuracy, and with it small
+    # classes were never found (bench/recipes.py; README, "Training recipe").
+    dice: str = one_of(
+        "per_class", DICE_FORMS, "per_class: nnU-Net's soft Dice per class; joint: the method's Dice over classes and voxels (method §5.1)"
+    )
+    include_background: bool = switch(False, "per_class only: also score the background class")
+    batch_dice: bool = switch(False, "per_class only: one Dice per class over the whole batch")
+    smooth: float = non_negative_number(1e-5, "per_class only: added to the Dice numerator and denominator")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def build_loss(config: LossConfig, ignore: bool = False) -> DeepSupervisionLoss:
+    """The deep-supervised loss a run configuration describes (method §5, decision D9); ``ignore``: the labels
+    hold nnU-Net's ignore label (the value one past the classes), left out of the loss."""
+    if config.dice == "joint":
+        dice = dice_loss
+    else:
+        dice = partial(per_class_dice_loss, include_background=config.include_background, batch_dice=config.batch_dice, smooth=config.smooth)
+    return DeepSupervisionLoss(config.weights, config.target_mode, dice, ignore)

@@ -34,7 +34,7 @@ from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
-from ..model.losses import DEEP_SUPERVISION_WEIGHTS, DICE_FORMS, TARGET_MODES
+from ..model.losses import LossConfig
 from .plan import read_plan
 from .recipes import load_recipe
 
@@ -62,48 +62,21 @@ def image_size_setting(default: int | None, help: str, flag: str | None = None):
 
 @dataclass
 class DecoderConfig:
-    """The decoder's widths and the write-up-vs-original options (see ``SAM3DDecoder``)."""
+    """The decoder's widths and the method-vs-original options (see ``SAM3DDecoder``)."""
 
     SECTION: ClassVar[str] = "decoder"
 
     channels: tuple[int, ...] = setting(
         (128, 64, 32, 16), "four positive integers", lambda v: len(v) == 4 and min(v) >= 1, "widths C1..C4 of g(1)..g(4)"
     )
-    shortcut_kernel: int = one_of(3, SHORTCUT_KERNELS, "kernel of the shortcut W0: 3 (write-up) or 1 (original SAM3D)")
-    activation: str = one_of("relu", ACTIVATIONS, "σ: relu (write-up) or leaky_relu (original SAM3D)")
-    upsample: str = one_of("linear", UPSAMPLES, "U_2x: linear (write-up) or nearest (original SAM3D)")
-    # On by default (not in the write-up, whose decoder reads the tokens only): with it the held-out
+    shortcut_kernel: int = one_of(3, SHORTCUT_KERNELS, "kernel of the shortcut W0: 3 (the method) or 1 (original SAM3D)")
+    activation: str = one_of("relu", ACTIVATIONS, "σ: relu (the method) or leaky_relu (original SAM3D)")
+    upsample: str = one_of("linear", UPSAMPLES, "U_2x: linear (the method) or nearest (original SAM3D)")
+    # On by default (not in the method, whose decoder reads the tokens only): with it the held-out
     # Dice rose on every dataset of bench/recipes.py (README, "Training recipe").
     image_path: bool = switch(
-        True, "join the preprocessed slices, pooled to each block's grid, to each block's input (write-up: false)"
+        True, "join the preprocessed slices, pooled to each block's grid, to each block's input (the method: false)"
     )
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-
-@dataclass
-class LossConfig:
-    """Deep-supervision weights α_ℓ (ℓ = 1..4, coarse → fine) and how level targets are made."""
-
-    SECTION: ClassVar[str] = "loss"
-
-    weights: tuple[float, ...] = setting(
-        DEEP_SUPERVISION_WEIGHTS,
-        "four numbers >= 0 with a positive sum",
-        lambda v: len(v) == 4 and min(v) >= 0 and sum(v) > 0,
-        "α_1..α_4, coarse to fine (write-up: 1, 2, 4, 8 over 15)",
-    )
-    target_mode: str = one_of("average", TARGET_MODES, "Y(ℓ): one-hot label average-pooled or nearest-subsampled")
-    # per_class by default, departing from the write-up's joint form (method §5.1, decision D9):
-    # the joint Dice scores an all-background prediction as its voxel accuracy, and with it small
-    # classes were never found (bench/recipes.py; README, "Training recipe").
-    dice: str = one_of(
-        "per_class", DICE_FORMS, "per_class: nnU-Net's soft Dice per class; joint: the write-up's Dice over classes and voxels (method §5.1)"
-    )
-    include_background: bool = switch(False, "per_class only: also score the background class")
-    batch_dice: bool = switch(False, "per_class only: one Dice per class over the whole batch")
-    smooth: float = non_negative_number(1e-5, "per_class only: added to the Dice numerator and denominator")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -38,9 +38,9 @@ from ..data.preprocess import PreprocessConfig
 from ..errors import UserError, summarise
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
-from ..model.losses import DeepSupervisionLoss, dice_loss, per_class_dice_loss
+from ..model.losses import build_loss
 from .cache import read_manifest
-from .config import LossConfig, PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
+from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
 from .folds import SPLITS_FILE, select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
@@ -79,16 +79,6 @@ def validate(
 
 def _poly(total_steps: int, power: float):
     return lambda step: (1 - min(step, total_steps) / total_steps) ** power
-
-
-def build_loss(config: LossConfig, ignore: bool = False) -> DeepSupervisionLoss:
-    """The deep-supervised loss a run configuration describes (method §5, decision D9); ``ignore``: the labels
-    hold nnU-Net's ignore label (the value one past the classes), left out of the loss."""
-    if config.dice == "joint":
-        dice = dice_loss
-    else:
-        dice = partial(per_class_dice_loss, include_background=config.include_background, batch_dice=config.batch_dice, smooth=config.smooth)
-    return DeepSupervisionLoss(config.weights, config.target_mode, dice, ignore)
 
 
 def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
