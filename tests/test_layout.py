@@ -92,6 +92,7 @@ def test_no_import_cycle():
     assert not cycles, cycles
 
 
+@pytest.mark.slow
 def test_import_sam3dseg_leaves_the_analysis_unloaded():
     code = (
         "import sys, sam3dseg\n"
@@ -102,6 +103,7 @@ def test_import_sam3dseg_leaves_the_analysis_unloaded():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
 def test_benchmark_starts(script):
     """``bench/X.py --help`` runs: a benchmark cannot rot unseen when the package moves."""

@@ -7,6 +7,8 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pytest
+
 from sam3dseg.cli import main
 from sam3dseg.data.synthetic import write_dataset
 
@@ -27,6 +29,7 @@ def _block(text: str, marker: str) -> list[str]:
     return [line for line in body[: body.index("```")].splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
     text = README.read_text(encoding="utf-8")
     commands = _block(text, "<!-- walkthrough")

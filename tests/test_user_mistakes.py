@@ -189,6 +189,7 @@ def test_the_modality_a_file_states_is_compared(tmp_path):
         predict_folder(predictor, tmp_path / "ct.mha", tmp_path / "out", progress=False)
 
 
+@pytest.mark.slow
 def test_training_records_its_datas_fingerprint(trained_tiny):
     """The cache's manifest combines its cases' spacing and intensity ranges; the model files carry them."""
     import json

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from helpers import make_cache, tiny_encoder
 
 from sam3dseg.data.synthetic import write_dataset
@@ -15,6 +16,7 @@ from sam3dseg.pipeline.predict import Predictor, predict_folder
 from sam3dseg.pipeline.train import train
 
 
+@pytest.mark.slow
 def test_three_folds_postprocessing_ensemble_evaluate(tmp_path):
     """Nine training cases in three folds, two unseen test cases. Every stage's Dice is printed (run with -s):
     each fold's validation Dice, the post-processing decided over all folds, each fold alone and the ensemble

@@ -75,6 +75,7 @@ def test_attention_flops_closed_form():
     assert count_flops(model, depth, size, backward=False) == expected
 
 
+@pytest.mark.slow
 def test_fused_attention_does_not_store_the_score_matrix():
     """Explicit softmax keeps the T×T matrix for backward; SDPA's fused path does not (needs contiguous q, k, v)."""
     depth, size = 2, 64

@@ -100,6 +100,7 @@ def test_joint_dice_is_the_cosine_and_scores_all_background_as_accuracy():
         assert g["per_class"][-1] > 5 * g["joint"][-1]
 
 
+@pytest.mark.slow
 def test_analyze_quick_writes_report_with_expected_slopes(tmp_path):
     out = tmp_path / "analysis"
     assert main(["analyze", "--out", str(out), "--quick", "--quiet"]) == 0

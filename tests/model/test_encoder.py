@@ -38,6 +38,7 @@ def _save_whole_sam(encoder_state: dict, path, extra: dict | None = None):
     torch.save(state, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [224, 256])  # grid 14 = one window; grid 16 needs padding to 28
 def test_vit_b_matches_official(size, tmp_path):
     official = randomize_(official_encoder("vit_b", size), seed=size)

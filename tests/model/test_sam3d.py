@@ -58,6 +58,7 @@ def test_channel_mismatch_is_explained(tiny_model):
         tiny_model(torch.rand(1, 1, 2, 32, 32))
 
 
+@pytest.mark.slow
 def test_readme_example_runs():
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)

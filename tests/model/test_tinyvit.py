@@ -20,6 +20,7 @@ def _encoder_part(state: dict) -> dict:
     return {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [256, 136])  # the checkpoint's size, and one the reference's 64 × 64 cannot take
 def test_lite_medsam_matches_reference_with_real_weights(size):
     reference = reference_tinyvit("lite_medsam", size)
@@ -53,6 +54,7 @@ def test_mobile_sam_matches_reference_with_a_checkpoint_in_its_layout(tmp_path):
     assert expected.abs().max().item() > 0.1
 
 
+@pytest.mark.slow
 def test_stale_attention_biases():
     """The reference caches its bias table in .eval(): eval before loading leaves it stale. Ours has no cache."""
     weights = _encoder_part(_lite_state())
@@ -72,6 +74,7 @@ def test_stale_attention_biases():
     assert (ours(x) - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_strict_loading_names_the_encoder_a_file_is_for(tmp_path):
     vit = tmp_path / "sam_vit_b.pth"
     with torch.device("meta"):

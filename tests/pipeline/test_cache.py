@@ -239,6 +239,7 @@ def test_msd_four_d_and_nnunet_channels_give_the_same_features(tmp_path):
     assert torch.equal(a["features"], b["features"]) and torch.equal(a["label"], b["label"])
 
 
+@pytest.mark.slow
 def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
     import os
     import subprocess
@@ -272,6 +273,7 @@ def test_damaged_cached_case_is_explained(generated_dataset, tmp_path):
         load_case(tmp_path / "c", "case_404")
 
 
+@pytest.mark.slow
 def test_cache_yaml_repeats_the_run(generated_dataset, tmp_path, capsys):
     from sam3dseg.cli import main
     from sam3dseg.pipeline.config import load_cache_config

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from sam3dseg.cli import main
@@ -9,6 +10,7 @@ from sam3dseg.pipeline.cache import read_manifest
 from sam3dseg.pipeline.model_file import load_model_file
 
 
+@pytest.mark.slow
 def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
     root = tmp_path
     assert main(["check", "--dataset", str(generated_dataset), "--quiet"]) == 0

@@ -71,6 +71,7 @@ def test_streamed_labels_equal_full_probability_restore(target):
     assert np.array_equal(labels, probs.argmax(0))
 
 
+@pytest.mark.slow
 def test_trained_model_predicts_held_out_cases(trained_tiny):
     state = load_model_file(trained_tiny["run"] / "best.pt")
     predictor = Predictor(state, tiny_encoder(128))
@@ -94,6 +95,7 @@ def vit_b_model(generated_dataset, tmp_path_factory):
     return root / "run" / "best.pt"
 
 
+@pytest.mark.slow
 def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
     images, _, geometry = make_case(np.random.default_rng(7), depth=(9, 10), size=(23, 24))  # odd, posed
     assert geometry.direction != (1, 0, 0, 0, 1, 0, 0, 0, 1) and len(set(geometry.spacing)) == 3
@@ -114,6 +116,7 @@ def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
     assert (tmp_path / "out" / "odd.png").is_file()
 
 
+@pytest.mark.slow
 def test_predict_resumes_and_overwrites(vit_b_model, generated_dataset, tmp_path, capsys):
     images = tmp_path / "in"
     images.mkdir()
@@ -135,6 +138,7 @@ def _run(args, capsys):
     return code, err
 
 
+@pytest.mark.slow
 def test_bad_input_one_line_exit_2(vit_b_model, generated_dataset, tmp_path, capsys):
     image = generated_dataset / "imagesTr" / "case_000_0000.nii.gz"
     not_ours = tmp_path / "foreign.pt"
@@ -247,6 +251,7 @@ def test_ensemble_members_must_share_one_encoding(tmp_path, capsys):
     assert Predictor(same, tiny_encoder()).postprocess is None
 
 
+@pytest.mark.slow
 def test_npz_probabilities_are_nnunets_export(vit_b_model, tmp_path):
     """--npz writes what nnU-Net v2 exports (its documented export_prediction_from_logits / SimpleITKIO):
     {case}.npz with float32 "probabilities" (K, z, y, x) and {case}.pkl with sitk_stuff (spacing, origin,

@@ -10,6 +10,8 @@ import pytest
 
 from sam3dseg.errors import UserError
 
+pytestmark = pytest.mark.slow  # a minute of training: `make test` runs it, `make test-fast` leaves it out
+
 STRUCTURES = ["ventricles", "thalamus", "putamen", "brainstem"]
 FOUND = 0.3  # a structure counts as found at held-out Dice >= this
 

@@ -34,6 +34,7 @@ def test_recipes_set_what_the_original_used():
     assert load_cache_config(None, {"image_size": 256}, "synapse").image_size == 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path, monkeypatch):
     """Generated data with the recipe's channel count and modality, cached at the smallest size its crop fits,

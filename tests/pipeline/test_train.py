@@ -29,6 +29,7 @@ def small_cache(generated_dataset, tmp_path_factory):
     return cache
 
 
+@pytest.mark.slow
 def test_learns_generated_data(trained_tiny):
     """Ten generated cases, tiny random encoder at 128²: held-out Dice must pass 0.8."""
     result, run, config = trained_tiny["result"], trained_tiny["run"], trained_tiny["config"]
@@ -65,6 +66,7 @@ def _interrupt_after(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(training, "sample_batch", sample)
 
 
+@pytest.mark.slow
 def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path):
     """Small, low-contrast structures (two classes, about 1 % of the voxels each, blobs of about one
     token), tiny random encoder at 64², 150 steps on whole planes with SGD (the optimiser and planes
@@ -88,6 +90,7 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
 @pytest.mark.parametrize(
     "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.image_path=true"], ["train.crop_tokens=1"]]
 )
+@pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
     config = load_run_config(None, ["train.epochs=3", *SMALL, *extra])
     whole = train(small_cache, tmp_path / "whole", config, progress=False)
@@ -233,6 +236,7 @@ def test_model_file_marker(tmp_path):
         load_model_file(other)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     # SGD: updates are linear in the gradient, so the comparison is tight. (Adam divides by
     # sqrt(v): where a gradient is ~0, all-reduce rounding can move a weight by up to lr.)
