@@ -112,11 +112,14 @@ def check_settings(obj: Any, where: str | None = None) -> None:
 
 
 def to_dict(config: Any) -> dict:
-    """A dataclass tree as plain types (tuples as lists), fit for YAML, JSON and ``weights_only`` files."""
+    """A dataclass tree (or a dict of them) as plain types (tuples as lists), fit for YAML, JSON and
+    ``weights_only`` files."""
 
     def plain(v):
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         return v
@@ -259,6 +262,7 @@ def load_settings(
 
 
 def dump_yaml(config: Any) -> str:
+    """Settings (a dataclass tree, or a dict such as a plan's sections) as YAML, keys in their order."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 

@@ -295,6 +295,15 @@ def _listed_cases(root: Path, listed: dict, meta_path: Path) -> list[Case]:
     return cases
 
 
+def read_channel_names(meta_path: str | Path) -> list[str]:
+    """Channel names in order from an MSD (``modality``) or nnU-Net v2 (``channel_names``) ``dataset.json``;
+    empty for a file that names none (a labels-only file given to ``evaluate --labels``)."""
+    meta_path = Path(meta_path)
+    meta = read_json(meta_path, f"labels file not found: {meta_path}")
+    key = next((k for k in ("channel_names", "modality") if k in meta), None)
+    return _names_in_order(meta[key], key, meta_path) if key else []
+
+
 def read_class_names(meta_path: str | Path) -> tuple[list[str], int | None]:
     """Class names (index = label value) from an MSD or nnU-Net v2 ``dataset.json``, and its ``ignore`` label or None."""
     meta_path = Path(meta_path)

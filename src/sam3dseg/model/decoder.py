@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoder import PIXEL_MEAN, PIXEL_STD
+from .encoder import PIXEL_MEAN, PIXEL_STD, pad_square
 
 Activation = Literal["relu", "leaky_relu"]
 Upsample = Literal["linear", "nearest"]
@@ -60,11 +60,7 @@ def image_path_input(volume: Tensor, image_size: int) -> Tensor:
     2×2 to the finest grid a block reads, and rounded to uint8: a quarter of the
     bytes at full resolution, and exactly what :class:`LevelDecoder` pools further.
     """
-    c, d, h, w = volume.shape
-    if h > image_size or w > image_size:
-        raise ValueError(f"slices of {h}×{w} do not fit the {image_size}×{image_size} grid")
-    grey = sum(PIXEL_MEAN) / 3
-    x = F.pad(volume.float(), (0, image_size - w, 0, image_size - h), value=grey)
+    x = pad_square(volume.float(), image_size, value=sum(PIXEL_MEAN) / 3)
     x = F.avg_pool3d(x, (1, IMAGE_STRIDE, IMAGE_STRIDE))
     return x.round().clamp(0, 255).to(torch.uint8)
 

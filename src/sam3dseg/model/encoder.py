@@ -372,7 +372,16 @@ def to_encoder_input(slices: Tensor, image_size: int, normalisation: Normalisati
         x = ((slices - low) / span)[:, None].expand(n, 3, h, w)
     else:
         raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
-    return F.pad(x, (0, image_size - w, 0, image_size - h))
+    return pad_square(x, image_size)
+
+
+def pad_square(x: Tensor, size: int, value: float = 0.0) -> Tensor:
+    """``(..., h, w)`` -> ``(..., size, size)``, padded at the bottom and the right with ``value``: the one
+    place a slice meets the encoder's square input, so images, labels and the image path line up."""
+    h, w = x.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"slices of {h}×{w} do not fit the {size}×{size} grid; resize first")
+    return F.pad(x, (0, size - w, 0, size - h), value=value)
 
 
 def encode_slices(encoder: Encoder, slices: Tensor, batch_size: int = SLICE_BATCH, amp: bool = True) -> Tensor:

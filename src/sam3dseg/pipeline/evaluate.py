@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import read_json, write_csv, write_json, write_text
-from ..data.datasets import read_class_names
+from ..common.files import write_csv, write_json, write_text
+from ..data.datasets import read_channel_names, read_class_names
 from ..data.pictures import save_case_montage
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
@@ -40,13 +40,6 @@ def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str,
         )
     pairs = [(case_name(p), pred_dir / n, p) for n, p in refs.items() if n not in missing]
     return pairs, [case_name(refs[n]) for n in missing]
-
-
-def _first_modality(labels: str | Path) -> str:
-    """The first channel's name in a dataset.json (nnU-Net's channel_names, MSD's modality), or MR."""
-    meta = read_json(Path(labels), f"labels file not found: {labels}")
-    names = meta.get("channel_names") or meta.get("modality") or {}
-    return str(names.get("0", "MR")) if isinstance(names, dict) else "MR"
 
 
 def _image_path(folder: Path, case: str) -> Path:
@@ -98,7 +91,7 @@ def evaluate_folders(
     if images is not None and not Path(images).is_dir():
         raise UserError(f"--images folder not found: {images}")
     shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if png and images is not None else {}
-    modality = _first_modality(labels) if labels else "MR"
+    modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
     ignore = None
     if labels:
         class_names, ignore = read_class_names(labels)

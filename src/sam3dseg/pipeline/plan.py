@@ -28,10 +28,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..common.files import write_json, write_text
-from ..common.settings import read_yaml
+from ..common.settings import dump_yaml, read_yaml
 from ..data.datasets import Dataset, read_case
 from ..data.preprocess import PreprocessConfig, plan_transform, reorient
 from ..errors import UserError
@@ -161,7 +160,7 @@ def run_plan(dataset: Dataset, out: str | Path, slicing_axis: str = "axial", pro
     plan = make_plan(fp, encoder=encoder)
     write_json(Path(out) / "fingerprint.json", fp)
     header = "# sam3dseg plan: settings proposed from fingerprint.json; use with `sam3dseg cache --plan` and `sam3dseg train --plan`\n"
-    write_text(Path(out) / "plan.yaml", header + yaml.safe_dump(plan, sort_keys=False))
+    write_text(Path(out) / "plan.yaml", header + dump_yaml(plan))
     return plan
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.runtime import return_large_buffers_to_the_os
+from ..model.encoder import pad_square
 from .cache import load_case
 
 
@@ -91,10 +92,15 @@ def _item_key(item: str | tuple[str, int]) -> tuple[str, int]:
     return (item, 0) if isinstance(item, str) else item
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's batch draws: distinct per (``train.seed``, epoch), so a resumed run draws what an
+    uninterrupted one would (as :func:`~sam3dseg.data.augment.view_seed` fixes each view)."""
+    return seed * 1_000_003 + epoch
+
+
 def padded_label(label: torch.Tensor, image_size: int) -> torch.Tensor:
     """``(D, H', W')`` -> ``(D, S, S)``, background below/right, as the encoder input is padded (dtype kept)."""
-    d, h, w = label.shape
-    return F.pad(label, (0, image_size - w, 0, image_size - h))
+    return pad_square(label, image_size)
 
 
 def crop_depth(volume: torch.Tensor, start: int, depth: int) -> torch.Tensor:

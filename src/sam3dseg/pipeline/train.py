@@ -45,7 +45,7 @@ from .folds import SPLITS_FILE, select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
-from .samples import Batch, CaseStore, Sampling, sample_batch
+from .samples import Batch, CaseStore, Sampling, epoch_seed, sample_batch
 from .windows import WindowDecoder
 
 
@@ -268,7 +268,7 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
 
     t = stepper.config
     spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens, t.views)
-    generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(t.seed, epoch))
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
     # One thread reads the next batch from disk while this one computes; it alone uses the
