@@ -49,7 +49,7 @@ def test_learns_generated_data(trained_tiny):
     assert config.train.views is None and state.config.train.views == 0
     assert config.train.crop_tokens == "auto" and state.config.train.crop_tokens == 4
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
-    assert _differences(to_dict(config), to_dict(state.config)) == ["train.crop_tokens: auto there, 4 now", "train.views: None there, 0 now"]
+    assert _differences(to_dict(config), to_dict(state.config)) == {"train.crop_tokens": ("auto", 4), "train.views": (None, 0)}
 
 
 def _interrupt_after(monkeypatch, batches: int) -> None:

@@ -175,15 +175,15 @@ def _dice_text(entry: dict, classes: list[str]) -> str:
     return f", val Dice {entry['val_dice']:.4f} ({', '.join(parts)})"
 
 
-def _differences(old: dict, new: dict, where: str = "") -> list[str]:
-    """``key: OLD there, NEW now`` for every setting that differs between two nested config dicts."""
-    out = []
+def _differences(old: dict, new: dict, where: str = "") -> dict[str, tuple]:
+    """``{"section.key": (old, new)}`` for every setting that differs between two nested config dicts."""
+    out = {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{where}{key}.")
+            out.update(_differences(a, b, f"{where}{key}."))
         elif a != b:
-            out.append(f"{where}{key}: {a} there, {b} now")
+            out[f"{where}{key}"] = (a, b)
     return out
 
 
@@ -197,13 +197,14 @@ def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: C
         return False
     state = load_model_file(path)
     differ = _differences(to_dict(state.config), to_dict(record.config))
-    before, now = state.config.train.epochs, record.config.train.epochs
-    if differ == [f"train.epochs: {before} there, {now} now"] and now > before:
+    before, now = differ.get("train.epochs", (0, 0))
+    if set(differ) == {"train.epochs"} and now > before:
         say(f"continuing {path.parent} from epoch {state.epoch} to {now} (it was trained for {before}): "
             f"the learning-rate schedule is recomputed for {now} epochs")  # fmt: skip
     elif differ:
+        listed = "; ".join(f"{key}: {a} there, {b} now" for key, (a, b) in differ.items())
         raise UserError(
-            f"{path.parent} holds a run with another configuration ({'; '.join(differ)}); "
+            f"{path.parent} holds a run with another configuration ({listed}); "
             "use a new --out, or the run's own settings (its config.yaml) to resume it (more train.epochs continue it)"
         )
     decoder.load_state_dict(state.decoder)
