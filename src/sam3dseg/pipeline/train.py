@@ -286,6 +286,27 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     return sum(losses) / len(losses)
 
 
+@dataclass
+class _Run:
+    """A training run in progress: what every step of :func:`train` reads and updates."""
+
+    out: Path
+    config: RunConfig  # resolved on the cache (crops, views, folds)
+    data: _Data
+    device: torch.device
+    rank: int
+    world: int
+    decoder: SAM3DDecoder
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stepper: _Stepper
+    record: ModelFile  # what last.pt / best.pt hold
+
+    @property
+    def t(self) -> TrainConfig:
+        return self.config.train
+
+
 def train(
     cache: str | Path,
     out: str | Path,
@@ -297,24 +318,37 @@ def train(
 
     Resumes from ``out/last.pt`` when it exists (same configuration required).
     ``progress`` shows the step bars; ``log`` takes the facts (resuming, one line per
-    epoch), ``None`` for silence. Returns the run summary.
+    epoch), ``None`` for silence. Returns the run summary. The steps, in order:
     """
-    # set-up
     rank, world = init_distributed()
-    out, t = Path(out), config.train
+    say = log if log is not None and rank == 0 else (lambda _: None)
+    config, data = _check(Path(cache), config, world, say)  # 1. the run against its cache and processes
+    run = _build(Path(out), config, data, rank, world)  # 2. decoder, optimiser, schedule, loss, record
+    _start(run, say)  # 3. resume, or start from train.init_from; config.yaml
+    for epoch in range(run.record.epoch, run.t.epochs):
+        entry, predictions = _epoch(run, epoch, progress)  # 4. train one epoch, validate
+        _save(run, entry, predictions, say)  # 5. model files, log.csv, curves.png
+    _decide_postprocessing(run, say)  # 6. on the best epoch's validation predictions
+    if world > 1:
+        barrier()
+    return {"history": run.record.history, "best_dice": run.record.best_dice, "train_cases": data.train_names,
+            "val_cases": data.val_names, "out": str(out)}  # fmt: skip
+
+
+def _check(cache: Path, config: RunConfig, world: int, say: Callable[[str], None]) -> tuple[RunConfig, _Data]:
+    """The run against its environment, before any work: the batch against the processes, the cache's
+    cases, crops against its token grid, views against what it holds. ``auto`` crops, ``null`` views and
+    an existing splits file's fold count are resolved here, so config.yaml and the model files record the
+    numbers used."""
+    t = config.train
     if t.batch_size % world:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
-    device = resolve_device(t.device, world)
-    data = _Data.open(Path(cache), t, config.decoder.image_path)
+    data = _Data.open(cache, t, config.decoder.image_path)
     grid = data.encoder.grid
-    # auto crops and null views resolved on this cache, written into config.yaml and the model files as the numbers used
-    folds_note = data.folds is not None and data.folds != t.num_folds
-    if folds_note:
-        folds_note = (f"using the {data.folds} folds of {Path(cache) / SPLITS_FILE} (train.num_folds={t.num_folds} "
-                      "shapes only a file made on first use)")  # fmt: skip
+    if data.folds is not None and data.folds != t.num_folds:
+        say(f"using the {data.folds} folds of {cache / SPLITS_FILE} (train.num_folds={t.num_folds} shapes only a file made on first use)")
     t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views,
                 num_folds=data.folds or t.num_folds)  # fmt: skip
-    config = replace(config, train=t)
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
             f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
@@ -325,69 +359,78 @@ def train(
             f"train.views={t.views} but cache {cache} holds {data.views} augmented view(s) per case: give 0..{data.views}, "
             f"or run `sam3dseg cache --views {t.views}` with the cache's settings first"
         )
+    return replace(config, train=t), data
+
+
+def _build(out: Path, config: RunConfig, data: _Data, rank: int, world: int) -> _Run:
+    """The decoder (seeded by ``train.seed``), its optimiser, poly schedule and loss, and the record to save."""
+    t = config.train
+    device = resolve_device(t.device, world)
     torch.manual_seed(t.seed)
     channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
     decoder = build_decoder(config.decoder, data.num_classes, *channels, data.encoder.stride).to(device)
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
-    loss_fn = build_loss(config.loss, data.ignore is not None)
-    stepper = _Stepper(decoder, model, optimizer, scheduler, loss_fn, device, t, world)
-    record = data.model_file(config, decoder)
+    stepper = _Stepper(decoder, model, optimizer, scheduler, build_loss(config.loss, data.ignore is not None), device, t, world)
+    return _Run(out, config, data, device, rank, world, decoder, optimizer, scheduler, stepper, data.model_file(config, decoder))
 
-    # resume, or start from a trained model's weights
-    say = log if log is not None and rank == 0 else (lambda _: None)
-    if folds_note:
-        say(folds_note)
-    if _resume(record, out / "last.pt", decoder, optimizer, scheduler, say):
-        say(f"resuming {out} after epoch {record.epoch} of {t.epochs}")
-    elif t.init_from is not None:
-        _initial_weights(t.init_from, record, decoder)
-        say(f"starting from the decoder weights of {t.init_from}")
-    if rank == 0:
-        write_text(out / "config.yaml", dump_yaml(config))
 
-    part = slice(rank * (t.batch_size // world), (rank + 1) * (t.batch_size // world))
-    decoder.train()
-    for epoch in range(record.epoch, t.epochs):
-        # one epoch
-        start = time.perf_counter()
-        loss = _train_epoch(stepper, data, epoch, part, progress and rank == 0)
-        entry = {"epoch": epoch + 1, "train_loss": loss, "lr": scheduler.get_last_lr()[0], "val_dice": None,
-                 "train_seconds": time.perf_counter() - start}  # fmt: skip
+def _start(run: _Run, say: Callable[[str], None]) -> None:
+    """Resume from ``out/last.pt`` (same configuration), or load ``train.init_from``'s weights; write config.yaml."""
+    if _resume(run.record, run.out / "last.pt", run.decoder, run.optimizer, run.scheduler, say):
+        say(f"resuming {run.out} after epoch {run.record.epoch} of {run.t.epochs}")
+    elif run.t.init_from is not None:
+        _initial_weights(run.t.init_from, run.record, run.decoder)
+        say(f"starting from the decoder weights of {run.t.init_from}")
+    if run.rank == 0:
+        write_text(run.out / "config.yaml", dump_yaml(run.config))
+    run.decoder.train()
 
-        # validate
-        if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-            result = validate(decoder, data.store, data.val_names, t.crop_depth, data.num_classes, device, data.ignore)
-            entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
-        entry["seconds"] = time.perf_counter() - start
-        record.history.append(entry)
-        improved = entry["val_dice"] is not None and entry["val_dice"] > record.best_dice
-        if improved:
-            record.best_dice = entry["val_dice"]
-            if rank == 0:  # the best epoch's predictions, for deciding the post-processing
-                save_validation(out, result["predictions"])
-        # save
-        if rank == 0:
-            record.epoch, record.decoder = epoch + 1, decoder.state_dict()
-            record.optimizer, record.scheduler = optimizer.state_dict(), scheduler.state_dict()
-            record.save(out / "last.pt")
-            if improved or not data.val_names:
-                record.save(out / "best.pt")
-            classes = record.class_names[1:]
-            write_csv(out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
-            save_curves(record.history, out / "curves.png", classes)
-            say(f"epoch {epoch + 1}/{t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)")
-    # post-processing, decided on the best epoch's validation predictions
-    if rank == 0 and data.val_names and (out / VALIDATION).is_dir():
+
+def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict | None]:
+    """One epoch's steps, then validation when it is due: the history entry, and the validation
+    predictions when this epoch is the best so far (else None)."""
+    t, data, record = run.t, run.data, run.record
+    part = slice(run.rank * (t.batch_size // run.world), (run.rank + 1) * (t.batch_size // run.world))
+    start = time.perf_counter()
+    loss = _train_epoch(run.stepper, data, epoch, part, progress and run.rank == 0)
+    entry = {"epoch": epoch + 1, "train_loss": loss, "lr": run.scheduler.get_last_lr()[0], "val_dice": None,
+             "train_seconds": time.perf_counter() - start}  # fmt: skip
+    result = None
+    if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
+        result = validate(run.decoder, data.store, data.val_names, t.crop_depth, data.num_classes, run.device, data.ignore)
+        entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
+    entry["seconds"] = time.perf_counter() - start
+    record.history.append(entry)
+    if not (entry["val_dice"] is not None and entry["val_dice"] > record.best_dice):
+        return entry, None
+    record.best_dice = entry["val_dice"]
+    return entry, result["predictions"]
+
+
+def _save(run: _Run, entry: dict, predictions: dict | None, say: Callable[[str], None]) -> None:
+    """After an epoch (on rank 0): last.pt, best.pt when it improved (or without validation cases), the best
+    epoch's validation predictions, log.csv and curves.png; one line on the epoch."""
+    if run.rank != 0:
+        return
+    record = run.record
+    if predictions is not None:  # the best epoch's predictions, for deciding the post-processing
+        save_validation(run.out, predictions)
+    record.epoch, record.decoder = entry["epoch"], run.decoder.state_dict()
+    record.optimizer, record.scheduler = run.optimizer.state_dict(), run.scheduler.state_dict()
+    record.save(run.out / "last.pt")
+    if predictions is not None or not run.data.val_names:
+        record.save(run.out / "best.pt")
+    classes = record.class_names[1:]
+    write_csv(run.out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
+    save_curves(record.history, run.out / "curves.png", classes)
+    say(f"epoch {entry['epoch']}/{run.t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)")
+
+
+def _decide_postprocessing(run: _Run, say: Callable[[str], None]) -> None:
+    """Keep the largest connected component where it helps, decided on the best epoch's validation predictions
+    (:mod:`~sam3dseg.pipeline.postprocess`), recorded in the model files."""
+    if run.rank == 0 and run.data.val_names and (run.out / VALIDATION).is_dir():
         say("post-processing, decided on the validation cases (keep the largest connected component where it helps):")
-        record_decision(out, decide(load_validation(out), record.class_names, lambda line: say("  " + line)))
-    if world > 1:
-        barrier()
-    return {
-        "history": record.history,
-        "best_dice": record.best_dice,
-        "train_cases": data.train_names,
-        "val_cases": data.val_names,
-        "out": str(out),
-    }
+        record_decision(run.out, decide(load_validation(run.out), run.record.class_names, lambda line: say("  " + line)))
