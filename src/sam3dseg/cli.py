@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3dseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_anatomy_options, _check_options, _plan_options, _recipes_options, _cache_options, _train_options, _postprocess_options, _predict_options, _evaluate_options, _demo_options, _analyze_options):
-        add(sub)
+    for options, _ in COMMANDS.values():
+        options(sub)
     return parser
 
 
@@ -425,18 +425,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
             check_output_folder(getattr(args, dest), "--" + dest)
 
 
+# The one registry: each command's options (added to the parser in this order) and what it runs.
 COMMANDS = {
-    "anatomy": _cmd_anatomy,
-    "check": _cmd_check,
-    "cache": _cmd_cache,
-    "postprocess": _cmd_postprocess,
-    "recipes": _cmd_recipes,
-    "plan": _cmd_plan,
-    "train": _cmd_train,
-    "predict": _cmd_predict,
-    "evaluate": _cmd_evaluate,
-    "demo": _cmd_demo,
-    "analyze": _cmd_analyze,
+    "anatomy": (_anatomy_options, _cmd_anatomy),
+    "check": (_check_options, _cmd_check),
+    "plan": (_plan_options, _cmd_plan),
+    "recipes": (_recipes_options, _cmd_recipes),
+    "cache": (_cache_options, _cmd_cache),
+    "train": (_train_options, _cmd_train),
+    "postprocess": (_postprocess_options, _cmd_postprocess),
+    "predict": (_predict_options, _cmd_predict),
+    "evaluate": (_evaluate_options, _cmd_evaluate),
+    "demo": (_demo_options, _cmd_demo),
+    "analyze": (_analyze_options, _cmd_analyze),
 }
 
 
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     try:
         _check_outputs(args)
-        COMMANDS[args.command](args)
+        COMMANDS[args.command][1](args)
     except UserError as err:
         print(f"sam3dseg: error: {err}", file=sys.stderr)
         return 2
