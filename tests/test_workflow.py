@@ -40,17 +40,17 @@ def test_three_folds_postprocessing_ensemble_evaluate(tmp_path):
         stages[f"fold {k} validation"] = train(tmp_path / "cache", run, config, progress=False, log=None)["best_dice"]
     assert sorted(n for r in runs for n in load_model_file(r / "best.pt").split["val"]) == [f"case_{i:03d}" for i in range(9)]
 
-    decision = postprocess_runs(runs, say=lambda _: None)
+    decision = postprocess_runs(runs, log=lambda _: None)
     stages["post-processing (all folds)"] = f"{decision.to_dict()}"
     members = [load_model_file(r / "best.pt") for r in runs]
     for k, member in enumerate(members):
         out = tmp_path / f"pred_{k}"
         predict_folder(Predictor(member, tiny_encoder(64)), test / "images", out, progress=False)
-        stages[f"fold {k} alone, test"] = evaluate_folders(out, test / "labels", out, progress=False, quiet=True)["mean_dice"]
+        stages[f"fold {k} alone, test"] = evaluate_folders(out, test / "labels", out, progress=False, log=None)["mean_dice"]
     for name, post in (("ensemble, test, raw", False), ("ensemble, test, post-processed", True)):
         out = tmp_path / name.replace(", ", "_").replace(" ", "_")
         predict_folder(Predictor(members, tiny_encoder(64), PredictConfig(postprocess=post)), test / "images", out, progress=False)
-        stages[name] = evaluate_folders(out, test / "labels", out, progress=False, quiet=True)["mean_dice"]
+        stages[name] = evaluate_folders(out, test / "labels", out, progress=False, log=None)["mean_dice"]
     for stage, value in stages.items():
         print(f"{stage:<34} {value if isinstance(value, str) else f'{value:.4f}'}")
     alone = [stages[f"fold {k} alone, test"] for k in range(3)]

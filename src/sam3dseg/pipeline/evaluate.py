@@ -17,6 +17,7 @@ import numpy as np
 
 from ..common.files import write_csv, write_json, write_text
 from ..data.datasets import read_channel_names, read_class_names
+from ..common.runtime import Log, print_line
 from ..data.pictures import save_case_montage
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
@@ -67,7 +68,7 @@ def evaluate_folders(
     tolerance: float = 1.0,
     png: bool = False,
     progress: bool = True,
-    quiet: bool = False,
+    log: Log | None = print_line,
     strict: bool = False,
     images: str | Path | None = None,
 ) -> dict:
@@ -76,8 +77,8 @@ def evaluate_folders(
 
     Cases are the reference files that have a prediction of the same name; the others
     are listed (``summary["missing_predictions"]``) and left out, or refused with
-    ``strict``. ``progress`` shows the bar; ``quiet`` prints nothing (for callers that
-    print their own summary). With ``png`` and ``images`` (a folder of the cases' images,
+    ``strict``. ``progress`` shows the bar; ``log`` takes the table (None: silence, for
+    callers that report their own summary). With ``png`` and ``images`` (a folder of the cases' images,
     ``{case}_0000`` or ``{case}``) the montages draw both on the image, shown by
     :func:`~sam3dseg.data.pictures.save_case_montage`'s rule for the modality ``labels`` names. Returns the summary (per-class means, overall means,
     per class how many cases hold it and in how many the prediction found it).
@@ -100,7 +101,7 @@ def evaluate_folders(
         class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
 
     rows, nnunet_cases = [], []
-    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=quiet or not progress):
+    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         pred, _ = read_volume(pred_path)
         ref, geometry = read_volume(ref_path)
         if pred.shape != ref.shape:
@@ -131,10 +132,10 @@ def evaluate_folders(
     write_json(out_dir / "sam3dseg_summary.json", summary)
     # nnU-Net's own file: its layout, keys sorted, NaN as Python's json writes it (nnU-Net reads it so)
     write_text(out_dir / "summary.json", json.dumps(nnunet_summary(nnunet_cases), sort_keys=True, indent=4) + "\n")
-    if not quiet:
+    if log is not None:
         if missing:
-            print(f"left out {len(missing)} reference(s) without a prediction in {pred_dir}: {', '.join(missing)} (--strict refuses)")
-        print(format_table(summary, len(pairs)))
+            log(f"left out {len(missing)} reference(s) without a prediction in {pred_dir}: {', '.join(missing)} (--strict refuses)")
+        log(format_table(summary, len(pairs)))
     return summary
 
 

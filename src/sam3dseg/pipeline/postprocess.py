@@ -18,7 +18,6 @@ over several runs' validation cases together and records the decision in each ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..common.files import atomic_output, write_json
+from ..common.runtime import Log, print_line
 from ..errors import UserError, summarise
 from .metrics import dice_per_class, mean_finite
 from .model_file import load_model_file
@@ -85,15 +85,15 @@ def _rises(after: float, before: float) -> bool:
     return after == after and (before != before or after > before)  # NaN (absent everywhere) never rises
 
 
-def decide(pairs: list[tuple[np.ndarray, np.ndarray]], class_names: list[str], say: Callable[[str], None] = print) -> Postprocess:
-    """nnU-Net's decision (module docstring) on ``(prediction, reference)`` label pairs; ``say`` gets one line per step."""
+def decide(pairs: list[tuple[np.ndarray, np.ndarray]], class_names: list[str], log: Log = print_line) -> Postprocess:
+    """nnU-Net's decision (module docstring) on ``(prediction, reference)`` label pairs; ``log`` gets one line per step."""
     k = len(class_names)
     before = current = _class_means(pairs, k)
     decision = Postprocess(cases=len(pairs), dice_before=before)
     trial = [(keep_largest(p, list(range(1, k))), r) for p, r in pairs]
     after = _class_means(trial, k)
     adopt = _rises(mean_finite(after), mean_finite(before)) and not any(a < b for a, b in zip(after, before) if a == a and b == b)
-    say(f"largest foreground component: mean Dice {mean_finite(before):.4f} -> {mean_finite(after):.4f}, "
+    log(f"largest foreground component: mean Dice {mean_finite(before):.4f} -> {mean_finite(after):.4f}, "
         f"{'applied' if adopt else 'not applied'}")  # fmt: skip
     if adopt:
         decision.foreground, pairs, current = True, trial, after
@@ -101,7 +101,7 @@ def decide(pairs: list[tuple[np.ndarray, np.ndarray]], class_names: list[str], s
         trial = [(keep_largest(p, [c]), r) for p, r in pairs]
         after = _class_means(trial, k)
         adopt = _rises(after[c - 1], current[c - 1])
-        say(f"largest {class_names[c]} component: its Dice {current[c - 1]:.4f} -> {after[c - 1]:.4f}, {'applied' if adopt else 'not applied'}")
+        log(f"largest {class_names[c]} component: its Dice {current[c - 1]:.4f} -> {after[c - 1]:.4f}, {'applied' if adopt else 'not applied'}")
         if adopt:
             decision.classes.append(c)
             pairs, current = trial, after
@@ -147,7 +147,7 @@ def record_decision(run: Path, decision: Postprocess) -> None:
     write_json(Path(run) / "postprocessing.json", decision.to_dict())
 
 
-def postprocess_runs(runs: list[Path], say: Callable[[str], None] = print) -> Postprocess:
+def postprocess_runs(runs: list[Path], log: Log = print_line) -> Postprocess:
     """``sam3dseg postprocess``: one decision over the validation cases of all ``runs`` (e.g. the folds of a
     cross-validation), recorded in each run's model files."""
     names = None
@@ -161,9 +161,9 @@ def postprocess_runs(runs: list[Path], say: Callable[[str], None] = print) -> Po
             raise UserError(f"{run} has classes {', '.join(classes)}; {runs[0]} has {', '.join(names)}: the runs must share their classes")
         names = classes
         pairs += load_validation(run)
-    say(f"post-processing, decided on {len(pairs)} validation case(s) of {len(runs)} run(s):")
-    decision = decide(pairs, names, lambda line: say("  " + line))
+    log(f"post-processing, decided on {len(pairs)} validation case(s) of {len(runs)} run(s):")
+    decision = decide(pairs, names, lambda line: log("  " + line))
     for run in runs:
         record_decision(run, decision)
-    say(f"recorded in {len(runs)} run(s): {decision.describe(names)}")
+    log(f"recorded in {len(runs)} run(s): {decision.describe(names)}")
     return decision

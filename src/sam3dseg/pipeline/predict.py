@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..common.files import atomic_output, check_output_folder
 from ..common.settings import to_dict
-from ..common.runtime import resolve_device
+from ..common.runtime import Log, print_line, resolve_device
 from ..data.pictures import save_case_montage
 from ..data.preprocess import Transform, preprocess_image, restore_probabilities, unreorient
 from ..data.fingerprint import differences
@@ -39,7 +39,7 @@ from .model_file import ModelFile, load_model_file
 from .postprocess import Postprocess
 from .windows import WindowDecoder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # for the Predictor, which has no log of its own
 
 
 class Encoded(NamedTuple):
@@ -202,7 +202,7 @@ def _shared_postprocess(models: list[ModelFile]) -> Postprocess | None:
     decisions = [m.postprocess for m in models]
     if decisions[0] is None or any(d != decisions[0] for d in decisions[1:]):
         if len(models) > 1 and any(d is not None for d in decisions):
-            log.warning("the models carry different post-processing decisions, so none is applied: run "
+            logger.warning("the models carry different post-processing decisions, so none is applied: run "
                         "`sam3dseg postprocess --runs RUN ...` over their runs to decide one for all")  # fmt: skip
         return None
     return Postprocess.from_dict(decisions[0])
@@ -275,7 +275,8 @@ class FolderOutputs:
 
 
 def predict_folder(
-    predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True
+    predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True,
+    log: Log | None = print_line,
 ) -> dict:
     """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
 
@@ -302,7 +303,8 @@ def predict_folder(
             text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
             if predictor.config.strict:
                 raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
-            log.warning(f"{text}; the segmentation may be poor (--strict refuses such cases)")
+            if log is not None:
+                log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
         if outputs.probabilities or outputs.npz:
             probs = predict_probabilities(predictor, array, geometry)
             label = probs.argmax(0).astype(np.uint8)

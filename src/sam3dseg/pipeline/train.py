@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from ..common.files import write_csv, write_text
 from ..common.plots import save_curves
-from ..common.runtime import barrier, init_distributed, resolve_device
+from ..common.runtime import Log, barrier, init_distributed, print_line, resolve_device
 from ..common.settings import dump_yaml, from_dict, to_dict
 from ..data.preprocess import PreprocessConfig
 from ..errors import UserError, summarise
@@ -312,7 +312,7 @@ def train(
     out: str | Path,
     config: RunConfig,
     progress: bool = True,
-    log: Callable[[str], None] | None = partial(print, flush=True),
+    log: Log | None = print_line,
 ) -> dict:
     """Train a decoder on a cache; write ``out/{config.yaml,last.pt,best.pt,log.csv,curves.png}``.
 
