@@ -213,6 +213,10 @@ def test_config_yaml_and_overrides(tmp_path):
         (": : :\n", [], "not valid YAML"),
         ("", ["train.lr"], "is not KEY=VALUE"),
         ("", ["decoder.channels=5"], "decoder.channels must be a list"),
+        # an option that does nothing in the chosen mode is refused, not ignored
+        ("", ["loss.dice=joint", "loss.batch_dice=true"], r"loss.batch_dice=True does nothing with loss.dice=joint .*; leave it out"),
+        ("", ["loss.dice=joint", "loss.smooth=1"], r"loss.smooth=1.0 does nothing with loss.dice=joint"),
+        ("", ["train.optimizer=adamw", "train.momentum=0.9"], r"train.momentum=0.9 does nothing with train.optimizer=adamw"),
     ],
 )
 def test_bad_config_is_explained(tmp_path, text, overrides, message):
@@ -227,13 +231,6 @@ def test_cli_train_bad_input(tmp_path, capsys, small_cache):
     assert "is not a sam3dseg cache" in capsys.readouterr().err
     assert main(["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "train.optimizer=adam"]) == 2
     assert "train.optimizer must be one of sgd, adamw, got 'adam'" in capsys.readouterr().err
-
-
-def test_model_file_marker(tmp_path):
-    other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(UserError, match="not a sam3dseg model file"):
-        load_model_file(other)
 
 
 @pytest.mark.slow

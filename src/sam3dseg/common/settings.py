@@ -88,6 +88,18 @@ def _rules(cls_or_obj: Any) -> list[tuple[dataclasses.Field, Rule | None]]:
     return [(f, f.metadata.get("rule")) for f in fields(cls_or_obj)]
 
 
+def refuse_unused(obj: Any, names: tuple[str, ...], used: bool, why: str) -> None:
+    """The one rule for options that do nothing in the chosen mode: each of ``names`` set away from its
+    default while ``used`` is False is a ``UserError`` saying ``why`` (rather than being ignored without a word)."""
+    if used:
+        return
+    section = getattr(obj, "SECTION", "")
+    for f in fields(obj):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in names and getattr(obj, f.name) != default:
+            raise UserError(f"{section}.{f.name}={getattr(obj, f.name)!r} does nothing {why}; leave it out")
+
+
 def check_settings(obj: Any, where: str | None = None) -> None:
     """Check every field of dataclass ``obj`` against its rule; the first failure is a ``UserError``.
 

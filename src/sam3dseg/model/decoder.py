@@ -116,12 +116,13 @@ class ResidualUpBlock(nn.Module):
         scale: int = 2,
     ) -> None:
         super().__init__()
+        # the same tuples the settings' rules use (pipeline/config.py): one list of what is allowed
         if scale not in (1, 2):
             raise ValueError(f"scale must be 1 or 2, got {scale}")
-        if shortcut_kernel not in (1, 3):
-            raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
-        if upsample not in ("linear", "nearest"):
-            raise ValueError(f"upsample must be 'linear' or 'nearest', got {upsample!r}")
+        if shortcut_kernel not in SHORTCUT_KERNELS:
+            raise ValueError(f"shortcut_kernel must be one of {SHORTCUT_KERNELS}, got {shortcut_kernel}")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {upsample!r}")
         self.conv1, self.norm1 = _conv(in_channels, out_channels, 3), instance_norm(out_channels)  # W1
         self.conv2, self.norm2 = _conv(out_channels, out_channels, 3), instance_norm(out_channels)  # W2
         self.conv0, self.norm0 = _conv(in_channels, out_channels, shortcut_kernel), instance_norm(out_channels)  # W0

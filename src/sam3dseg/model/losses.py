@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common.settings import check_settings, non_negative_number, one_of, setting, switch
+from ..common.settings import check_settings, non_negative_number, one_of, refuse_unused, setting, switch
 
 # α_ℓ for ℓ = 1..4 (coarse → fine), the decoder's output order; Σ α_ℓ = 1 (method §5.2).
 DEEP_SUPERVISION_WEIGHTS: tuple[float, ...] = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
@@ -237,6 +237,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        refuse_unused(self, ("include_background", "batch_dice", "smooth"), self.dice == "per_class",
+                      "with loss.dice=joint (it sets the per_class Dice)")  # fmt: skip
 
 
 def build_loss(config: LossConfig, ignore: bool = False) -> DeepSupervisionLoss:

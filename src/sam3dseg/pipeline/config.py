@@ -27,6 +27,7 @@ from ..common.settings import (
     one_of,
     positive_int,
     positive_number,
+    refuse_unused,
     setting,
     switch,
 )
@@ -137,6 +138,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        refuse_unused(self, ("momentum",), self.optimizer == "sgd", "with train.optimizer=adamw (it sets SGD's momentum)")
 
 
 @dataclass
