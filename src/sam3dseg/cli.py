@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import replace
 import logging
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from .data.datasets import load_dataset, require_valid
 from .demo import DemoConfig, run_demo
 from .errors import UserError
 from .pipeline.cache import run_cache
-from .pipeline.config import CacheConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
+from .pipeline.config import CacheConfig, EvaluateConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
 from .pipeline.evaluate import evaluate_folders
 from .pipeline.plan import run_plan
 from .pipeline.postprocess import postprocess_runs
@@ -271,11 +272,11 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
     e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
-    e.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1.0)")
     e.add_argument("--out", type=Path, help="where metrics.csv, sam3dseg_summary.json and summary.json (nnU-Net's layout) go (default: --pred)")
-    e.add_argument("--png", action="store_true", help="also write a montage per case with both contours")
+    _setting(e, EvaluateConfig, "nsd_tolerance", type=float)
+    _setting(e, EvaluateConfig, "png", action="store_const", const=True)
     e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
-    e.add_argument("--strict", action="store_true", help="refuse when a reference has no prediction (default: score the others, list it)")
+    _setting(e, EvaluateConfig, "strict", action="store_const", const=True)
     e.add_argument("--raw", type=Path, metavar="DIR", help="the same cases predicted without post-processing (predict --no-postprocess): "
                    "also scored (its files go there), and the mean Dice with and without post-processing printed")  # fmt: skip
     e.add_argument("--quiet", action="store_true", help=QUIET)
@@ -394,12 +395,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    summary = evaluate_folders(
-        args.pred, args.ref, args.out or args.pred, args.labels, args.nsd_tolerance, args.png,
-        progress=not args.quiet, strict=args.strict, images=args.images,
-    )  # fmt: skip
+    config = load_settings(EvaluateConfig, given=_given(args, EvaluateConfig))
+    if args.images is not None and not config.png:
+        raise UserError("--images draws the montages of --png: give --png too, or leave --images out")
+    summary = evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, config, args.images, progress=not args.quiet)
     if args.raw is not None:
-        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, args.nsd_tolerance, progress=False, log=None, strict=args.strict)
+        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, replace(config, png=False), progress=False, log=None)
         per_class = ", ".join(f"{n} {raw['per_class'][n]['dice']:.4f} -> {e['dice']:.4f}" for n, e in summary["per_class"].items())
         print(f"post-processing: mean Dice {raw['mean_dice']:.4f} without ({args.raw}), {summary['mean_dice']:.4f} with; {per_class}")
 

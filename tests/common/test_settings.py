@@ -59,7 +59,7 @@ def test_every_setting_has_a_rule_that_its_default_passes(cls):
         (["predict", "--overlap", "1"], "predict.overlap (--overlap) must be a number in [0, 1), got 1.0"),
         (["predict", "--slice-batch", "-2"], "predict.slice_batch (--slice-batch) must be a positive integer, got -2"),
         (["demo", "--epochs", "0"], "epochs (--epochs) must be a positive integer, got 0"),
-        (["evaluate", "--nsd-tolerance", "-1"], "--nsd-tolerance must be >= 0 mm, got -1.0"),
+        (["evaluate", "--nsd-tolerance", "-1"], "evaluate.nsd_tolerance (--nsd-tolerance) must be a number >= 0, got -1.0"),
     ],
 )
 def test_bad_option_is_one_line_before_any_work(argv, message, tmp_path, capsys):

@@ -214,6 +214,20 @@ def _window_ok(v: int | None) -> bool:
 
 
 @dataclass
+class EvaluateConfig:
+    """How ``sam3dseg evaluate`` scores and draws (EPILOG_EVALUATE in the CLI says what is measured)."""
+
+    SECTION: ClassVar[str] = "evaluate"
+
+    nsd_tolerance: float = non_negative_number(1.0, "surface Dice tolerance in mm", flag="--nsd-tolerance")
+    strict: bool = switch(False, "refuse when a reference has no prediction (default: score the others, list it)", flag="--strict")
+    png: bool = switch(False, "also write a montage per case with prediction and reference", flag="--png")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass
 class PredictConfig:
     """How a volume is predicted; ``window=None`` takes the training crop depth."""
 

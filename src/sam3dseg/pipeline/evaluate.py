@@ -19,6 +19,7 @@ from ..common.files import write_csv, write_json, write_text
 from ..data.datasets import read_channel_names, read_class_names
 from ..common.runtime import Log, print_line
 from ..data.pictures import save_case_montage
+from .config import EvaluateConfig
 from ..data.volumes import case_name, image_suffix, read_volume
 from ..errors import UserError
 from .metrics import case_metrics, drop_ignored, nnunet_counts, nnunet_summary, summarise
@@ -65,20 +66,18 @@ def evaluate_folders(
     ref_dir: str | Path,
     out_dir: str | Path,
     labels: str | Path | None = None,
-    tolerance: float = 1.0,
-    png: bool = False,
+    config: EvaluateConfig | None = None,
+    images: str | Path | None = None,
     progress: bool = True,
     log: Log | None = print_line,
-    strict: bool = False,
-    images: str | Path | None = None,
 ) -> dict:
     """Metrics per case and class -> ``out/metrics.csv``, ``out/sam3dseg_summary.json``, ``out/summary.json``
     (nnU-Net's layout); prints a table.
 
     Cases are the reference files that have a prediction of the same name; the others
     are listed (``summary["missing_predictions"]``) and left out, or refused with
-    ``strict``. ``progress`` shows the bar; ``log`` takes the table (None: silence, for
-    callers that report their own summary). With ``png`` and ``images`` (a folder of the cases' images,
+    ``config.strict``. ``progress`` shows the bar; ``log`` takes the table (None: silence, for
+    callers that report their own summary). With ``config.png`` and ``images`` (a folder of the cases' images,
     ``{case}_0000`` or ``{case}``) the montages draw both on the image, shown by
     :func:`~sam3dseg.data.pictures.save_case_montage`'s rule for the modality ``labels`` names. Returns the summary (per-class means, overall means,
     per class how many cases hold it and in how many the prediction found it).
@@ -86,11 +85,11 @@ def evaluate_folders(
     from tqdm import tqdm
 
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
-    if tolerance < 0:
-        raise UserError(f"--nsd-tolerance must be >= 0 mm, got {tolerance}")
+    config = config or EvaluateConfig()
+    tolerance, png, strict = config.nsd_tolerance, config.png, config.strict
     pairs, missing = _pairs(pred_dir, ref_dir, strict)
     if images is not None and not Path(images).is_dir():
-        raise UserError(f"--images folder not found: {images}")
+        raise UserError(f"folder of images not found: {images}")
     shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if png and images is not None else {}
     modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
     ignore = None
