@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import replace
 import logging
 import sys
@@ -96,12 +97,26 @@ minutes on a 2-core CPU and needs about 2 GiB of memory; --quick well under one.
 """
 
 
+_ARG_TYPES = {"int": int, "float": float}
+
+
+def _arg_type(f: dataclasses.Field) -> type | None:
+    """The type argparse converts a setting's text to, from the field's annotation: ``int``, ``float`` (also
+    as ``| None`` or the items of a tuple or list); None for text and switches."""
+    text = re.sub(r"\s*\|\s*None|None\s*\|\s*", "", str(f.type))
+    items = re.fullmatch(r"(?:tuple|list)\[(\w+)(?:, .*)?\]", text)
+    return _ARG_TYPES.get(items.group(1) if items else text)
+
+
 def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) -> None:
-    """An option for setting ``name`` of ``cls``: flag, meaning and default come from the setting's rule.
+    """An option for setting ``name`` of ``cls``: flag, meaning, default and type come from the setting's
+    field and rule.
 
     Options left out keep the dataclass default (``SUPPRESS``): the defaults live in one place.
     """
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if "type" not in kwargs and "action" not in kwargs and _arg_type(f) is not None:
+        kwargs["type"] = _arg_type(f)
     rule = f.metadata["rule"]
     default = f.default if f.default is not dataclasses.MISSING else None
     if f.default_factory is not dataclasses.MISSING:
@@ -152,8 +167,9 @@ def _anatomy_options(sub) -> None:
                        "each class's voxel fraction.",
                        epilog=EPILOG_ANATOMY.format(structures=", ".join(STRUCTURES)), formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="dataset folder to create (e.g. Dataset901_Anatomy)")
-    options = {"structures": {"nargs": "+"}, "atlas": {}, "cases": {"type": int}, "test_cases": {"type": int},
-               "spacing": {"type": float}, "margin": {"type": _none_or(float)}, "seed": {"type": int}}  # fmt: skip
+    # types come from the fields (_arg_type); margin also takes the word "none"
+    options = {"structures": {"nargs": "+"}, "atlas": {}, "cases": {}, "test_cases": {},
+               "spacing": {}, "margin": {"type": _none_or(float)}, "seed": {}}  # fmt: skip
     for name, kwargs in options.items():
         _setting(a, AnatomyConfig, name, **kwargs)
 
@@ -187,14 +203,14 @@ def _cache_options(sub) -> None:
     c.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's encoder, image size and preprocessing: {', '.join(RECIPES)} (sam3dseg recipes)")
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
-    _setting(c, CacheConfig, "image_size", type=int)
+    _setting(c, CacheConfig, "image_size")
     _setting(c, CacheConfig, "normalisation")
     _setting(c, PreprocessConfig, "slicing_axis")
-    _setting(c, PreprocessConfig, "target_spacing", type=float, nargs=3, metavar=("D", "H", "W"))
+    _setting(c, PreprocessConfig, "target_spacing", nargs=3, metavar=("D", "H", "W"))
     _setting(c, PreprocessConfig, "intensity")
-    _setting(c, PreprocessConfig, "ct_window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"))
-    _setting(c, AugmentConfig, "views", type=int, metavar="K")
-    _setting(c, CacheConfig, "slice_batch", type=int)
+    _setting(c, PreprocessConfig, "ct_window", nargs=2, metavar=("LEVEL", "WIDTH"))
+    _setting(c, AugmentConfig, "views", metavar="K")
+    _setting(c, CacheConfig, "slice_batch")
     _setting(c, CacheConfig, "device")
     c.add_argument("--quiet", action="store_true", help=QUIET)
 
@@ -250,8 +266,8 @@ def _predict_options(sub) -> None:
     p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
     p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
     p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")
-    _setting(p, PredictConfig, "window", type=int)
-    _setting(p, PredictConfig, "overlap", type=float)
+    _setting(p, PredictConfig, "window")
+    _setting(p, PredictConfig, "overlap")
     _setting(p, PredictConfig, "flip_tta", action="store_const", const=True)
     _setting(p, PredictConfig, "postprocess", action="store_const", const=False)
     p.add_argument("--probabilities", action="store_true", help="also write {case}_probabilities.npy (K, z, y, x), float16")
@@ -259,7 +275,7 @@ def _predict_options(sub) -> None:
                    "properties), which nnUNetv2_ensemble averages with nnU-Net's own predictions")  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
-    _setting(p, PredictConfig, "slice_batch", type=int)
+    _setting(p, PredictConfig, "slice_batch")
     _setting(p, PredictConfig, "device")
     _setting(p, PredictConfig, "strict", action="store_const", const=True)
     p.add_argument("--quiet", action="store_true", help=QUIET)
@@ -273,7 +289,7 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
     e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
     e.add_argument("--out", type=Path, help="where metrics.csv, sam3dseg_summary.json and summary.json (nnU-Net's layout) go (default: --pred)")
-    _setting(e, EvaluateConfig, "nsd_tolerance", type=float)
+    _setting(e, EvaluateConfig, "nsd_tolerance")
     _setting(e, EvaluateConfig, "png", action="store_const", const=True)
     e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
     _setting(e, EvaluateConfig, "strict", action="store_const", const=True)
@@ -292,7 +308,7 @@ def _demo_options(sub) -> None:
     d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
     d.add_argument("--checkpoint", type=Path, help="with --encoder vit_b: a SAM ViT-B checkpoint; without it that encoder is random")
     _setting(d, DemoConfig, "encoder")
-    _setting(d, DemoConfig, "epochs", type=int)
+    _setting(d, DemoConfig, "epochs")
     _setting(d, DemoConfig, "device")
 
 

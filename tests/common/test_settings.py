@@ -101,3 +101,16 @@ def test_train_help_lists_every_key_with_its_default(capsys):
     fields = {f"{s.name}.{f.name}" for s in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, s.name))}
     assert fields == {key for key, *_ in described}
     assert re.search(r"train\.epochs +50\n", out) and re.search(r"train\.steps_per_epoch +50\n", out)
+
+
+@pytest.mark.parametrize(
+    "argv,kind",
+    [(["predict", "--window", "two"], "int"), (["cache", "--target-spacing", "1", "a", "1"], "float"),
+     (["anatomy", "--cases", "1.5"], "int"), (["evaluate", "--nsd-tolerance", "one"], "float")],
+)
+def test_option_types_come_from_the_settings_fields(argv, kind, capsys):
+    """argparse converts each option by its field's annotation (no type restated in the CLI): text that is not
+    a number is refused by argparse, one line, exit 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and f"invalid {kind} value" in capsys.readouterr().err
