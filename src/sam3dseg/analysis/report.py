@@ -77,15 +77,15 @@ def _plot_memory(c: dict[str, Any], out: Path) -> str:
 
 def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
     fig, ax = pyplot().subplots(figsize=(6, 3.5))
-    seed = [r for r in rows if r["shortcut_kernel"] == 3]
+    method = [r for r in rows if r["shortcut_kernel"] == 3]
     orig = [r for r in rows if r["shortcut_kernel"] == 1]
-    x = range(len(seed))
-    ax.bar([i - 0.27 for i in x], [r["seed_formula"] / 1e9 for r in seed], 0.27, label="seed: H_ℓ W_ℓ D k C_ℓ²")
-    ax.bar(list(x), [r["measured"] / 1e9 for r in seed], 0.27, label="measured, W0 3×3×3 (the method)")
+    x = range(len(method))
+    ax.bar([i - 0.27 for i in x], [r["seed_formula"] / 1e9 for r in method], 0.27, label="the method: H_ℓ W_ℓ D k C_ℓ²")
+    ax.bar(list(x), [r["measured"] / 1e9 for r in method], 0.27, label="measured, W0 3×3×3 (the method)")
     ax.bar([i + 0.27 for i in x], [r["measured"] / 1e9 for r in orig], 0.27, label="measured, W0 1×1×1 (original)")
-    ax.set_xticks(list(x), [f"ℓ = {r['level']}\n{r['channels'][0]}→{r['channels'][1]}" for r in seed])
+    ax.set_xticks(list(x), [f"ℓ = {r['level']}\n{r['channels'][0]}→{r['channels'][1]}" for r in method])
     ax.set_ylabel("GFLOPs")
-    d, h = seed[0]["grid"][0], seed[0]["grid"][1] * 16
+    d, h = method[0]["grid"][0], method[0]["grid"][1] * 16
     ax.set_title(f"conv FLOPs per level, output {d}×{h}×{h}")
     ax.legend(fontsize=7)
     return _save(fig, out / "level_flops.png")
@@ -172,12 +172,12 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     s = slopes["flops/conv/forward"]
     rows.append(("§2.2 conv decoder FLOPs are O(HWD)", f"log-log slope {s:.3f}",
                  "holds" if abs(s - 1) < 0.05 else "does not hold", "every conv runs once per voxel of its level"))
-    seed3 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 3]
-    seed1 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 1]
+    ratio3 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 3]
+    ratio1 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 1]
     rows.append(("§2.2 FLOPs_ℓ = H_ℓW_ℓD·k·C_ℓ², equal per level",
-                 f"measured / formula = {min(seed3):.3f}–{max(seed3):.3f} (W0 3×3×3), "
-                 f"{min(seed1):.3f}–{max(seed1):.3f} (1×1×1)",
-                 f"holds with constant c = {statistics.mean(seed3):.2f}",
+                 f"measured / formula = {min(ratio3):.3f}–{max(ratio3):.3f} (W0 3×3×3), "
+                 f"{min(ratio1):.3f}–{max(ratio1):.3f} (1×1×1)",
+                 f"holds with constant c = {statistics.mean(ratio3):.2f}",
                  "2 FLOPs per multiply-add × (½ + ¼ + ½) for W1, W2, W0 with C_ℓ+1 = C_ℓ/2; heads add 4K/(27C_ℓ)"))
     s = slopes["flops/attention/forward"]
     rows.append(("§3 attention FLOPs T²d = O(H²W²D²)", f"log-log slope {s:.3f}",
