@@ -99,6 +99,21 @@ def test_check_reads_the_test_folders_and_counts_them(generated_dataset, tmp_pat
     assert "6 training case(s) and 1 test case(s), no problems" in capsys.readouterr().out
 
 
+def test_a_test_folder_problem_is_checks_not_caches(generated_dataset, tmp_path, capsys):
+    """A label in labelsTs without its image: `check` reports it; `cache`, which reads only the training
+    cases, is not held up by it."""
+    from sam3dseg.data.datasets import check_cases, load_dataset
+
+    ds = shutil.copytree(generated_dataset, tmp_path / "ds")
+    (ds / "imagesTs").mkdir()
+    (ds / "labelsTs").mkdir()
+    shutil.copy(ds / "labelsTr" / "case_000.nii.gz", ds / "labelsTs" / "lonely.nii.gz")
+    dataset = load_dataset(ds)
+    assert check_cases(dataset, progress=False) == []
+    assert check_cases(dataset, progress=False, test=True) == ["test case lonely: labelsTs/lonely.nii.gz has no image in imagesTs"]
+    assert main(["check", "--dataset", str(ds), "--quiet"]) == 2
+
+
 def test_check_of_a_missing_folder_says_so(tmp_path, capsys):
     assert main(["check", "--dataset", str(tmp_path / "DOES_NOT_EXIST")]) == 2
     assert _errors(capsys) == [f"sam3dseg: error: dataset folder not found: {tmp_path / 'DOES_NOT_EXIST'}"]

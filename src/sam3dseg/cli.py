@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
-from dataclasses import replace
 import logging
+import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__

@@ -44,7 +44,8 @@ class Dataset:
     extra: dict = field(default_factory=dict)
     ignore_label: int | None = None  # nnU-Net's "ignore" label (the highest value): left out of loss and metrics
     test_cases: list[Case] = field(default_factory=list)  # imagesTs (MSD: 'test'), labels from labelsTs where present
-    problems: list[str] = field(default_factory=list)  # what listing the folders found: files without a case, counts
+    problems: list[str] = field(default_factory=list)  # what listing the training folders found: files without a case, counts
+    test_problems: list[str] = field(default_factory=list)  # the same for the test folders (only `check` reads them)
 
     @property
     def num_classes(self) -> int:
@@ -120,15 +121,16 @@ def read_case(case: Case, dataset: Dataset) -> tuple[np.ndarray, Geometry, np.nd
 
 
 def check_cases(dataset: Dataset, cases: list[Case] | None = None, progress: bool = True, test: bool = False) -> list[str]:
-    """Every problem, one line each: what listing the folders found (:attr:`Dataset.problems`), then
-    :func:`read_case`'s checks on every training case (or ``cases``) and, with ``test``, every test case.
+    """Every problem, one line each: what listing the folders found (:attr:`Dataset.problems`, and with
+    ``test`` :attr:`Dataset.test_problems`), then :func:`read_case`'s checks on every training case (or
+    ``cases``) and, with ``test``, every test case.
 
     nnU-Net's ``--verify_dataset_integrity``: run before any encoding, so a problem in
     the last case does not surface after hours of work on the first ones.
     """
     from tqdm import tqdm
 
-    problems = list(dataset.problems)
+    problems = list(dataset.problems) + (list(dataset.test_problems) if test else [])
     todo = [(c, "") for c in (dataset.cases if cases is None else cases)] + [(c, "test ") for c in dataset.test_cases if test]
     for case, kind in tqdm(todo, desc="check", unit="case", disable=not progress, leave=False):
         try:
@@ -240,17 +242,19 @@ def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: 
 
     Training cases are the labels (``required``); test cases are the images, with their label where
     ``labels_dir`` exists. Every image file that belongs to no case (no label, a channel the dataset
-    does not declare, a name without ``_XXXX``) and every label without its image files is added to
-    ``dataset.problems``: nnU-Net refuses such folders, and a file left out silently is a case lost.
+    does not declare, a name without ``_XXXX``) and every test label without its image files is added to
+    ``dataset.problems`` (``test_problems`` for the test pair): nnU-Net refuses such folders, and a file
+    left out silently is a case lost.
     """
     root, n = dataset.root, len(dataset.channel_names)
+    problems = dataset.problems if required else dataset.test_problems
     meta_path = root / "dataset.json"
     found = sorted(p for p in images_dir.iterdir() if image_suffix(p))
     groups: dict[str, list[Path]] = {}
     for path in found:
         name, channel = split_channel(case_name(path)) if path.name.endswith(ending) else (None, None)
         if channel is None:
-            dataset.problems.append(f"{images_dir.name}/{path.name} is not named {{case}}_{{XXXX}}{ending} (nnU-Net's rule: "
+            problems.append(f"{images_dir.name}/{path.name} is not named {{case}}_{{XXXX}}{ending} (nnU-Net's rule: "
                                     f"case name, channel number, then the dataset's file_ending)")  # fmt: skip
         else:
             groups.setdefault(name, []).append(path)
@@ -267,12 +271,12 @@ def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: 
         if not extra:
             continue
         if name not in {c.name for c in cases}:
-            dataset.problems.append(f"case {name}: {images_dir.name}/{extra[0].name} has no label {labels_dir.name}/{name}{ending}")
+            problems.append(f"case {name}: {images_dir.name}/{extra[0].name} has no label {labels_dir.name}/{name}{ending}")
         else:
-            dataset.problems.append(f"case {name}: {images_dir.name}/{extra[0].name} is a channel beyond the {n} dataset.json declares")
+            problems.append(f"case {name}: {images_dir.name}/{extra[0].name} is a channel beyond the {n} dataset.json declares")
     if not required and labels_dir.is_dir():
         for name in sorted(labelled - set(groups)):
-            dataset.problems.append(f"test case {name}: {labels_dir.name}/{name}{ending} has no image in {images_dir.name}")
+            problems.append(f"test case {name}: {labels_dir.name}/{name}{ending} has no image in {images_dir.name}")
     return cases
 
 
