@@ -39,8 +39,8 @@ from ..common.files import file_sha256, load_tensors, read_json, save_tensors, w
 from ..common.runtime import barrier, init_distributed, resolve_device
 from ..common.settings import dump_yaml, to_dict
 from ..data.augment import AugmentConfig, augment_view, require_monai, view_seed
-from ..data.fingerprint import combine, volume_stats
 from ..data.datasets import Case, Dataset, load_dataset, read_case, require_valid
+from ..data.fingerprint import combine, volume_stats
 from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
 from ..errors import UserError
 from ..model.decoder import image_path_input
@@ -250,7 +250,8 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation)
     encoder = encoder.to(resolve_device(config.device, world))
     info = EncoderInfo.of(encoder, checkpoint)
-    def write_settings() -> None:
+
+    def write_settings() -> None:  # once the cases passed their checks: a refused dataset leaves no folder
         if rank == 0:
             write_text(Path(out) / "cache.yaml", dump_yaml(config))
 

@@ -27,9 +27,9 @@ from torch import Tensor
 from ..common.files import atomic_output, check_output_folder
 from ..common.settings import to_dict
 from ..common.runtime import Log, print_line, resolve_device
+from ..data.fingerprint import differences
 from ..data.pictures import save_case_montage
 from ..data.preprocess import Transform, preprocess_image, restore_probabilities, unreorient
-from ..data.fingerprint import differences
 from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
@@ -203,7 +203,7 @@ def _shared_postprocess(models: list[ModelFile]) -> Postprocess | None:
     if decisions[0] is None or any(d != decisions[0] for d in decisions[1:]):
         if len(models) > 1 and any(d is not None for d in decisions):
             logger.warning("the models carry different post-processing decisions, so none is applied: run "
-                        "`sam3dseg postprocess --runs RUN ...` over their runs to decide one for all")  # fmt: skip
+                           "`sam3dseg postprocess --runs RUN ...` over their runs to decide one for all")  # fmt: skip
         return None
     return Postprocess.from_dict(decisions[0])
 
@@ -281,9 +281,9 @@ def predict_folder(
     """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
 
     A case unlike the model's training data (:meth:`Predictor.unlike_training`) is predicted with a
-    warning, or refused under ``config.strict``. A case whose segmentation exists is skipped unless ``outputs.overwrite``: the
-    segmentation is written last and atomically, so an existing one is a finished
-    case and a killed run resumes. Returns ``{"written": [...], "skipped": [...], "out": out}``.
+    warning on ``log``, or refused under the predictor's ``config.strict``. A case whose segmentation
+    exists is skipped unless ``outputs.overwrite``: the segmentation is written last and atomically, so
+    an existing one is a finished case and a killed run resumes. Returns ``{"written": [...], "skipped": [...], "out": out}``.
     """
     from tqdm import tqdm
 
