@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _shared import alternate  # noqa: E402
 from sam_reference import official_encoder, randomize_  # noqa: E402
 
 from sam3dseg.model.encoder import ENCODERS  # noqa: E402
@@ -29,27 +29,12 @@ from sam3dseg.model.vit import SAMImageEncoder  # noqa: E402
 from sam3dseg.common.files import write_json  # noqa: E402
 
 
-def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = fn(x)
-    return time.perf_counter() - start, out
-
-
 def bench_case(size: int, batch: int, repeats: int, name: str = "vit_b") -> dict:
     official = randomize_(official_encoder(name, size), seed=size)
     ours = SAMImageEncoder(ENCODERS[name].spec, image_size=size, name=name)
     ours.load_state_dict(official.state_dict())
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    _time(ours, x[:1])  # warm-up: first calls allocate and pick kernels
-    _time(official, x[:1])
-    t_ours, t_official, diff = [], [], 0.0
-    for _ in range(repeats):
-        t, a = _time(official, x)
-        t_official.append(t)
-        t, b = _time(ours, x)
-        t_ours.append(t)
-        diff = max(diff, (a - b).abs().max().item())
+    t_official, t_ours, diff, b = alternate(official, ours, x, repeats, warm=x[:1])
     med_ours, med_official = statistics.median(t_ours), statistics.median(t_official)
     return {
         "encoder": name,

@@ -71,6 +71,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _shared import cpu_name  # noqa: E402
 from helpers import make_cache  # noqa: E402
 
 from sam3dseg.common.files import write_json
@@ -209,7 +210,7 @@ def equal_time(args: argparse.Namespace) -> None:
             names = _class_names(data)
             results[dataset]["classes"] = names
 
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {_cpu()}; {args.equal_time:g} s of optimiser "
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}; {args.equal_time:g} s of optimiser "
           f"steps per run; held-out mean foreground Dice, mean ± sd over {args.seeds} seeds (steps per run)")  # fmt: skip
     failed = []
     for dataset, by_encoder in results.items():
@@ -233,7 +234,7 @@ def equal_time(args: argparse.Namespace) -> None:
             if "default" in means and means["default"] < means[best] - args.tolerance:
                 failed.append(f"{dataset}/{encoder}: default {means['default']:.3f} < '{best}' {means[best]:.3f}")
     if args.json:
-        write_json(args.json, {"results": results, "seconds": args.equal_time, "seeds": args.seeds, "cpu": _cpu()})
+        write_json(args.json, {"results": results, "seconds": args.equal_time, "seeds": args.seeds, "cpu": cpu_name()})
     if failed:
         print("DEFAULT NOT BEST: " + "; ".join(failed))
         sys.exit(1)
@@ -243,13 +244,6 @@ def _class_names(data: Path) -> list[str]:
     from sam3dseg.data.datasets import load_dataset
 
     return load_dataset(data).class_names[1:]
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -44,12 +44,10 @@ GOAL = 1.5
 
 def machine() -> dict:
     """The CPU and cores, and the 1-minute load average now (how busy the machine was)."""
-    name = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": name, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file (tests/test_readme.py)
+    from _shared import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def _run(command: list[str], cwd: Path) -> tuple[float, str]:

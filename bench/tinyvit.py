@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,30 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _shared import alternate, cpu_name  # noqa: E402
 from tinyvit_reference import reference_tinyvit  # noqa: E402
 
 from sam3dseg.common.files import write_json  # noqa: E402
 from sam3dseg.model.encoder import build_encoder, encode_slices, resolve_checkpoint  # noqa: E402
 
 GOAL = 1.5
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one), for the record beside every figure."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _time(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = fn(x)
-    return time.perf_counter() - start, out
 
 
 def against_reference(size: int, repeats: int) -> dict:
@@ -67,14 +49,7 @@ def against_reference(size: int, repeats: int) -> dict:
     reference.eval()
     ours = build_encoder("lite_medsam", image_size=size)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    _time(reference, x), _time(ours, x)  # warm-up: first calls allocate and pick kernels
-    t_ref, t_ours, diff = [], [], 0.0
-    for _ in range(repeats):
-        t, a = _time(reference, x)
-        t_ref.append(t)
-        t, b = _time(ours, x)
-        t_ours.append(t)
-        diff = max(diff, (a - b).abs().max().item())
+    t_ref, t_ours, diff, _ = alternate(reference, ours, x, repeats)
     return {
         "image_size": size, "repeats": repeats, "reference_s": t_ref, "ours_s": t_ours,
         "reference_median_s": statistics.median(t_ref), "ours_median_s": statistics.median(t_ours),
