@@ -79,6 +79,22 @@ def test_restore_probabilities_without_resize_is_exact():
     assert probs.shape == (3, 4, 6, 8) and np.array_equal(probs.argmax(0), label)
 
 
+@pytest.mark.parametrize("model_shape", [(5, 7, 9), (11, 3, 4), (4, 6, 8)])
+def test_the_model_to_file_map_is_pytorchs_trilinear(model_shape):
+    """`to_file_grid`, the one map back to the file's grid (streamed, two model slices at a time), equals
+    `F.interpolate(..., mode="trilinear", align_corners=False)` on the whole volume, up to float rounding."""
+    from sam3dseg.data.preprocess import to_file_grid
+
+    rng = np.random.default_rng(1)
+    _, geometry, _ = _random_pose(np.zeros((4, 6, 8)), (2, 1, 1), rng)
+    t = plan_transform((4, 6, 8), geometry, PreprocessConfig(), image_size=8)
+    t.model_shape = model_shape  # deeper, shallower and equal depths; larger and smaller planes
+    scores = torch.rand(3, *model_shape, generator=torch.Generator().manual_seed(0))
+    streamed = torch.stack(list(to_file_grid(iter(scores.unbind(1)), t)), dim=1)
+    whole = torch.nn.functional.interpolate(scores[None], size=t.oriented_shape, mode="trilinear", align_corners=False)[0]
+    assert streamed.shape == whole.shape and torch.allclose(streamed, whole, atol=1e-6)
+
+
 def test_bad_settings():
     with pytest.raises(UserError, match="slicing_axis"):
         PreprocessConfig(slicing_axis="oblique")

@@ -18,6 +18,9 @@ Labels are resampled by pixel-centre nearest neighbour with integer arithmetic, 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import itertools
 from dataclasses import dataclass
 from typing import ClassVar
@@ -253,15 +256,46 @@ def restore_label(label: np.ndarray, t: Transform) -> np.ndarray:
     return np.ascontiguousarray(unreorient(_resample_label(label, t.oriented_shape), t))
 
 
+def to_file_grid(slices: Iterator[torch.Tensor], t: Transform) -> Iterator[torch.Tensor]:
+    """Model-grid class scores, slice by slice ``(K, H', W')`` in order -> the oriented file grid's slices
+    ``(K, H, W)`` in order: bilinear in-plane, linear along depth with ``align_corners=False`` (output slice
+    z reads model position ``(z + 0.5)·D'/D - 0.5``), which together is one trilinear map, computed two
+    model slices at a time so that a long volume never sits whole at both resolutions. The one map from
+    the model's grid back to the file's, for labels (predict's streaming path) and probabilities alike."""
+    d_model = t.model_shape[0]
+    d, h, w = t.oriented_shape
+    held: dict[int, torch.Tensor] = {}
+    source = iter(slices)
+    next_index = 0
+
+    def get(j: int) -> torch.Tensor:
+        nonlocal next_index
+        while next_index <= j:
+            s = next(source)
+            if s.shape[-2:] != (h, w):
+                s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            held[next_index] = s
+            next_index += 1
+        return held[j]
+
+    scale = d_model / d
+    for z in range(d):
+        pos = max((z + 0.5) * scale - 0.5, 0.0)
+        j0 = min(int(math.floor(pos)), d_model - 1)
+        j1 = min(j0 + 1, d_model - 1)
+        frac = pos - j0
+        yield get(j0) if frac == 0 or j1 == j0 else (1 - frac) * get(j0) + frac * get(j1)
+        for old in [k for k in held if k < j0]:
+            del held[old]
+
+
 def restore_probabilities(probs: torch.Tensor, t: Transform) -> np.ndarray:
-    """Model-grid class scores ``(K, D', H', W')`` back onto the file's grid ``(K, z, y, x)``.
+    """Model-grid class scores ``(K, D', H', W')`` back onto the file's grid ``(K, z, y, x)``
+    (:func:`to_file_grid`, then the reorientation undone).
 
     Interpolated linearly (scores, not labels, so the argmax is taken on the
     original grid at full detail).
     """
     k = probs.shape[0]
-    d, h, w = t.oriented_shape
-    x = probs.float()
-    if tuple(x.shape[1:]) != (d, h, w):
-        x = F.interpolate(x[None], size=(d, h, w), mode="trilinear", align_corners=False)[0]
-    return np.ascontiguousarray(unreorient(x.numpy(), t)).reshape(k, *t.original_shape)
+    oriented = torch.stack(list(to_file_grid(iter(probs.float().unbind(1)), t)), dim=1)
+    return np.ascontiguousarray(unreorient(oriented.numpy(), t)).reshape(k, *t.original_shape)

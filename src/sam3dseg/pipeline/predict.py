@@ -4,7 +4,7 @@ For one volume: preprocess as recorded in the model file, encode every slice wit
 the frozen encoder, run the decoder over depth windows whose finest-level softmax
 outputs are blended with a Gaussian weight along depth, and stream the blended
 model-grid slices back onto the file's grid (bilinear in-plane, linear along depth,
-the same trilinear map as :func:`sam3dseg.data.preprocess.restore_probabilities`),
+the one model-to-file map, :func:`sam3dseg.data.preprocess.to_file_grid`),
 taking the argmax there. Only the slices that a window still covers are held at
 model resolution, so memory does not grow with the number of slices beyond the
 features and the uint8 result.
@@ -29,7 +29,7 @@ from ..common.settings import to_dict
 from ..common.runtime import Log, print_line, resolve_device
 from ..data.fingerprint import differences
 from ..data.pictures import save_case_montage
-from ..data.preprocess import Transform, preprocess_image, restore_probabilities, unreorient
+from ..data.preprocess import Transform, preprocess_image, restore_probabilities, to_file_grid, unreorient
 from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_suffix, read_channels, split_channel, write_volume
 from ..errors import UserError
 from ..model.decoder import image_path_input
@@ -126,39 +126,11 @@ class Predictor:
 
 
 def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
-    """Model-grid probability slices (in order) -> argmax labels on the oriented grid ``(D, H, W)``.
-
-    In-plane: bilinear to ``(H, W)``; along depth: linear with ``align_corners=False``,
-    i.e. output slice z reads model position ``(z + 0.5)·D'/D - 0.5``. Together that is
-    the trilinear map of ``restore_probabilities``, computed two slices at a time.
-    """
-    d_model = t.model_shape[0]
-    d, h, w = t.oriented_shape
-    out = np.zeros((d, h, w), dtype=np.uint8)
-    held: dict[int, Tensor] = {}
-    source = iter(slices)
-    next_index = 0
-
-    def get(j: int) -> Tensor:
-        nonlocal next_index
-        while next_index <= j:
-            s = next(source)
-            if s.shape[-2:] != (h, w):
-                s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            held[next_index] = s
-            next_index += 1
-        return held[j]
-
-    scale = d_model / d
-    for z in range(d):
-        pos = max((z + 0.5) * scale - 0.5, 0.0)
-        j0 = min(int(math.floor(pos)), d_model - 1)
-        j1 = min(j0 + 1, d_model - 1)
-        frac = pos - j0
-        p = get(j0) if frac == 0 or j1 == j0 else (1 - frac) * get(j0) + frac * get(j1)
+    """Model-grid probability slices (in order) -> argmax labels on the oriented grid ``(D, H, W)``, one
+    file-grid slice at a time (:func:`~sam3dseg.data.preprocess.to_file_grid`)."""
+    out = np.zeros(t.oriented_shape, dtype=np.uint8)
+    for z, p in enumerate(to_file_grid(slices, t)):
         out[z] = p.argmax(0).to(torch.uint8).cpu().numpy()
-        for old in [k for k in held if k < j0]:
-            del held[old]
     return out
 
 
