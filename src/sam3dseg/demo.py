@@ -85,7 +85,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` and returns a summary."""
     from .pipeline.cache import run_cache
     from .pipeline.config import CacheConfig, PredictConfig, load_run_config
-    from .pipeline.evaluate import evaluate_folders
+    from .pipeline.evaluate import evaluate_folders, hd95_text
     from .pipeline.predict import load_predictor, predict_folder
     from .pipeline.train import train
 
@@ -129,7 +129,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         f"  validation  best mean Dice {result['best_dice']:.3f}",
         f"  test cases  mean Dice {summary['mean_dice']:.3f}, HD95 {summary['mean_hd95']:.1f} mm, NSD@1mm {summary['mean_nsd']:.3f}",
         f"    {'structure':<14}{'voxels':>8}{'Dice':>8}{'HD95 mm':>9}",
-        *(f"    {name:<14}{100 * fractions[name]:>7.2f}%{e['dice']:>8.3f}{e['hd95']:>9.1f}" for name, e in summary["per_class"].items()),
+        *(f"    {name:<14}{100 * fractions[name]:>7.2f}%{e['dice']:>8.3f}{hd95_text(e, 1):>9}" for name, e in summary["per_class"].items()),
         "  time        " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f" (total {sum(times.values()):.0f} s)",
         f"  files       dataset {data}",
         f"              model   {run / 'best.pt'} (curves: {run / 'curves.png'})",

@@ -202,3 +202,13 @@ def test_summary_flags_a_class_never_found(tmp_path, capsys):
     assert (summary["per_class"]["class2"]["present"], summary["per_class"]["class2"]["found"]) == (2, 0)
 
 
+
+
+def test_a_never_found_class_reads_inf_in_every_table():
+    """The evaluate table and the demo's summary show a class every case missed as HD95 `inf` (what
+    metrics.csv holds per case), a class no case holds as `n/a`, never `nan`."""
+    from sam3dseg.pipeline.evaluate import hd95_text
+
+    assert hd95_text({"hd95": float("nan"), "hd95_infinite": 2}) == "inf"
+    assert hd95_text({"hd95": float("nan"), "hd95_infinite": 0}) == "n/a"
+    assert hd95_text({"hd95": 3.14159, "hd95_infinite": 1}, 1) == "3.1"

@@ -138,12 +138,12 @@ def evaluate_folders(
     return summary
 
 
-def _hd95_text(entry: dict) -> str:
-    """A class's mean HD95 for the table: ``inf`` when every case it holds was missed (as metrics.csv says),
+def hd95_text(entry: dict, digits: int = 2) -> str:
+    """A class's mean HD95 for a table: ``inf`` when every case it holds was missed (as metrics.csv says),
     ``n/a`` when no case holds it."""
     if math.isnan(entry["hd95"]):
         return "inf" if entry["hd95_infinite"] else "n/a"
-    return f"{entry['hd95']:.2f}"
+    return f"{entry['hd95']:.{digits}f}"
 
 
 def format_table(summary: dict, cases: int) -> str:
@@ -155,11 +155,11 @@ def format_table(summary: dict, cases: int) -> str:
         notes = ["NEVER FOUND"] * (name in never) + [f"{e['hd95_infinite']} one-sided empty"] * bool(e["hd95_infinite"])
         note = f"  [{'; '.join(notes)}]" if notes else ""
         found = f"{e.get('found', 0)}/{e.get('present', 0)}"
-        lines.append(f"{name:<16}{e['dice']:>8.4f}{_hd95_text(e):>10}{e['nsd']:>12.4f}{found:>8}{note}")
+        lines.append(f"{name:<16}{e['dice']:>8.4f}{hd95_text(e):>10}{e['nsd']:>12.4f}{found:>8}{note}")
     lines.append(f"{'mean':<16}{summary['mean_dice']:>8.4f}{summary['mean_hd95']:>10.2f}{summary['mean_nsd']:>12.4f}")
     if never:
         lines.append(f"never found: {', '.join(never)} (the mean HD95 covers found classes only)")
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_folders", "format_table"]
+__all__ = ["evaluate_folders", "format_table", "hd95_text"]
