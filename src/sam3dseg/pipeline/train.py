@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -38,7 +37,7 @@ from ..data.preprocess import PreprocessConfig
 from ..errors import UserError, summarise
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
-from ..model.losses import build_loss
+from ..model.losses import DeepSupervisionLoss, build_loss
 from .cache import read_manifest
 from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
 from .folds import SPLITS_FILE, select_cases
@@ -187,7 +186,7 @@ def _differences(old: dict, new: dict, where: str = "") -> dict[str, tuple]:
     return out
 
 
-def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: Callable[[str], None]) -> bool:
+def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: Log) -> bool:
     """Load ``path`` (``last.pt``) into the training state if it exists; True if it did.
 
     The configuration must be the run's own, but for ``train.epochs``: a run given more epochs
@@ -293,13 +292,8 @@ class _Run:
     out: Path
     config: RunConfig  # resolved on the cache (crops, views, folds)
     data: _Data
-    device: torch.device
     rank: int
-    world: int
-    decoder: SAM3DDecoder
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    stepper: _Stepper
+    stepper: _Stepper  # the decoder, its optimiser and schedule, the device, the processes
     record: ModelFile  # what last.pt / best.pt hold
 
     @property
@@ -318,7 +312,7 @@ def train(
 
     Resumes from ``out/last.pt`` when it exists (same configuration required).
     ``progress`` shows the step bars; ``log`` takes the facts (resuming, one line per
-    epoch), ``None`` for silence. Returns the run summary. The steps, in order:
+    epoch), ``None`` for silence. Returns the run summary. The steps are numbered below.
     """
     rank, world = init_distributed()
     say = log if log is not None and rank == 0 else (lambda _: None)
@@ -335,7 +329,7 @@ def train(
             "val_cases": data.val_names, "out": str(out)}  # fmt: skip
 
 
-def _check(cache: Path, config: RunConfig, world: int, say: Callable[[str], None]) -> tuple[RunConfig, _Data]:
+def _check(cache: Path, config: RunConfig, world: int, say: Log) -> tuple[RunConfig, _Data]:
     """The run against its environment, before any work: the batch against the processes, the cache's
     cases, crops against its token grid, views against what it holds. ``auto`` crops, ``null`` views and
     an existing splits file's fold count are resolved here, so config.yaml and the model files record the
@@ -373,33 +367,34 @@ def _build(out: Path, config: RunConfig, data: _Data, rank: int, world: int) -> 
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
     stepper = _Stepper(decoder, model, optimizer, scheduler, build_loss(config.loss, data.ignore is not None), device, t, world)
-    return _Run(out, config, data, device, rank, world, decoder, optimizer, scheduler, stepper, data.model_file(config, decoder))
+    return _Run(out, config, data, rank, stepper, data.model_file(config, decoder))
 
 
-def _start(run: _Run, say: Callable[[str], None]) -> None:
+def _start(run: _Run, say: Log) -> None:
     """Resume from ``out/last.pt`` (same configuration), or load ``train.init_from``'s weights; write config.yaml."""
-    if _resume(run.record, run.out / "last.pt", run.decoder, run.optimizer, run.scheduler, say):
+    s = run.stepper
+    if _resume(run.record, run.out / "last.pt", s.decoder, s.optimizer, s.scheduler, say):
         say(f"resuming {run.out} after epoch {run.record.epoch} of {run.t.epochs}")
     elif run.t.init_from is not None:
-        _initial_weights(run.t.init_from, run.record, run.decoder)
+        _initial_weights(run.t.init_from, run.record, s.decoder)
         say(f"starting from the decoder weights of {run.t.init_from}")
     if run.rank == 0:
         write_text(run.out / "config.yaml", dump_yaml(run.config))
-    run.decoder.train()
+    s.decoder.train()
 
 
 def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict | None]:
     """One epoch's steps, then validation when it is due: the history entry, and the validation
     predictions when this epoch is the best so far (else None)."""
-    t, data, record = run.t, run.data, run.record
-    part = slice(run.rank * (t.batch_size // run.world), (run.rank + 1) * (t.batch_size // run.world))
+    t, data, record, s = run.t, run.data, run.record, run.stepper
+    part = slice(run.rank * (t.batch_size // s.world), (run.rank + 1) * (t.batch_size // s.world))
     start = time.perf_counter()
-    loss = _train_epoch(run.stepper, data, epoch, part, progress and run.rank == 0)
-    entry = {"epoch": epoch + 1, "train_loss": loss, "lr": run.scheduler.get_last_lr()[0], "val_dice": None,
+    loss = _train_epoch(s, data, epoch, part, progress and run.rank == 0)
+    entry = {"epoch": epoch + 1, "train_loss": loss, "lr": s.scheduler.get_last_lr()[0], "val_dice": None,
              "train_seconds": time.perf_counter() - start}  # fmt: skip
     result = None
     if data.val_names and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs):
-        result = validate(run.decoder, data.store, data.val_names, t.crop_depth, data.num_classes, run.device, data.ignore)
+        result = validate(s.decoder, data.store, data.val_names, t.crop_depth, data.num_classes, s.device, data.ignore)
         entry["val_dice"], entry["val_dice_per_class"] = result["dice"], result["dice_per_class"]
     entry["seconds"] = time.perf_counter() - start
     record.history.append(entry)
@@ -409,7 +404,7 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict | None]:
     return entry, result["predictions"]
 
 
-def _save(run: _Run, entry: dict, predictions: dict | None, say: Callable[[str], None]) -> None:
+def _save(run: _Run, entry: dict, predictions: dict | None, say: Log) -> None:
     """After an epoch (on rank 0): last.pt, best.pt when it improved (or without validation cases), the best
     epoch's validation predictions, log.csv and curves.png; one line on the epoch."""
     if run.rank != 0:
@@ -417,8 +412,9 @@ def _save(run: _Run, entry: dict, predictions: dict | None, say: Callable[[str],
     record = run.record
     if predictions is not None:  # the best epoch's predictions, for deciding the post-processing
         save_validation(run.out, predictions)
-    record.epoch, record.decoder = entry["epoch"], run.decoder.state_dict()
-    record.optimizer, record.scheduler = run.optimizer.state_dict(), run.scheduler.state_dict()
+    s = run.stepper
+    record.epoch, record.decoder = entry["epoch"], s.decoder.state_dict()
+    record.optimizer, record.scheduler = s.optimizer.state_dict(), s.scheduler.state_dict()
     record.save(run.out / "last.pt")
     if predictions is not None or not run.data.val_names:
         record.save(run.out / "best.pt")
@@ -428,7 +424,7 @@ def _save(run: _Run, entry: dict, predictions: dict | None, say: Callable[[str],
     say(f"epoch {entry['epoch']}/{run.t.epochs}: loss {entry['train_loss']:.4f}{_dice_text(entry, classes)} ({entry['seconds']:.1f} s)")
 
 
-def _decide_postprocessing(run: _Run, say: Callable[[str], None]) -> None:
+def _decide_postprocessing(run: _Run, say: Log) -> None:
     """Keep the largest connected component where it helps, decided on the best epoch's validation predictions
     (:mod:`~sam3dseg.pipeline.postprocess`), recorded in the model files."""
     if run.rank == 0 and run.data.val_names and (run.out / VALIDATION).is_dir():
