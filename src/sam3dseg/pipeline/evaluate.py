@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..common.files import write_csv, write_json, write_text
-from ..data.datasets import read_channel_names, read_class_names
 from ..common.runtime import Log, print_line
+from ..data.datasets import read_channel_names, read_class_names
 from ..data.pictures import save_case_montage
-from .config import EvaluateConfig
-from ..data.volumes import case_name, image_suffix, read_volume
+from ..data.volumes import Geometry, case_name, image_suffix, read_volume
 from ..errors import UserError
+from .config import EvaluateConfig
 from .metrics import case_metrics, drop_ignored, nnunet_counts, nnunet_summary, summarise
 
 
@@ -52,6 +52,20 @@ def _image_path(folder: Path, case: str) -> Path:
     return found[0]
 
 
+def _read_pair(pred_path: Path, ref_path: Path, ignore: int | None) -> tuple[np.ndarray, np.ndarray, Geometry, int | None]:
+    """A prediction and its reference on one grid, nnU-Net's ignore label dropped from both (those voxels
+    count for no class), the reference's geometry, and how many voxels count (None without the label)."""
+    pred, _ = read_volume(pred_path)
+    ref, geometry = read_volume(ref_path)
+    if pred.shape != ref.shape:
+        raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
+    if ignore is None:
+        return pred, ref, geometry, None
+    counted = int((ref != ignore).sum())
+    pred, ref = drop_ignored(pred, ref, ignore)
+    return pred, ref, geometry, counted
+
+
 def _first_channel(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The first channel of the image at ``path``, which must lie on the segmentation's grid ``shape``."""
     array, _ = read_volume(path)
@@ -72,7 +86,7 @@ def evaluate_folders(
     log: Log | None = print_line,
 ) -> dict:
     """Metrics per case and class -> ``out/metrics.csv``, ``out/sam3dseg_summary.json``, ``out/summary.json``
-    (nnU-Net's layout); prints a table.
+    (nnU-Net's layout); the table to ``log``.
 
     Cases are the reference files that have a prediction of the same name; the others
     are listed (``summary["missing_predictions"]``) and left out, or refused with
@@ -101,14 +115,7 @@ def evaluate_folders(
 
     rows, nnunet_cases = [], []
     for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        pred, _ = read_volume(pred_path)
-        ref, geometry = read_volume(ref_path)
-        if pred.shape != ref.shape:
-            raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
-        counted = None
-        if ignore is not None:  # nnU-Net's ignore label: those voxels count for no class
-            counted = int((ref != ignore).sum())
-            pred, ref = drop_ignored(pred, ref, ignore)
+        pred, ref, geometry, counted = _read_pair(pred_path, ref_path, ignore)
         top = max(int(pred.max()), int(ref.max()))
         if top >= len(class_names):
             raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
@@ -117,10 +124,9 @@ def evaluate_folders(
             rows.append({"case": case, "class": name, **m})
         counts = nnunet_counts(pred, ref, len(class_names), counted)
         nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
-    for case, pred_path, ref_path in pairs if png else ():  # drawn once every case has scored: a failure writes nothing
-        (pred, _), (ref, geometry) = read_volume(pred_path), read_volume(ref_path)
-        if ignore is not None:
-            pred, ref = drop_ignored(pred, ref, ignore)
+    # drawn once every case has scored (read again rather than held: a failure writes nothing, memory stays one case)
+    for case, pred_path, ref_path in pairs if png else ():
+        pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
         image = _first_channel(shown[case], pred.shape) if case in shown else None
         save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, class_names, case)
     summary = summarise(rows, class_names)
