@@ -74,7 +74,7 @@ def pick_slices(labels: list[np.ndarray], count: int) -> list[int]:
 
 def _zoom(labels: list[np.ndarray], shape: tuple[int, int]) -> tuple[slice, slice]:
     """The in-plane region to show: the labels' bounding box with a margin of its own size (at least 16
-    pixels) on each side, square-ish; the whole plane when that is most of it or there is no label."""
+    pixels) on each side; the whole plane when that is more than half of it or there is no label."""
     found = np.any([(a > 0).any(0) for a in labels], axis=0)
     if not found.any():
         return slice(None), slice(None)

@@ -18,10 +18,9 @@ Labels are resampled by pixel-centre nearest neighbour with integer arithmetic, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
-
-import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
