@@ -261,7 +261,7 @@ def predict_folder(
 
     outputs = outputs or FolderOutputs()
     cases = collect_inputs(inputs, len(predictor.channel_names))
-    out = check_output_folder(out)  # created with the first segmentation: a failed first case leaves nothing
+    out = check_output_folder(out, "output folder")  # created with the first segmentation: a failed first case leaves nothing
     written, skipped = [], []
     for name, paths in tqdm(cases, desc="predict", unit="case", disable=not progress):
         target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
