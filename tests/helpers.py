@@ -29,12 +29,13 @@ def tiny_encoder(image_size: int = 64, seed: int = 0) -> SAMImageEncoder:
         return SAMImageEncoder(TINY_SPEC, image_size=image_size, name="tiny")
 
 
-def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, **kwargs):
-    """Encode a dataset folder with the tiny encoder; returns the build summary."""
+def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, precision: str = "fp32", **kwargs):
+    """Encode a dataset folder with the tiny encoder (in ``precision``); returns the build summary."""
     from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.model.encoder import set_precision
     from sam3dseg.pipeline.cache import build_cache
 
-    enc = tiny_encoder(image_size, seed)
+    enc = set_precision(tiny_encoder(image_size, seed), precision)
     info = EncoderInfo.of(enc, None)
     return build_cache(load_dataset(dataset_dir), cache_dir, enc, info, preprocess or PreprocessConfig(), progress=False, **kwargs)
 

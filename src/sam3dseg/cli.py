@@ -211,6 +211,7 @@ def _cache_options(sub) -> None:
     _setting(c, PreprocessConfig, "ct_window", nargs=2, metavar=("LEVEL", "WIDTH"))
     _setting(c, AugmentConfig, "views", metavar="K")
     _setting(c, CacheConfig, "slice_batch")
+    _setting(c, CacheConfig, "encoder_precision")
     _setting(c, CacheConfig, "device")
     c.add_argument("--quiet", action="store_true", help=QUIET)
 
@@ -276,6 +277,7 @@ def _predict_options(sub) -> None:
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
     _setting(p, PredictConfig, "slice_batch")
+    _setting(p, PredictConfig, "encoder_precision")
     _setting(p, PredictConfig, "device")
     _setting(p, PredictConfig, "strict", action="store_const", const=True)
     p.add_argument("--quiet", action="store_true", help=QUIET)

@@ -86,6 +86,19 @@ def test_changed_weights_or_size_re_encode_everything(generated_dataset, tmp_pat
     assert len(make_cache(generated_dataset, tmp_path / "c", seed=1, image_size=32, preprocess=PreprocessConfig(slicing_axis="coronal"))["encoded"]) == 6
 
 
+def test_a_cache_never_mixes_precisions(generated_dataset, tmp_path):
+    """Features computed in int8 (or bf16) differ from fp32's: another precision is another key, so every case is
+    encoded again and the manifest names the one precision all cases share."""
+    make_cache(generated_dataset, tmp_path / "c")
+    assert len(make_cache(generated_dataset, tmp_path / "c", precision="int8")["encoded"]) == 6
+    assert read_manifest(tmp_path / "c")["encoder"]["precision"] == "int8"
+    assert make_cache(generated_dataset, tmp_path / "c", precision="int8")["encoded"] == []
+    assert len(make_cache(generated_dataset, tmp_path / "c", precision="bf16")["encoded"]) == 6
+    assert len(make_cache(generated_dataset, tmp_path / "c")["encoded"]) == 6
+    info = EncoderInfo.from_dict(read_manifest(tmp_path / "c")["encoder"])
+    assert info.precision == "fp32" and "precision" not in info.identity()  # fp32's key is the one older caches have
+
+
 def test_changed_case_re_encodes_only_that_case(generated_dataset, tmp_path):
     ds = shutil.copytree(generated_dataset, tmp_path / "ds")
     make_cache(ds, tmp_path / "c")

