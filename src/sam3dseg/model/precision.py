@@ -123,7 +123,10 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features).float()
         token_scale = flat.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
         q = torch.round(flat / token_scale).to(torch.int8)
-        out = torch._int_mm(q, self.weight.t()).float().mul_(token_scale * self.scale)
+        rows = q.shape[0]
+        if q.is_cuda and rows <= 16:  # CUDA's int8 product takes more than 16 rows: pad with zero tokens
+            q = F.pad(q, (0, 0, 0, 17 - rows))
+        out = torch._int_mm(q, self.weight.t())[:rows].float().mul_(token_scale * self.scale)
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
