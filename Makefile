@@ -60,10 +60,14 @@ demo: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[demo]"
 	$(VENV)/bin/sam3dseg demo --out demo
 
+# the speed goals of the CPU path (each bench exits non-zero when its goal fails; `make -k bench` runs them all)
 bench: wheels
-	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test,bench]"
 	$(PY) bench/encoder.py
 	$(PY) bench/tinyvit.py
+	$(PY) bench/cpu_speed.py
+	$(PY) bench/onnx_peer.py
+	$(PY) bench/predict_ct.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -4,6 +4,7 @@ both alike."""
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -46,3 +47,45 @@ def alternate(
         t_b.append(t)
         diff = max(diff, (out_a - out_b).abs().max().item())
     return t_a, t_b, diff, out_b
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call, run in turn (A B C A B C ...) ``repeats`` times after one warm-up round, without
+    autograd unless a call enables it itself."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def gemm(n: int = 2048, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], object], float]:
+    """An ``n × n`` matrix product in ``dtype`` to time, and its FLOPs: the machine's reference rate."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return (lambda: torch.mm(a, b)), 2.0 * n**3
+
+
+def count_flops(call: Callable[[], object]) -> int:
+    """FLOPs of one ``call()`` (products only: matrix products, convolutions, attention), counted by
+    ``torch.utils.flop_counter`` with formulas for the kernels it does not know: oneDNN's fused linear,
+    the CPU flash attention and the int8 product."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def linear(x, w, *args, out_shape=None, **kwargs) -> int:
+        return 2 * x[-1] * w[0] * (math.prod(x) // x[-1])
+
+    def attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q, k, v)
+
+    def int_mm(a, b, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a[0] * a[1] * b[1]
+
+    custom = {torch.ops.aten._int_mm: int_mm, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        custom[torch.ops.mkldnn._linear_pointwise] = linear
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        call()
+    return counter.get_total_flops()

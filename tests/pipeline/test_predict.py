@@ -287,3 +287,40 @@ def test_npz_probabilities_are_nnunets_export(vit_b_model, tmp_path):
         top = np.sort(sum(pair) / len(pair), axis=0)
         resolved = top[-1] > top[-2] + 1e-6
         assert np.array_equal(written[resolved], expected[resolved]) and resolved.mean() > 0.9
+
+
+def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset, tmp_path, monkeypatch):
+    """The next case is read while this one is predicted and the last one written, never more: memory holds three
+    cases whatever the folder's size. A case that cannot be read stops the run after the cases before it are written."""
+    import threading
+
+    import sam3dseg.pipeline.predict as predict
+
+    events, lock = [], threading.Lock()
+    read, write = predict.read_channels, predict.write_volume
+
+    def reading(paths):
+        with lock:
+            events.append(("read", paths[0].name[:8], threading.current_thread().name))
+        if paths[0].name.startswith("case_004"):
+            raise UserError("case_004 is unreadable")
+        return read(paths)
+
+    def writing(label, geometry, target):
+        write(label, geometry, target)
+        with lock:
+            events.append(("written", target.name[:8], threading.current_thread().name))
+
+    monkeypatch.setattr(predict, "read_channels", reading)
+    monkeypatch.setattr(predict, "write_volume", writing)
+    with pytest.raises(UserError, match="case_004"):
+        predict.predict_folder(Predictor(tiny_model_file(), tiny_encoder()), generated_dataset / "imagesTr", tmp_path / "pred", progress=False)
+    names = [f"case_00{i}" for i in range(6)]
+    reads = [e[1] for e in events if e[0] == "read"]
+    assert reads == names[: len(reads)] and "case_004" in reads
+    assert all(e[2].startswith("sam3dseg-read") for e in events if e[0] == "read")
+    assert all(e[2].startswith("sam3dseg-write") for e in events if e[0] == "written")
+    at = {e[:2]: i for i, e in enumerate(events)}
+    for k in range(3, len(reads)):  # case k is read only once case k-3 is written: three cases held at most
+        assert at[("written", names[k - 3])] < at[("read", names[k])]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{n}.nii.gz" for n in names[:4]]

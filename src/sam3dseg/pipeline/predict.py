@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -258,6 +259,12 @@ class FolderOutputs:
     overwrite: bool = False  # redo cases whose segmentation exists
 
 
+def _write_label(label: np.ndarray, geometry: Geometry, target: Path, name: str) -> str:
+    """Write one segmentation (atomically: an existing file is a finished case); returns the case's name."""
+    write_volume(label, geometry, target)
+    return name
+
+
 def predict_folder(
     predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True,
     log: Log | None = print_line,
@@ -274,35 +281,47 @@ def predict_folder(
     outputs = outputs or FolderOutputs()
     cases = collect_inputs(inputs, len(predictor.channel_names))
     out = check_output_folder(out, "output folder")  # created with the first segmentation: a failed first case leaves nothing
-    written, skipped = [], []
-    for name, paths in tqdm(cases, desc="predict", unit="case", disable=not progress):
+    todo, skipped = [], []
+    for name, paths in cases:
         target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
         if target.exists() and not outputs.overwrite:
             skipped.append(name)
-            continue
-        array, geometry = read_channels(paths)
-        array = array[0] if array.shape[0] == 1 else array
-        unlike = predictor.unlike_training(array, geometry, file_modality(paths[0]))
-        if unlike:
-            text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
-            if predictor.config.strict:
-                raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
-            if log is not None:
-                log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
-        if outputs.probabilities or outputs.npz:
-            probs = predict_probabilities(predictor, array, geometry)
-            label = probs.argmax(0).astype(np.uint8)
-            if outputs.probabilities:
-                with atomic_output(out / f"{name}_probabilities.npy") as tmp:
-                    np.save(tmp, probs.astype(np.float16))
-            if outputs.npz:
-                write_nnunet_probabilities(out, name, probs, geometry)
         else:
-            label, _ = predictor.predict_array(array, geometry)
-        label = predictor.finish(label)
-        if outputs.png:
-            first = array if array.ndim == 3 else array[0]
-            save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
-        write_volume(label, geometry, target)
-        written.append(name)
+            todo.append((name, paths, target))
+    written: list[str] = []
+    # Reading the next case and writing the last one overlap the prediction of this one: one thread each,
+    # one case ahead and one behind at most, so memory holds three cases whatever the folder's size.
+    with ThreadPoolExecutor(1, "sam3dseg-read") as reader, ThreadPoolExecutor(1, "sam3dseg-write") as writer:
+        reading = reader.submit(read_channels, todo[0][1]) if todo else None
+        writing: Future | None = None
+        for i, (name, paths, target) in enumerate(tqdm(todo, desc="predict", unit="case", disable=not progress)):
+            array, geometry = reading.result()
+            reading = reader.submit(read_channels, todo[i + 1][1]) if i + 1 < len(todo) else None
+            array = array[0] if array.shape[0] == 1 else array
+            unlike = predictor.unlike_training(array, geometry, file_modality(paths[0]))
+            if unlike:
+                text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
+                if predictor.config.strict:
+                    raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
+                if log is not None:
+                    log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
+            if outputs.probabilities or outputs.npz:
+                probs = predict_probabilities(predictor, array, geometry)
+                label = probs.argmax(0).astype(np.uint8)
+                if outputs.probabilities:
+                    with atomic_output(out / f"{name}_probabilities.npy") as tmp:
+                        np.save(tmp, probs.astype(np.float16))
+                if outputs.npz:
+                    write_nnunet_probabilities(out, name, probs, geometry)
+            else:
+                label, _ = predictor.predict_array(array, geometry)
+            label = predictor.finish(label)
+            if outputs.png:
+                first = array if array.ndim == 3 else array[0]
+                save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
+            if writing is not None:
+                written.append(writing.result())
+            writing = writer.submit(_write_label, label, geometry, target, name)
+        if writing is not None:
+            written.append(writing.result())
     return {"written": written, "skipped": skipped, "out": out}

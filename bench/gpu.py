@@ -12,7 +12,7 @@ Part 4: ``sam3dseg cache``, ``train``, ``predict`` and ``evaluate`` on a generat
 
 Exits 1 when a part fails to run or bf16 features fall below a cosine of 0.999 to fp32's.
 
-    python bench/cuda.py --out DIR [--skip-compile]
+    python bench/gpu.py --out DIR [--skip-compile]
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def pipeline(work: Path, device: str = "cuda", cases: int = 12, epochs: int = 10
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder for cuda.json and the pipeline's files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and the pipeline's files")
     parser.add_argument("--parts", nargs="+", default=["encoders", "compile", "decoder", "pipeline"])
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -166,7 +166,7 @@ def main() -> None:
             report[name] = {"error": traceback.format_exc()[-2000:]}
             print(report[name]["error"], flush=True)
             failed = True
-    write_json(args.out / "cuda.json", report)
+    write_json(args.out / "gpu.json", report)
     bf16 = [r for r in report.get("encoders", []) if r.get("precision") == "bf16"]
     if failed or any("error" in r or r["cos_min"] < 0.999 for r in bf16):
         print("FAIL: a part did not run, or bf16 features fell below cosine 0.999 to fp32's")
