@@ -124,3 +124,20 @@ def test_an_int8_encoder_cannot_be_set_back():
         set_precision(enc, "fp32")
     with pytest.raises(ValueError, match="one of fp32, bf16, int8"):
         set_precision(tiny_encoder(), "fp16")
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_linear_equals_the_layer_in_fp32_and_under_bf16_autocast(activation):
+    """``precision.linear`` (oneDNN on a CPU, GELU fused, bf16 weights made once) computes what the layer computes."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96).requires_grad_(False)
+    x = torch.randn(5, 7, 64)
+    act = F.gelu if activation == "gelu" else (lambda t: t)
+    assert torch.allclose(precision.linear(x, layer, activation), act(layer(x)), atol=1e-5)
+    with torch.autocast("cpu", torch.bfloat16):
+        got, want = precision.linear(x, layer, activation), act(layer(x))
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    layer.weight.mul_(2)  # weights loaded anew: the bf16 copy follows
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.allclose(precision.linear(x, layer).float(), layer(x).float(), atol=4e-2, rtol=2e-2)

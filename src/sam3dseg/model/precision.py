@@ -83,19 +83,37 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
     """``layer(x)``, then GELU if ``activation == "gelu"``: ``(..., in) -> (..., out)``.
 
-    In fp32 on a CPU the product goes to oneDNN's linear with the activation fused into it
-    (the kernel torch.compile's CPU backend picks): on the ViT-B shapes it ran ×1.1–1.4 faster
-    than ``F.linear``'s MKL ``addmm`` here (AMD EPYC, AVX-512), and the GELU costs no extra pass
-    over the ``(tokens, 4·C)`` hidden tensor. Elsewhere (CUDA, autocast, :class:`Int8Linear`,
-    a torch without oneDNN) the layer itself and ``F.gelu``: the same numbers to float rounding.
+    On a CPU the product goes to oneDNN's linear with the activation fused into it (the kernel
+    torch.compile's CPU backend picks): in fp32 on the ViT-B shapes it ran ×1.1–1.4 faster than
+    ``F.linear``'s MKL ``addmm`` here (AMD EPYC, AVX-512), and the GELU costs no extra pass over
+    the ``(tokens, 4·C)`` hidden tensor. Under bf16 autocast a frozen layer's bf16 weights are made
+    once, not cast at every call as autocast does. Elsewhere (CUDA, :class:`Int8Linear`, a torch
+    without oneDNN) the layer itself and ``F.gelu``: the same numbers to float rounding.
     """
-    if _ONEDNN and isinstance(layer, nn.Linear) and x.device.type == "cpu" and x.dtype == torch.float32 \
-            and layer.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):  # fmt: skip
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, layer.weight, layer.bias, activation, [None], _ALGORITHM[activation])
-        return out.view(*x.shape[:-1], out.shape[-1])
+    if _ONEDNN and isinstance(layer, nn.Linear) and x.device.type == "cpu" and layer.weight.dtype == torch.float32:
+        if not torch.is_autocast_enabled("cpu") and x.dtype == torch.float32:
+            weight, bias = layer.weight, layer.bias
+        elif torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not layer.weight.requires_grad:
+            x, (weight, bias) = x.to(torch.bfloat16), _bf16_weights(layer)  # what autocast does, without its casts per call
+        else:
+            weight = None
+        if weight is not None:
+            flat = x.reshape(-1, x.shape[-1])
+            out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, activation, [None], _ALGORITHM[activation])
+            return out.view(*x.shape[:-1], out.shape[-1])
     out = layer(x)
     return F.gelu(out) if activation == "gelu" else out
+
+
+def _bf16_weights(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """A frozen layer's weight and bias in bf16, made once (again if the weights were loaded anew)."""
+    version = layer.weight._version
+    cached = getattr(layer, "_bf16_cache", None)
+    if cached is None or cached[0] != version:
+        bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
+        cached = (version, layer.weight.detach().to(torch.bfloat16), bias)
+        layer._bf16_cache = cached
+    return cached[1], cached[2]
 
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
