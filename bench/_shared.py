@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,3 +90,11 @@ def count_flops(call: Callable[[], object]) -> int:
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         call()
     return counter.get_total_flops()
+
+
+def verdict(failures: list[str], ok: str) -> None:
+    """End a bench: ``FAIL: ...`` and exit status 1 when a goal failed, else ``OK: {ok}``."""
+    if failures:
+        print("FAIL: " + "; ".join(failures))
+        sys.exit(1)
+    print(f"OK: {ok}")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _shared import cpu_name
+from _shared import cpu_name, verdict
 
 from sam3dseg.common.files import write_json
 from sam3dseg.data.preprocess import PreprocessConfig
@@ -146,10 +146,7 @@ def main() -> None:
     if args.json:
         write_json(args.json, {"cpu": cpu_name(), "volume": "512 x 512 x 100 CT", "results": results})
     failed = [r for r in results if r["goal_s"] is not None and r["seconds"] > r["goal_s"]]
-    if failed:
-        print("FAIL: " + "; ".join(f"{r['encoder']} {r['seconds']:.0f} s > {r['goal_s']:.0f} s" for r in failed))
-        sys.exit(1)
-    print("OK: every encoder predicts the CT within its goal")
+    verdict([f"{r['encoder']} {r['seconds']:.0f} s > {r['goal_s']:.0f} s" for r in failed], "every encoder predicts the CT within its goal")
 
 
 if __name__ == "__main__":
