@@ -324,3 +324,23 @@ def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset
     for k in range(3, len(reads)):  # case k is read only once case k-3 is written: three cases held at most
         assert at[("written", names[k - 3])] < at[("read", names[k])]
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{n}.nii.gz" for n in names[:4]]
+
+
+def test_the_caches_precision_reaches_the_model_file_and_predict(generated_dataset, tmp_path, capsys):
+    from sam3dseg.model.precision import Int8Linear
+    from sam3dseg.pipeline.predict import load_predictor
+
+    cache, run = tmp_path / "c", tmp_path / "run"
+    args = ["cache", "--dataset", str(generated_dataset), "--out", str(cache), "--image-size", "32", "--quiet"]
+    assert main([*args, "--encoder-precision", "fp16"]) == 2
+    assert "--encoder-precision" in capsys.readouterr().err and not cache.exists()
+    assert main([*args, "--encoder-precision", "int8"]) == 0
+    assert main(["train", "--cache", str(cache), "--out", str(run), "--quiet", *TINY_RUN]) == 0
+    assert load_model_file(run / "best.pt").encoder.precision == "int8"
+    quantised = lambda p: any(isinstance(m, Int8Linear) for m in p.encoder.modules())  # noqa: E731
+    assert quantised(load_predictor(run / "best.pt"))  # predict computes as the training features were computed
+    assert not quantised(load_predictor(run / "best.pt", config=PredictConfig(encoder_precision="fp32")))
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(run / "best.pt"), "--input", str(generated_dataset / "imagesTr"), "--out", str(out),
+                 "--encoder-precision", "int8", "--quiet"]) == 0  # fmt: skip
+    assert len(list(out.iterdir())) == 6

@@ -190,10 +190,12 @@ class CacheConfig:
         flag="--normalisation",
     )  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
+    # auto since bench/precision_dice.py: on real anatomy bf16 features cost no Dice (README: Encoder precision)
     encoder_precision: str = one_of(
-        "fp32", PRECISION_CHOICES,
-        "arithmetic of the encoder: fp32, bf16, int8 (linear layers quantised), or auto (bf16 where the device "
-        "computes it natively, else fp32); recorded with the features (README: Encoder precision)",
+        "auto", PRECISION_CHOICES,
+        "arithmetic of the encoder: auto (bf16 where the device computes it natively: CUDA GPUs, CPUs with "
+        "AVX512-BF16 or AMX; fp32 elsewhere), fp32, bf16, or int8 (linear layers quantised); recorded with the "
+        "features (README: Encoder precision)",
         flag="--encoder-precision",
     )  # fmt: skip
     device: str = device_setting(flag="--device")
