@@ -158,7 +158,7 @@ class Attention(nn.Module):
 
 # Bytes of additive attention mask built at once (fp32): small enough to stay in the cache until the
 # kernel reads it, large enough that the per-call overhead is negligible. ViT-B, 2-core AMD EPYC: a
-# global block at 1024² took 0.85 s with 16 MiB, 0.91 s with 64 MiB, 1.06 s with 4 MiB.
+# global block at 1024² took 0.53–0.57 s with 4–16 MiB, 0.83 s with 64 MiB, 0.63 s with 1 MiB.
 _MASK_BUDGET = 16 * 2**20
 
 
