@@ -5,14 +5,14 @@ weights: the time does not depend on the values), through ``encode_slices`` in f
 off, as our fp32 means), bf16 (autocast) and int8 (``torch._int_mm``); seconds per slice, the
 per-token cosine to fp32's features, peak GPU memory.
 Part 2: ``torch.compile`` of ViT-B at 1024² in bf16: compile seconds, speed against eager.
-Part 3: one decoder forward + backward at the default crop (32 slices of ViT-B 512² features, K = 14), fp32
+Part 3: one decoder forward + backward on 2 crops of 32 slices × 32² tokens (ViT-B 512², whole planes), K = 14, fp32
 against bf16 autocast (what ``train`` does on CUDA).
 Part 4: ``sam3dseg cache``, ``train``, ``predict`` and ``evaluate`` on a generated dataset with
 ``--device cuda --encoder-precision auto``: that every stage runs there, its times and Dice.
 
 Exits 1 when a part fails to run or bf16 features fall below a cosine of 0.999 to fp32's.
 
-    python bench/gpu.py --out DIR [--skip-compile]
+    python bench/gpu.py --out DIR [--parts encoders compile decoder pipeline]
 """
 
 from __future__ import annotations
