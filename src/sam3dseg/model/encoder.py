@@ -219,6 +219,8 @@ def build_encoder(
             "pre-trained knowledge; pass a SAM or MedSAM checkpoint for real use",
             name,
         )
+        if precision == "int8":  # a random encoder is known by its weights: record the float ones quantising replaces
+            encoder.weights_digest = weights_sha256(encoder)
     else:
         load_checkpoint(encoder, checkpoint)
     return set_precision(encoder, precision)
@@ -234,7 +236,6 @@ def set_precision(encoder: nn.Module, precision: str) -> nn.Module:
     if current == "int8" and precision != "int8":
         raise ValueError("an int8 encoder cannot be set to another precision; build it again")
     if precision == "int8" and current != "int8":
-        encoder.weights_digest = weights_sha256(encoder)  # a random encoder is known by its float weights
         quantize_linears(encoder)
     encoder.precision = precision
     return encoder
@@ -453,7 +454,7 @@ def weights_sha256(module: nn.Module) -> str:
 
 
 def _weights_digest(encoder: nn.Module) -> str:
-    """The digest of a random encoder's weights as built (before int8 quantisation changed them)."""
+    """The digest of a random encoder's weights as built (recorded by build_encoder before int8 quantisation changed them)."""
     return getattr(encoder, "weights_digest", None) or weights_sha256(encoder)
 
 
