@@ -90,19 +90,25 @@ def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
     once, not cast at every call as autocast does. Elsewhere (CUDA, :class:`Int8Linear`, a torch
     without oneDNN) the layer itself and ``F.gelu``: the same numbers to float rounding.
     """
-    if _ONEDNN and isinstance(layer, nn.Linear) and x.device.type == "cpu" and layer.weight.dtype == torch.float32:
-        if not torch.is_autocast_enabled("cpu") and x.dtype == torch.float32:
-            weight, bias = layer.weight, layer.bias
-        elif torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not layer.weight.requires_grad:
-            x, (weight, bias) = x.to(torch.bfloat16), _bf16_weights(layer)  # what autocast does, without its casts per call
-        else:
-            weight = None
-        if weight is not None:
-            flat = x.reshape(-1, x.shape[-1])
-            out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, activation, [None], _ALGORITHM[activation])
-            return out.view(*x.shape[:-1], out.shape[-1])
-    out = layer(x)
-    return F.gelu(out) if activation == "gelu" else out
+    operands = _onednn_operands(x, layer)
+    if operands is None:
+        out = layer(x)
+        return F.gelu(out) if activation == "gelu" else out
+    x, weight, bias = operands
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, activation, [None], _ALGORITHM[activation])
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _onednn_operands(x: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Input, weight and bias for oneDNN's linear where it applies (an fp32 ``nn.Linear`` on a CPU, fed fp32, or
+    frozen under bf16 autocast: cast as autocast would, the weights once); None elsewhere."""
+    if not (_ONEDNN and isinstance(layer, nn.Linear) and x.device.type == "cpu" and layer.weight.dtype == torch.float32):
+        return None
+    if not torch.is_autocast_enabled("cpu"):
+        return (x, layer.weight, layer.bias) if x.dtype == torch.float32 else None
+    if torch.get_autocast_dtype("cpu") == torch.bfloat16 and not layer.weight.requires_grad:
+        return (x.to(torch.bfloat16), *_bf16_weights(layer))
+    return None
 
 
 def _bf16_weights(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
