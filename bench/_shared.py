@@ -5,24 +5,13 @@ both alike."""
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from sam3dseg.model.precision import cpu_name  # noqa: F401  (the benches' record of the CPU: one definition)
 
 
 def alternate(

@@ -42,3 +42,10 @@ def trained_tiny(tmp_path_factory):
     )
     result = train(root / "cache", root / "run", config, progress=False)
     return {"dataset": ds, "cache": root / "cache", "run": root / "run", "result": result, "config": config}
+
+
+def pytest_report_header(config):
+    """The hardware the suite ran on, in its output: the hardware tests test what this CPU does."""
+    from sam3dseg.model.precision import describe_cpu
+
+    return f"sam3dseg hardware: {describe_cpu()}, torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}"

@@ -1,10 +1,13 @@
 """Encoder precision: auto never picks bf16 without native support; int8 stays close to fp32; the record."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_encoder
 
+from sam3dseg.errors import UserError
 from sam3dseg.model import precision
 from sam3dseg.model.encoder import EncoderInfo, build_encoder, encode_slices, set_precision
 from sam3dseg.model.precision import Int8Linear, quantize_linears, resolve_precision
@@ -13,12 +16,14 @@ from sam3dseg.pipeline.predict import predict_precision
 
 @pytest.fixture
 def cpu(monkeypatch):
-    """Fake the CPU: ``cpu(flags, speedup)`` sets its flags and the measured bf16 gain; returns the measure calls."""
+    """Fake the CPU: ``cpu(flags, speedup)`` sets its flags, whether oneDNN has bf16 for it (AVX-512 or newer)
+    and the measured bf16 gain; returns the measure calls."""
     calls = []
 
     def fake(flags: set[str], speedup: float) -> list:
         precision.native_bf16.cache_clear()
         monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(precision, "cpu_bf16", lambda: any(f.startswith(("avx512", "amx")) for f in flags))
         monkeypatch.setattr(precision, "bf16_speedup", lambda: calls.append(1) or speedup)
         return calls
 
@@ -38,6 +43,48 @@ def test_auto_picks_bf16_only_on_a_cpu_that_computes_it_natively(cpu):
     assert resolve_precision("auto", "cpu") == "fp32"
     for forced in ("fp32", "bf16", "int8"):
         assert resolve_precision(forced, "cpu") == forced
+    cpu({"avx512f", "avx512bw"}, 1.0)  # AVX-512 without its bf16 extension: oneDNN computes bf16, auto does not pick it
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_bf16_is_refused_in_one_line_where_the_cpu_has_none(cpu):
+    cpu({"avx2", "fma"}, 0.01)
+    with pytest.raises(UserError) as err:
+        resolve_precision("bf16", "cpu")
+    message = str(err.value)
+    assert "\n" not in message and "--encoder-precision" in message and "use fp32 or int8" in message
+    assert torch.backends.cpu.get_cpu_capability() in message  # names what this CPU is
+    assert resolve_precision("int8", "cpu") == "int8" and resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_this_cpu_computes_bf16_or_refuses_it_in_one_line():
+    """The hardware path on the CPU the suite runs on (its kind is in the report header): bf16 asked for either
+    encodes, close to fp32, or is refused at the door in one line; never a oneDNN traceback."""
+    slices = torch.rand(2, 64, 64) * 255
+    if not precision.cpu_bf16():
+        with pytest.raises(UserError, match="has no bf16 arithmetic"):
+            resolve_precision("bf16", "cpu")
+        return
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    a, b = encode_slices(tiny_encoder(64), slices), encode_slices(set_precision(tiny_encoder(64), "bf16"), slices)
+    cos = F.cosine_similarity(a.flatten(2), b.flatten(2), dim=1)
+    assert b.dtype == torch.float32 and cos.min() > 0.99 and not torch.equal(a, b)
+
+
+def test_a_machine_without_proc_cpuinfo(cpu, monkeypatch):
+    """macOS, or a container without /proc: no flags, a name from the platform, auto stays fp32, nothing raises."""
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if str(self) == "/proc/cpuinfo":
+            raise FileNotFoundError(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    precision.native_bf16.cache_clear()
+    monkeypatch.setattr(precision, "bf16_speedup", lambda: 10.0)
+    assert precision.cpu_flags() == frozenset() and precision.cpu_name()
+    assert resolve_precision("auto", "cpu") == "fp32" and precision.describe_cpu()
 
 
 def test_the_measurement_runs_once_per_process(cpu):
@@ -59,9 +106,11 @@ def test_predict_takes_the_models_precision_but_never_slow_bf16(cpu):
     cpu_device = torch.device("cpu")
     assert predict_precision("model", "int8", cpu_device) == "int8"
     assert predict_precision("model", "bf16", cpu_device) == "fp32"  # trained on a GPU's bf16 features
-    assert predict_precision("bf16", "fp32", cpu_device) == "bf16"  # asked for: the user's call
-    cpu({"avx512_bf16"}, 2.0)
+    with pytest.raises(UserError, match="has no bf16 arithmetic"):
+        predict_precision("bf16", "fp32", cpu_device)  # asked for where it cannot run: refused
+    cpu({"avx512f", "avx512_bf16"}, 2.0)
     assert predict_precision("model", "bf16", cpu_device) == "bf16"
+    assert predict_precision("bf16", "fp32", cpu_device) == "bf16"  # asked for: the user's call
 
 
 def test_int8_linear_is_close_to_fp32_per_token():
@@ -89,7 +138,9 @@ def test_int8_encoder_features_are_close_to_fp32():
     assert not torch.equal(a, b)
 
 
-def test_bf16_encoder_runs_under_autocast_on_cpu():
+def test_a_bf16_encoder_computes_through_the_library_on_any_cpu():
+    """The Python API runs a bf16 encoder whatever the CPU (oneDNN's bf16 where it has it, the layers under
+    autocast where not): only the command line refuses it, for its speed."""
     enc = set_precision(tiny_encoder(64), "bf16")
     slices = torch.rand(2, 64, 64) * 255
     a, b = encode_slices(tiny_encoder(64), slices), encode_slices(enc, slices)
@@ -133,8 +184,11 @@ def test_linear_equals_the_layer_in_fp32_and_under_bf16_autocast(activation):
     layer = torch.nn.Linear(64, 96).requires_grad_(False)
     x = torch.randn(5, 7, 64)
     act = F.gelu if activation == "gelu" else (lambda t: t)
+    assert (precision._onednn_operands(x, layer) is not None) == precision._ONEDNN  # fp32 on a CPU: oneDNN where torch has it
     assert torch.allclose(precision.linear(x, layer, activation), act(layer(x)), atol=1e-5)
     with torch.autocast("cpu", torch.bfloat16):
+        # bf16: oneDNN where this CPU has its bf16 kernels, the layer (emulated) where not (AVX2 only)
+        assert (precision._onednn_operands(x, layer) is not None) == (precision._ONEDNN and precision.cpu_bf16())
         got, want = precision.linear(x, layer, activation), act(layer(x))
     assert got.dtype == want.dtype == torch.bfloat16
     assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)

@@ -151,7 +151,7 @@ def test_bad_input_one_line_exit_2(vit_b_model, generated_dataset, tmp_path, cap
     for c in range(2):
         (two / f"case_{c:04d}.nii.gz").write_bytes(image.read_bytes())
     code, err = _run(["predict", "--model", str(vit_b_model), "--input", str(two), "--out", str(tmp_path / "o2")], capsys)
-    assert code == 2 and len(err) == 1 and "has 2 channel file(s), the model needs 1" in err[0]
+    assert code == 2 and len(err) == 1 and "case_0001.nii.gz is a channel beyond the model's 1" in err[0]
 
     empty = tmp_path / "empty"
     empty.mkdir()

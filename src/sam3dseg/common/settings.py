@@ -258,19 +258,56 @@ def read_yaml(path: str | Path, missing: str) -> dict:
     return loaded
 
 
+def _layer(data: dict, defaults: dict, values: dict, source: str, dependents: dict[str, tuple[str, ...]]) -> None:
+    """Merge one source's ``values`` into ``data``; a setting it changes resets the settings whose defaults depend
+    on it (``dependents``: key -> keys) to their defaults, unless the same source sets them too: an image size a
+    recipe chose for its encoder does not outlive a later ``--encoder``."""
+    before = {key: data.get(key) for key in dependents}
+    _merge(data, values, source)
+    for key, keys in dependents.items():
+        if data.get(key) != before[key]:
+            for dependent in keys:
+                if dependent not in values:
+                    data[dependent] = defaults[dependent]
+
+
 def load_settings(
     cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), given: dict | None = None, base: Sequence[tuple[str, dict]] = ()
 ) -> Any:
     """Defaults, then each of ``base`` (a recipe, a plan: ``(name, values)``) in order, then the YAML file,
-    then the ``key=value`` overrides, then the values ``given`` (flags), checked."""
+    then the ``key=value`` overrides, then the values ``given`` (flags), checked.
+
+    ``cls.DEPENDENTS`` (optional, ``{key: (keys whose default depends on it)}``, top-level keys): when a later
+    source changes ``key``, the settings that depend on it go back to their defaults unless that source sets them
+    too; the stage resolves those defaults once everything they depend on is known.
+    """
+    defaults = to_dict(cls())
+    dependents = getattr(cls, "DEPENDENTS", {})
     data = to_dict(cls())
-    for source, values in base:
-        _merge(data, values, source)
+    layers = list(base)
     if path is not None:
-        _merge(data, read_yaml(path, f"config file not found: {path}"), str(path))
-    apply_overrides(data, overrides)
-    _merge(data, given or {}, "options")
+        layers.append((str(path), read_yaml(path, f"config file not found: {path}")))
+    layers += [("overrides", _override_values(data, overrides)), ("options", given or {})]
+    for source, values in layers:
+        _layer(data, defaults, values, source, dependents)
     return from_dict(cls, data)
+
+
+def _override_values(data: dict, overrides: Sequence[str]) -> dict:
+    """``key=value`` overrides as a nested dict of the values they set (checked against ``data``'s keys)."""
+    applied = apply_overrides(_copy(data), overrides)
+    out: dict = {}
+    for item in overrides:
+        *parents, leaf = item.partition("=")[0].split(".")
+        node, src = out, applied
+        for p in parents:
+            node, src = node.setdefault(p, {}), src[p]
+        node[leaf] = src[leaf]
+    return out
+
+
+def _copy(data: dict) -> dict:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
 def dump_yaml(config: Any) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..common.files import read_json
 from ..errors import UserError
-from .volumes import SUFFIXES, Geometry, case_name, image_suffix, read_channels, read_volume, split_channel
+from .volumes import SUFFIXES, Geometry, case_name, channel_gaps, channel_groups, image_suffix, read_channels, read_volume
 
 
 @dataclass(frozen=True)
@@ -249,15 +249,11 @@ def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: 
     root, n = dataset.root, len(dataset.channel_names)
     problems = dataset.problems if required else dataset.test_problems
     meta_path = root / "dataset.json"
-    found = sorted(p for p in images_dir.iterdir() if image_suffix(p))
-    groups: dict[str, list[Path]] = {}
-    for path in found:
-        name, channel = split_channel(case_name(path)) if path.name.endswith(ending) else (None, None)
-        if channel is None:
-            problems.append(f"{images_dir.name}/{path.name} is not named {{case}}_{{XXXX}}{ending} (nnU-Net's rule: "
-                                    f"case name, channel number, then the dataset's file_ending)")  # fmt: skip
-        else:
-            groups.setdefault(name, []).append(path)
+    found = [p for p in images_dir.iterdir() if image_suffix(p)]
+    groups, loose = channel_groups(p for p in found if p.name.endswith(ending))
+    for path in sorted(loose + [p for p in found if not p.name.endswith(ending)]):
+        problems.append(f"{images_dir.name}/{path.name} is not named {{case}}_{{XXXX}}{ending} (nnU-Net's rule: "
+                        f"case name, channel number, then the dataset's file_ending)")  # fmt: skip
     labelled = {case_name(p) for p in labels_dir.glob(f"*{ending}")} if labels_dir.is_dir() else set()
     names = sorted(labelled) if required else sorted(groups)
     cases = []
@@ -265,15 +261,13 @@ def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: 
         images = tuple(_inside(root, f"{images_dir.name}/{name}_{c:04d}{ending}", meta_path) for c in range(n))
         label = _inside(root, f"{labels_dir.name}/{name}{ending}", meta_path) if labels_dir.is_dir() else None
         cases.append(Case(name, images, label))
-    expected = {p for case in cases for p in case.images}
-    for name, paths in sorted(groups.items()):
-        extra = [p for p in paths if p.resolve() not in expected]
-        if not extra:
-            continue
-        if name not in {c.name for c in cases}:
-            problems.append(f"case {name}: {images_dir.name}/{extra[0].name} has no label {labels_dir.name}/{name}{ending}")
-        else:
-            problems.append(f"case {name}: {images_dir.name}/{extra[0].name} is a channel beyond the {n} dataset.json declares")
+    names = {c.name for c in cases}
+    for name, channels in groups.items():
+        extra = channel_gaps(channels, n)[1]
+        if name not in names:
+            problems.append(f"case {name}: {images_dir.name}/{next(iter(channels.values())).name} has no label {labels_dir.name}/{name}{ending}")
+        elif extra:
+            problems.append(f"case {name}: {images_dir.name}/{channels[extra[0]].name} is a channel beyond the {n} dataset.json declares")
     if not required and labels_dir.is_dir():
         for name in sorted(labelled - set(groups)):
             problems.append(f"test case {name}: {labels_dir.name}/{name}{ending} has no image in {images_dir.name}")

@@ -16,6 +16,7 @@ import gzip
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,26 @@ def split_channel(name: str) -> tuple[str, int | None]:
     """nnU-Net's ``{case}_{XXXX}`` -> ``(case, channel)``; any other name -> ``(name, None)``."""
     match = _CHANNEL.match(name)
     return (match.group(1), int(match.group(2))) if match else (name, None)
+
+
+def channel_groups(paths: Iterable[Path]) -> tuple[dict[str, dict[int, Path]], list[Path]]:
+    """nnU-Net's naming rule for image folders: files ``{case}_{XXXX}`` grouped by case, keyed by channel number
+    (cases in name order), and the files whose names carry no channel part, apart."""
+    groups: dict[str, dict[int, Path]] = {}
+    loose = []
+    for path in sorted(paths):
+        name, channel = split_channel(case_name(path))
+        if channel is None:
+            loose.append(path)
+        else:
+            groups.setdefault(name, {})[channel] = path
+    return dict(sorted(groups.items())), loose
+
+
+def channel_gaps(channels: Iterable[int], num_channels: int) -> tuple[list[int], list[int]]:
+    """The channel numbers a case's files lack of ``0..num_channels-1``, and those beyond them."""
+    have = set(channels)
+    return sorted(set(range(num_channels)) - have), sorted(have - set(range(num_channels)))
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:

@@ -4,8 +4,9 @@
   (:func:`linear`).
 - ``bf16``: the encoder runs under ``torch.autocast`` in bfloat16 (features returned in
   float32). Worth it only where the hardware computes bf16 natively: CUDA GPUs, and CPUs with
-  AVX512-BF16 or AMX. On an AVX2-only CPU a bf16 matrix product is emulated, about 400× slower
-  than fp32, so ``auto`` never picks it there (:func:`native_bf16`).
+  AVX512-BF16 or AMX. A CPU whose oneDNN has no bf16 at all (AVX2 only) can only emulate it:
+  measured ×8 slower than fp32 on a ViT-B-sized linear layer (AMD EPYC, AVX2), so asking for bf16
+  there is refused at the door (:func:`resolve_precision`) and ``auto`` never picks it.
 - ``int8``: dynamic quantisation of the linear layers (:class:`Int8Linear`): weights int8 per
   output channel, each token's activations int8 by their own absolute maximum, products in
   int32 (``torch._int_mm``: VNNI on x86), rescaled to float32. Attention, norms and
@@ -19,12 +20,15 @@ per process); fp32 elsewhere.
 from __future__ import annotations
 
 import functools
+import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "int8")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -35,16 +39,40 @@ _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _BF16_GAIN = 1.2
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none, e.g. macOS)."""
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key : value`` of ``/proc/cpuinfo`` (None where there is no such file, e.g. macOS, or key)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.split(":", 1)[0].strip() == key:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none, e.g. macOS)."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for messages and the record beside every figure."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_bf16() -> bool:
+    """True where this CPU computes bf16 at all (oneDNN has bf16 kernels for it: AVX-512 or newer on x86);
+    False on an AVX2-only CPU, where bf16 products are emulated element by element."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+def describe_cpu() -> str:
+    """``AMD EPYC (AVX2; bf16: none)``: the name, torch's vector capability and what bf16 it has."""
+    native = sorted(cpu_flags() & _BF16_FLAGS)
+    bf16 = ", ".join(native) if native else "oneDNN, no native instructions" if cpu_bf16() else "none"
+    return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}; bf16: {bf16})"
 
 
 def bf16_speedup(n: int = 512, repeats: int = 3) -> float:
@@ -67,17 +95,30 @@ def native_bf16() -> bool:
     """True where this CPU computes bf16 natively: its flags say so and a one-off measurement agrees
     (a bf16 product at least ``_BF16_GAIN`` × faster than fp32). Flags alone are not trusted: a
     virtual machine can report flags its host does not run at speed."""
-    return bool(cpu_flags() & _BF16_FLAGS) and bf16_speedup() >= _BF16_GAIN
+    return bool(cpu_flags() & _BF16_FLAGS) and cpu_bf16() and bf16_speedup() >= _BF16_GAIN
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+def resolve_precision(precision: str, device: torch.device | str = "cpu", key: str = "encoder_precision (--encoder-precision)") -> str:
     """``auto`` to what this device computes best without losing accuracy: bf16 on CUDA with bf16 support
-    and on CPUs with native bf16, fp32 elsewhere; any other value is returned as it is."""
-    if precision != "auto":
-        return precision
-    if torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if native_bf16() else "fp32"
+    and on CPUs with native bf16, fp32 elsewhere; any other value is returned as it is, once checked.
+
+    Raises:
+        UserError: bf16 asked for on a device that cannot compute it (one line naming the hardware and
+            what it can do; ``key`` names the setting).
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16():
+        raise UserError(
+            f"{key} bf16: this CPU, {describe_cpu()}, has no bf16 arithmetic (emulated it runs about ×8 slower "
+            "than fp32); use fp32 or int8 (auto picks fp32 here)"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{key} bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use fp32 or int8 (auto picks fp32 here)")
+    return precision
 
 
 def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
@@ -88,7 +129,8 @@ def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
     ``F.linear``'s MKL ``addmm`` here (AMD EPYC, AVX-512), and the GELU costs no extra pass over
     the ``(tokens, 4·C)`` hidden tensor. Under bf16 autocast a frozen layer's bf16 weights are made
     once, not cast at every call as autocast does. Elsewhere (CUDA, :class:`Int8Linear`, a torch
-    without oneDNN) the layer itself and ``F.gelu``: the same numbers to float rounding.
+    without oneDNN, bf16 on a CPU without oneDNN's bf16) the layer itself and ``F.gelu``: the same
+    numbers to float rounding.
     """
     operands = _onednn_operands(x, layer)
     if operands is None:
@@ -106,7 +148,7 @@ def _onednn_operands(x: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor, Tenso
         return None
     if not torch.is_autocast_enabled("cpu"):
         return (x, layer.weight, layer.bias) if x.dtype == torch.float32 else None
-    if torch.get_autocast_dtype("cpu") == torch.bfloat16 and not layer.weight.requires_grad:
+    if torch.get_autocast_dtype("cpu") == torch.bfloat16 and not layer.weight.requires_grad and _ONEDNN_BF16:
         return (x.to(torch.bfloat16), *_bf16_weights(layer))
     return None
 
@@ -123,6 +165,9 @@ def _bf16_weights(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
 
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's bf16 inner product exists only where it has bf16 kernels (not on an AVX2-only CPU: "could not create a
+# primitive descriptor"); there the layer itself runs under autocast, emulated.
+_ONEDNN_BF16 = _ONEDNN and cpu_bf16()
 _ALGORITHM = {"none": "", "gelu": "none"}  # GELU's erf form, F.gelu's default
 
 

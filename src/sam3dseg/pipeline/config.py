@@ -13,9 +13,11 @@ flags or Python, before any work starts. ``sam3dseg train --help`` lists them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
+
+import torch
 
 from ..common.runtime import DEVICE_PATTERN
 from ..common.settings import (
@@ -35,7 +37,7 @@ from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
-from ..model.precision import PRECISION_CHOICES
+from ..model.precision import PRECISION_CHOICES, resolve_precision
 from ..model.losses import LossConfig
 from .plan import read_plan
 from .recipes import load_recipe
@@ -202,12 +204,27 @@ class CacheConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    # settings whose defaults follow another: a source that changes the key resets them unless it sets them too
+    DEPENDENTS: ClassVar[dict[str, tuple[str, ...]]] = {"encoder": ("image_size", "normalisation")}
+
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.image_size is not None:
+            ENCODERS[self.encoder].check_image_size(self.encoder, self.image_size, "image_size (--image-size)")
+
+    def resolved(self, device: torch.device) -> CacheConfig:
+        """These settings with every default that depends on another resolved, in the one place they are, once all
+        is known (the encoder, the device this process computes on): ``image_size`` null -> the encoder's own,
+        ``normalisation`` auto -> as its checkpoint was trained, ``encoder_precision`` auto -> what ``device``
+        computes best (bf16 asked for where it cannot run is refused here, before anything is written).
+        ``cache.yaml`` records the result."""
         entry = ENCODERS[self.encoder]
-        if self.image_size is None:  # resolved here, so cache.yaml records the size used
-            self.image_size = entry.default_image_size
-        entry.check_image_size(self.encoder, self.image_size, "image_size (--image-size)")
+        return replace(
+            self,
+            image_size=entry.default_image_size if self.image_size is None else self.image_size,
+            normalisation=entry.normalisation if self.normalisation == "auto" else self.normalisation,
+            encoder_precision=resolve_precision(self.encoder_precision, device),
+        )
 
 
 def load_cache_config(

@@ -31,7 +31,9 @@ from ..common.runtime import Log, print_line, resolve_device
 from ..data.fingerprint import differences
 from ..data.pictures import save_case_montage
 from ..data.preprocess import Transform, preprocess_image, restore_probabilities, to_file_grid, unreorient
-from ..data.volumes import SUFFIXES, Geometry, case_name, file_modality, image_suffix, read_channels, split_channel, write_volume
+from ..data.volumes import (
+    SUFFIXES, Geometry, case_name, channel_gaps, channel_groups, file_modality, image_suffix, read_channels, split_channel, write_volume,
+)
 from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import Encoder, encode_volume
@@ -194,35 +196,39 @@ def _shared_postprocess(models: list[ModelFile]) -> Postprocess | None:
 
 
 def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[Path]]]:
-    """Cases to predict under ``path``: ``(name, channel files)``.
+    """Cases to predict under ``path``: ``(name, channel files)``, by the dataset reader's rule.
 
-    A file is one case; so is a DICOM series folder. Names follow one rule
-    (:func:`~sam3dseg.data.volumes.case_name`, then nnU-Net's channel part
-    ``{case}_{XXXX}`` dropped): ``liver_003_0000.nii.gz`` predicts as ``liver_003``
-    alone or in a folder. In a folder whose image names all carry a channel part,
-    files are grouped into one case per name, channel by channel; otherwise each
-    file is a case.
+    A file is one case (``liver_003_0000.nii.gz`` predicts as ``liver_003``: nnU-Net's channel 0 of a
+    one-file case; any other name is kept whole); so is a DICOM series folder. A folder is read as
+    nnU-Net names its images (:func:`~sam3dseg.data.volumes.channel_groups`) when every file is named
+    ``{case}_{XXXX}`` and every case has its channel ``_0000``: then each case must have exactly the
+    channels ``0000..K-1`` the model needs (a gap or an extra is one line each). Otherwise (``amos_0001``,
+    ``amos_0002``: AMOS's own numbering; ``s0011.nii.gz``, ``ct.nii.gz``) each file is a case under its
+    own name.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"input not found: {path}")
     if path.is_file():
-        return [(split_channel(case_name(path))[0], [path])]
+        name, channel = split_channel(case_name(path))
+        return [(name if channel == 0 else case_name(path), [path])]
     files = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))
     if not files:
         if any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
             return [(case_name(path), [path])]
         raise UserError(f"no images ({', '.join(SUFFIXES)}) in {path}")
-    split = [(p, *split_channel(case_name(p))) for p in files]
-    if any(channel is None for _, _, channel in split):
+    groups, loose = channel_groups(files)
+    if loose or any(0 not in channels for channels in groups.values()):
         return [(case_name(p), [p]) for p in files]
-    cases: dict[str, list[Path]] = {}
-    for p, name, _ in split:
-        cases.setdefault(name, []).append(p)
-    for name, paths in cases.items():
-        if len(paths) != num_channels:
-            raise UserError(f"case {name} in {path} has {len(paths)} channel file(s), the model needs {num_channels}")
-    return list(cases.items())
+    problems = []
+    for name, channels in groups.items():
+        missing, extra = channel_gaps(channels, num_channels)
+        ending = image_suffix(next(iter(channels.values())))
+        problems += [f"case {name} in {path}: no {name}_{c:04d}{ending} (the model reads {num_channels} channel(s), 0000..{num_channels - 1:04d})" for c in missing]
+        problems += [f"case {name} in {path}: {channels[c].name} is a channel beyond the model's {num_channels}" for c in extra]
+    if problems:
+        raise UserError("\n".join(problems) if len(problems) == 1 else f"{len(problems)} problems with the input files:\n" + "\n".join(f"  {p}" for p in problems))
+    return [(name, [channels[c] for c in range(num_channels)]) for name, channels in groups.items()]
 
 
 def write_nnunet_probabilities(out: Path, name: str, probs: np.ndarray, geometry: Geometry) -> None:
