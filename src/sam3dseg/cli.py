@@ -74,8 +74,12 @@ Each volume is preprocessed as recorded in the model file, encoded slice by slic
 decoded over overlapping depth windows (Gaussian-weighted along depth), mapped back
 onto its own grid and written as OUT/{case}{ext} with the input's exact geometry.
 Inputs: one file, a DICOM series folder, or a folder of images (nnU-Net style
-{case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case). Cases whose
-segmentation is already in OUT are skipped, so a killed run resumes; --overwrite redoes them.
+{case}_0000.nii.gz, {case}_0001.nii.gz, ... are grouped per case where every case has its
+_0000; otherwise each file is a case under its own name, e.g. amos_0001.nii.gz).
+OUT/predict.json records what made the segmentations (the models, windows, overlap, --tta,
+post-processing, encoder precision). Run again with the same models and settings, a killed
+run resumes: finished cases are kept. A folder holding segmentations of another model or
+other settings (or of no record) is refused; --overwrite replaces them.
 A case unlike the model's training data is predicted with a warning that names what differs
 (the modality its file states, an intensity range far outside the training data's, a spacing
 more than 2x off); --strict refuses it instead.
@@ -275,7 +279,8 @@ def _predict_options(sub) -> None:
     p.add_argument("--npz", action="store_true", help="also write nnU-Net's {case}.npz + {case}.pkl (float32 probabilities and "
                    "properties), which nnUNetv2_ensemble averages with nnU-Net's own predictions")  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
-    p.add_argument("--overwrite", action="store_true", help="predict cases whose segmentation already exists (default: skip them, so a killed run resumes)")
+    p.add_argument("--overwrite", action="store_true", help="predict every case again, replacing the segmentations in --out whatever made "
+                   "them (default: resume the same run, refuse another's)")  # fmt: skip
     _setting(p, PredictConfig, "slice_batch")
     _setting(p, PredictConfig, "encoder_precision")
     _setting(p, PredictConfig, "device")
@@ -408,7 +413,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     predictor = load_predictor(args.model, args.checkpoint, config)
     outputs = FolderOutputs(probabilities=args.probabilities, npz=args.npz, png=args.png, overwrite=args.overwrite)
     result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet)
-    skipped = f", {len(result['skipped'])} already there (--overwrite to redo)" if result["skipped"] else ""
+    skipped = f", {len(result['skipped'])} already done by this same run (resumed)" if result["skipped"] else ""
     print(f"predicted {len(result['written'])} case(s) into {result['out']}{skipped}")
 
 

@@ -116,7 +116,7 @@ def test_postprocess_command_decides_over_all_runs(two_folds, capsys, tmp_path):
     # bad input: a folder that is no run, a run without validation predictions
     assert main(["postprocess", "--runs", str(tmp_path)]) == 2
     assert "holds no best.pt" in capsys.readouterr().err
-    save_validation(tmp_path / "r", {})
+    save_validation(tmp_path / "r", {}, 1)
     (tmp_path / "r" / "best.pt").write_bytes((runs[0] / "best.pt").read_bytes())
     assert main(["postprocess", "--runs", str(tmp_path / "r")]) == 2
     assert "has no validation predictions" in capsys.readouterr().err

@@ -23,6 +23,8 @@ step each, so that every model file ever written keeps loading.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,18 @@ class ModelFile:
             "postprocess": self.postprocess,
             "fingerprint": self.fingerprint,
         }
+
+    def digest(self) -> str:
+        """SHA-256 of what predictions depend on: the decoder's weights, the settings, classes, channels,
+        preprocessing, encoder and post-processing decision (not the optimiser, history or epoch)."""
+        h = hashlib.sha256()
+        for name, tensor in self.decoder.items():
+            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        keys = ("config", "class_names", "channel_names", "preprocess", "encoder", "feature_channels", "postprocess")
+        state = self.to_state()
+        h.update(json.dumps({k: state[k] for k in keys}, sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (same bytes for the same content)."""

@@ -12,7 +12,7 @@ nnU-Net's rule, applied to the validation cases of one run or of several folds t
 Components are face-connected (``scipy.ndimage.label``'s default structure). A class's mean
 Dice leaves out the cases where it is absent from both masks, as everywhere in sam3dseg.
 Training decides this for its own validation cases at the end of a run, from the predictions
-it kept of the best epoch (``RUN/validation/``); ``sam3dseg postprocess --runs ...`` decides
+it kept of the best epoch (``RUN/validation/epoch_{E}/``); ``sam3dseg postprocess --runs ...`` decides
 over several runs' validation cases together and records the decision in each run's model files.
 """
 
@@ -109,23 +109,50 @@ def decide(pairs: list[tuple[np.ndarray, np.ndarray]], class_names: list[str], l
     return decision
 
 
-VALIDATION = "validation"  # RUN/validation/{case}.npz: "prediction" and "reference", uint8, model grid
+VALIDATION = "validation"  # RUN/validation/epoch_{E:04d}/{case}.npz: "prediction" and "reference", uint8, model grid
 
 
-def save_validation(run: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Keep a run's validation predictions with their references (the best epoch's), replacing older ones."""
-    folder = Path(run) / VALIDATION
+def validation_folder(run: Path, epoch: int) -> Path:
+    """Where epoch ``epoch``'s validation predictions are kept: one folder per epoch, so the best epoch's stay whole
+    until ``best.pt`` names a newer one (:func:`save_validation`)."""
+    return Path(run) / VALIDATION / f"epoch_{epoch:04d}"
+
+
+def save_validation(run: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]], epoch: int) -> None:
+    """Keep epoch ``epoch``'s validation predictions with their references, in that epoch's own folder.
+
+    Training writes them before ``best.pt`` (which names the epoch: the commit), then ``last.pt``, then drops
+    the other epochs' folders (:func:`prune_validation`): a kill at any point leaves ``best.pt``'s epoch whole.
+    """
+    folder = validation_folder(run, epoch)
     folder.mkdir(parents=True, exist_ok=True)
     for name, (pred, ref) in predictions.items():
         with atomic_output(folder / f"{name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, prediction=pred.astype(np.uint8), reference=ref.astype(np.uint8))
 
 
+def prune_validation(run: Path, keep: int) -> None:
+    """Remove every epoch's validation predictions but epoch ``keep``'s (and the flat files of older runs)."""
+    import shutil
+
+    root = Path(run) / VALIDATION
+    for path in root.iterdir() if root.is_dir() else []:
+        if path.is_dir() and path != validation_folder(run, keep):
+            shutil.rmtree(path)
+        elif path.is_file() and path.suffix == ".npz":
+            path.unlink()
+
+
 def load_validation(run: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The ``(prediction, reference)`` pairs :func:`save_validation` kept."""
-    files = sorted((Path(run) / VALIDATION).glob("*.npz"))
+    """The ``(prediction, reference)`` pairs kept of the epoch the run's ``best.pt`` holds (a run written before
+    epochs had folders: the flat ``validation/*.npz``)."""
+    folder = Path(run) / VALIDATION
+    best = Path(run) / "best.pt"
+    if best.is_file() and validation_folder(run, load_model_file(best).epoch).is_dir():
+        folder = validation_folder(run, load_model_file(best).epoch)
+    files = sorted(folder.glob("*.npz"))
     if not files:
-        raise UserError(f"{run} has no validation predictions ({VALIDATION}/*.npz): train it with validation cases (a fold) first")
+        raise UserError(f"{run} has no validation predictions of its best epoch ({VALIDATION}/): train it with validation cases (a fold) first")
     pairs = []
     for path in files:
         try:

@@ -12,6 +12,7 @@ features and the uint8 result.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..common.files import atomic_output, check_output_folder
+from ..common.files import atomic_output, check_output_folder, jsonable, read_json, write_json
 from ..common.settings import to_dict
 from ..common.runtime import Log, print_line, resolve_device
 from ..data.fingerprint import differences
@@ -44,6 +45,9 @@ from .postprocess import Postprocess
 from .windows import WindowDecoder
 
 logger = logging.getLogger(__name__)  # for the Predictor, which has no log of its own
+
+RECORD = "predict.json"  # OUT/predict.json: what made the folder's segmentations (Predictor.record)
+RECORD_FORMAT = "sam3dseg-predictions-1"
 
 
 class Encoded(NamedTuple):
@@ -80,9 +84,23 @@ class Predictor:
             for m in models
         ]  # fmt: skip
         self.postprocess = _shared_postprocess(models) if config.postprocess else None
+        self.model_digests = [m.digest() for m in models]
         self.fingerprint = first.fingerprint
         # what the first channel is, for pictures: a model that read it through a CT window was trained on CT
         self.modality = "CT" if self.preprocess.intensity == "ct" else self.channel_names[0]
+
+    def record(self) -> dict:
+        """What this predictor's segmentations depend on, its defaults resolved: the models (by digest), the
+        windows, overlap, test-time flips, post-processing and encoder precision (``OUT/predict.json``)."""
+        return _plain({
+            "format": RECORD_FORMAT,
+            "models": list(self.model_digests),
+            "window": [m.window for m in self.members],
+            "overlap": self.config.overlap,
+            "flip_tta": self.config.flip_tta,
+            "postprocess": None if self.postprocess is None else self.postprocess.to_dict(),
+            "encoder_precision": getattr(self.encoder, "precision", "fp32"),
+        })
 
     def unlike_training(self, array: np.ndarray, geometry: Geometry, modality: str | None = None) -> list[str]:
         """How a read volume ``(z, y, x)`` or ``(C, z, y, x)`` differs from the first model's training data
@@ -262,7 +280,56 @@ class FolderOutputs:
     probabilities: bool = False  # {case}_probabilities.npy, (K, z, y, x) float16
     npz: bool = False  # nnU-Net's {case}.npz (float32 "probabilities", (K, z, y, x)) and {case}.pkl (properties)
     png: bool = False  # {case}.png, a montage with contours
-    overwrite: bool = False  # redo cases whose segmentation exists
+    overwrite: bool = False  # replace the folder's segmentations, whatever made them
+
+    def files(self, out: Path, name: str, target: Path) -> list[Path]:
+        """Every file a finished case ``name`` has in ``out``: what is asked for beside it, then its segmentation."""
+        extras = [f"{name}_probabilities.npy"] * self.probabilities + [f"{name}.npz", f"{name}.pkl"] * self.npz + [f"{name}.png"] * self.png
+        return [out / e for e in extras] + [target]
+
+
+def _plan_cases(
+    out: Path, cases: list[tuple[str, list[Path]]], record: dict, outputs: FolderOutputs, log: Log | None
+) -> tuple[list, list[str]]:
+    """``(todo, done)``: the cases to predict ``(name, paths, target)`` and those this same run finished (every file
+    it asks for is there). Segmentations in ``out`` that another model or other settings made, or that no record
+    names, are refused in one line unless ``outputs.overwrite``."""
+    targets = [(name, paths, out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}") for name, paths in cases]
+    present = sorted(p.name for p in out.iterdir() if image_suffix(p)) if out.is_dir() else []
+    if outputs.overwrite:
+        kept = sorted(set(present) - {t.name for *_, t in targets})
+        if kept and log is not None:
+            log(f"warning: --overwrite replaces this run's cases only; {len(kept)} other segmentation(s) in {out} "
+                f"({kept[0]}, ...) stay, and predict.json no longer describes them")  # fmt: skip
+        return targets, []
+    if present:
+        try:
+            recorded = read_json(out / RECORD) if (out / RECORD).is_file() else None
+        except UserError:
+            recorded = None
+        if recorded != record:
+            made = "no record of what made them" if recorded is None else "they were made by " + _record_difference(recorded, record)
+            raise UserError(
+                f"{out} holds {len(present)} segmentation(s) ({present[0]}, ...) and {made}: give a new --out, or --overwrite "
+                "to replace them (a killed run resumes when run again with the same models and settings)"
+            )
+    done = [name for name, _, target in targets if all(p.exists() for p in outputs.files(out, name, target))]
+    return [t for t in targets if t[0] not in done], done
+
+
+def _plain(record: dict) -> dict:
+    """``record`` as it reads back from JSON (NaN as null, tuples as lists), so records compare equal."""
+    return json.loads(json.dumps(jsonable(record)))
+
+
+def _record_difference(recorded: dict, record: dict) -> str:
+    """``another model`` or ``other settings (window 16 there, 8 now)``: the first way two records differ."""
+    if not isinstance(recorded, dict) or recorded.get("format") != record["format"]:
+        return "another version of sam3dseg"
+    if recorded.get("models") != record["models"]:
+        return "other model file(s)"
+    differ = [f"{k} {recorded.get(k)} there, {v} now" for k, v in record.items() if recorded.get(k) != v]
+    return f"other settings ({'; '.join(differ)})"
 
 
 def _write_label(label: np.ndarray, geometry: Geometry, target: Path, name: str) -> str:
@@ -278,22 +345,19 @@ def predict_folder(
     """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
 
     A case unlike the model's training data (:meth:`Predictor.unlike_training`) is predicted with a
-    warning on ``log``, or refused under the predictor's ``config.strict``. A case whose segmentation
-    exists is skipped unless ``outputs.overwrite``: the segmentation is written last and atomically, so
-    an existing one is a finished case and a killed run resumes. Returns ``{"written": [...], "skipped": [...], "out": out}``.
+    warning on ``log``, or refused under the predictor's ``config.strict``. ``out/predict.json`` records what
+    made the segmentations (:meth:`Predictor.record`): run again with the same models and settings, a killed
+    run resumes (a case is done when its segmentation, written last and atomically, and every file asked
+    for beside it are there); segmentations another run made are refused unless ``outputs.overwrite``
+    replaces them. Returns ``{"written": [...], "skipped": [...], "out": out}``.
     """
     from tqdm import tqdm
 
     outputs = outputs or FolderOutputs()
     cases = collect_inputs(inputs, len(predictor.channel_names))
-    out = check_output_folder(out, "output folder")  # created with the first segmentation: a failed first case leaves nothing
-    todo, skipped = [], []
-    for name, paths in cases:
-        target = out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}"
-        if target.exists() and not outputs.overwrite:
-            skipped.append(name)
-        else:
-            todo.append((name, paths, target))
+    out = check_output_folder(out, "output folder")  # created with the first file written: a failed first case leaves nothing
+    record = predictor.record()
+    todo, skipped = _plan_cases(out, cases, record, outputs, log)
     written: list[str] = []
     # Reading the next case and writing the last one overlap the prediction of this one: one thread each,
     # one case ahead and one behind at most, so memory holds three cases whatever the folder's size.
@@ -311,6 +375,8 @@ def predict_folder(
                     raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
                 if log is not None:
                     log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
+            if i == 0:  # before the folder's first file: what made what follows (a resumed run checks it)
+                write_json(out / RECORD, record)
             if outputs.probabilities or outputs.npz:
                 probs = predict_probabilities(predictor, array, geometry)
                 label = probs.argmax(0).astype(np.uint8)

@@ -43,7 +43,7 @@ from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
 from .folds import SPLITS_FILE, select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
-from .postprocess import VALIDATION, decide, load_validation, record_decision, save_validation
+from .postprocess import VALIDATION, decide, load_validation, prune_validation, record_decision, save_validation
 from .samples import Batch, CaseStore, Sampling, epoch_seed, sample_batch
 from .windows import WindowDecoder
 
@@ -375,6 +375,9 @@ def _start(run: _Run, say: Log) -> None:
     s = run.stepper
     if _resume(run.record, run.out / "last.pt", s.decoder, s.optimizer, s.scheduler, say):
         say(f"resuming {run.out} after epoch {run.record.epoch} of {run.t.epochs}")
+        best = run.out / "best.pt"
+        if run.data.val_names and best.is_file():  # killed after best.pt, before last.pt: its epoch is the best so far
+            run.record.best_dice = max(run.record.best_dice, load_model_file(best).best_dice)
     elif run.t.init_from is not None:
         _initial_weights(run.t.init_from, run.record, s.decoder)
         say(f"starting from the decoder weights of {run.t.init_from}")
@@ -409,15 +412,20 @@ def _save(run: _Run, entry: dict, predictions: dict | None, say: Log) -> None:
     epoch's validation predictions, log.csv and curves.png; one line on the epoch."""
     if run.rank != 0:
         return
-    record = run.record
-    if predictions is not None:  # the best epoch's predictions, for deciding the post-processing
-        save_validation(run.out, predictions)
-    s = run.stepper
+    record, s = run.record, run.stepper
     record.epoch, record.decoder = entry["epoch"], s.decoder.state_dict()
     record.optimizer, record.scheduler = s.optimizer.state_dict(), s.scheduler.state_dict()
-    record.save(run.out / "last.pt")
+    # In this order, so that a kill between any two writes leaves the three consistent: the new best epoch's
+    # validation predictions in their own folder (the last best's stay whole), then best.pt naming that epoch,
+    # then last.pt carrying its Dice, then the older folders dropped. A kill before last.pt resumes from the
+    # epoch before, whose best Dice _start takes from best.pt.
+    if predictions is not None:  # the best epoch's predictions, for deciding the post-processing
+        save_validation(run.out, predictions, record.epoch)
     if predictions is not None or not run.data.val_names:
         record.save(run.out / "best.pt")
+    record.save(run.out / "last.pt")
+    if predictions is not None:
+        prune_validation(run.out, record.epoch)
     classes = record.class_names[1:]
     write_csv(run.out / "log.csv", _log_rows(record.history, classes), _log_columns(classes))
     save_curves(record.history, run.out / "curves.png", classes)
