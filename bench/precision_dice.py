@@ -23,7 +23,7 @@ from _shared import cpu_name
 
 from sam3dseg.common.files import write_json
 from sam3dseg.demo import DemoConfig, build_dataset
-from sam3dseg.model.precision import PRECISIONS, native_bf16
+from sam3dseg.model.precision import PRECISIONS, cpu_bf16, describe_cpu, native_bf16
 from sam3dseg.pipeline.cache import run_cache
 from sam3dseg.pipeline.config import CacheConfig, PredictConfig, load_run_config
 from sam3dseg.pipeline.evaluate import evaluate_folders
@@ -44,7 +44,11 @@ def main() -> None:
     data = build_dataset(args.out / "Dataset901_Anatomy", demo)
     report = {"cpu": cpu_name(), "native_bf16": native_bf16(), "encoder": "lite_medsam", "image_size": demo.image_size,
               "train_cases": demo.train_cases, "test_cases": demo.test_cases, "cache_s": {}, "runs": []}  # fmt: skip
-    for precision in PRECISIONS:
+    # bf16 only where this CPU computes it at all (an AVX2-only CPU refuses it at the door: sam3dseg's rule)
+    computable = [p for p in PRECISIONS if p != "bf16" or cpu_bf16()]
+    if computable != list(PRECISIONS):
+        print(f"bf16 left out: {describe_cpu()} has no bf16 arithmetic", flush=True)
+    for precision in computable:
         start = time.perf_counter()
         config = CacheConfig(encoder="lite_medsam", image_size=demo.image_size, encoder_precision=precision)
         run_cache(data, args.out / f"cache_{precision}", config, progress=False)  # reused when already made
@@ -55,7 +59,7 @@ def main() -> None:
         run = args.out / f"run_{trained}"
         if not (run / "best.pt").is_file():
             train(args.out / f"cache_{trained}", run, load_run_config(None, settings), log=None)
-        for features in PRECISIONS if trained == "fp32" else [trained]:
+        for features in computable if trained == "fp32" else [trained]:
             predictor = load_predictor(run / "best.pt", None, PredictConfig(encoder_precision=features))
             preds = args.out / f"pred_{trained}_{features}"
             start = time.perf_counter()

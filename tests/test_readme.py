@@ -90,3 +90,48 @@ def test_the_readme_states_the_times_the_bench_measured():
 
     for where in (text, EPILOG_ANALYZE):
         assert ("under a minute" in where or "under one" in where) == (quick < 60), (quick, where[:80])
+
+
+def test_the_speed_section_states_what_cpu_speed_measured():
+    """The README's CPU-speed prose quotes bench/results/cpu_speed.json: each share of the GEMM rate, and the
+    range of bf16's shares and speed-ups (they once said 97 % / 93 % where the file said 69 % / 70 %)."""
+    rows = json.loads((ROOT / "bench" / "results" / "cpu_speed.json").read_text(encoding="utf-8"))["rows"]
+    share = {(r["case"], r["precision"]): round(100 * r["share"]) for r in rows if "share" in r}
+    text = README.read_text(encoding="utf-8")
+    speed = text[text.index("### Speed"):text.index("## Layout")]
+    prose = " ".join(speed.split())
+    stated = re.search(r"runs at (\d+) % of the fp32 GEMM rate measured in the same run at 512² and (\d+) % at 1024²", prose)
+    assert stated and (int(stated[1]), int(stated[2])) == (share["vit_b 512²", "fp32"], share["vit_b 1024²", "fp32"])
+    assert f"TinyViT stays at {share['lite_medsam 256²', 'fp32']} %" in prose
+    bf16 = [r for r in rows if r["precision"] == "bf16" and r["case"] != "decoder"]
+    low, high = min(round(100 * r["share"]) for r in bf16), max(round(100 * r["share"]) for r in bf16)
+    gains = [r["speedup_vs_fp32"] for r in bf16]
+    assert f"bf16 reaches {low}–{high} % of this CPU's bf16 GEMM rate" in prose
+    assert f"×{min(gains):.2f}–{max(gains):.2f} over fp32" in prose
+
+
+def test_the_encoder_table_is_the_registry():
+    """Every row of the README's encoder table states the registry's stride, default size and normalisation, and
+    every registered encoder has a row."""
+    from sam3dseg.model.encoder import ENCODERS
+
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("| name | architecture | stride |"):].split("\n\n")[0].splitlines()[2:]
+    words = {"SAM's mean/std": "sam", "min-max per slice": "minmax"}
+    named = set()
+    for row in table:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        names = re.findall(r"`(\w+)`", cells[0])
+        for name in names:
+            entry = ENCODERS[name]
+            assert (int(cells[2]), int(cells[3]), words[cells[4]]) == (entry.stride, entry.default_image_size, entry.normalisation), name
+        named.update(names)
+    assert named == set(ENCODERS)
+    # the defaults the cache's --image-size help states are the registry's too
+    from sam3dseg.pipeline.config import CacheConfig
+    import dataclasses
+
+    help_text = next(f for f in dataclasses.fields(CacheConfig) if f.name == "image_size").metadata["rule"].help
+    for size, names in re.findall(r"(\d+) for ([\w', ]+?)(?:\)|,| and \d)", help_text):
+        for name in re.findall(r"\b(vit_b|vit_l|vit_h|medsam_vit_b|lite_medsam|mobile_sam)\b", names):
+            assert ENCODERS[name].default_image_size == int(size), name

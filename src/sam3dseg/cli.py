@@ -127,6 +127,8 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) ->
         default = f.default_factory()
     shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else ("none" if default is None else default)
     help_text = rule.help if isinstance(default, bool) else f"{rule.help}: {rule.allowed} (default {shown})"
+    if kwargs.get("action") == "store_const" and kwargs.get("const") is False:  # a flag that turns a setting off
+        help_text = f"leave out {rule.help}: on without this flag"
     parser.add_argument(rule.flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
 

@@ -167,6 +167,22 @@ def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
     assert not (tmp_path / "pred" / "metrics.csv").exists()
 
 
+def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys):
+    """Same shape, other spacing or origin: the voxels are other places, so the scores would mean nothing."""
+    from sam3dseg.data.volumes import Geometry
+
+    ref = np.zeros((4, 5, 6), np.uint8)
+    ref[1:3, 1:4, 1:5] = 1
+    write_volume(ref, GEOMETRY, tmp_path / "ref" / "a.nii.gz")
+    moved = Geometry(GEOMETRY.spacing, tuple(o + 5.0 for o in GEOMETRY.origin), GEOMETRY.direction)
+    write_volume(ref, moved, tmp_path / "pred" / "a.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lies on another grid than its reference" in err[0]
+    write_volume(ref, GEOMETRY, tmp_path / "pred" / "a.nii.gz")  # the reference's own grid: scored
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"]) == 0
+
+
 def test_evaluate_scores_the_cases_it_has_and_says_which_are_missing(tmp_path, capsys):
     rng = np.random.default_rng(1)
     ref = _blob((12, 20, 17), rng).astype(np.uint8)

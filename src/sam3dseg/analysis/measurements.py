@@ -578,7 +578,8 @@ def run_analysis(out: Path, quick: bool = False, log: Callable[[str], None] = pr
     for i, (name, step) in enumerate(steps, 1):
         t0 = time.perf_counter()
         log(f"[{i}/{len(steps)}] {name} ...")
-        results[name] = step()
+        with torch.random.fork_rng(devices=[]):  # each measurement seeds itself; the caller's generator is left alone
+            results[name] = step()
         log(f"[{i}/{len(steps)}] {name} done in {time.perf_counter() - t0:.1f} s")
     results["seconds"] = time.perf_counter() - started
     write_json(out / "results.json", results)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.files import write_text
-from ..common.plots import pyplot, save_figure
+from ..common.plots import save_figure, subplots
 
 COLOURS = {"conv": "tab:blue", "attention": "tab:red", "explicit": "tab:red", "sdpa": "tab:orange"}
 LABELS = {"conv": "conv decoder (the method)", "attention": "attention", "explicit": "attention, explicit softmax",
@@ -35,7 +35,7 @@ def _g(x: float) -> str:
 
 
 def _plot_flops(c: dict[str, Any], out: Path) -> str:
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for name in ("conv", "attention"):
         rows = [r for r in c["flops"] if r["decoder"] == name]
         for mode, style in (("forward", "o"), ("forward_backward", "^")):
@@ -51,7 +51,7 @@ def _plot_flops(c: dict[str, Any], out: Path) -> str:
 
 
 def _plot_memory(c: dict[str, Any], out: Path) -> str:
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for kind in ("conv", "sdpa", "explicit"):
         for backward, style in ((False, "o--"), (True, "^-")):
             rows = sorted((r for r in c["memory"] if r["decoder"] == kind and r["backward"] == backward
@@ -76,7 +76,7 @@ def _plot_memory(c: dict[str, Any], out: Path) -> str:
 
 
 def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
-    fig, ax = pyplot().subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     method = [r for r in rows if r["shortcut_kernel"] == 3]
     orig = [r for r in rows if r["shortcut_kernel"] == 1]
     x = range(len(method))
@@ -92,7 +92,7 @@ def _plot_levels(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def _plot_gradients(g: dict[str, Any], out: Path) -> str:
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     forms = list(g["forms"])
     for i, form in enumerate(forms):
         row = g["forms"][form]
@@ -117,7 +117,7 @@ def _plot_gradients(g: dict[str, Any], out: Path) -> str:
 
 
 def _plot_lipschitz(rows: list[dict[str, Any]], out: Path) -> str:
-    fig, ax = pyplot().subplots(figsize=(9, 3.5))
+    fig, ax = subplots(figsize=(9, 3.5))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["l1_bound"] for r in rows], 0.4, label="the method's bound ‖W‖₁ = Σ|w|")
     ax.bar([i + 0.2 for i in x], [r["spectral"] for r in rows], 0.4, label="spectral norm (power iteration)")
@@ -129,7 +129,7 @@ def _plot_lipschitz(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def _plot_supervision(ds: dict[str, Any], out: Path) -> str:
-    fig, ax = pyplot().subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     seeds = ds["seeds"]
     names = ["α₁∇L(1)", "α₂∇L(2)", "α₃∇L(3)", "α₄∇L(4)", "∇L_tot", "∇L(4) alone"]
     values = [[s["first_block_per_level"][i] for s in seeds] for i in range(4)]
@@ -144,7 +144,7 @@ def _plot_supervision(ds: dict[str, Any], out: Path) -> str:
 
 
 def _plot_dice_forms(df: dict[str, Any], out: Path) -> str:
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.5))
+    fig, (left, right) = subplots(1, 2, figsize=(10, 3.5))
     bg = df["background"]
     f = [b["fraction"] for b in bg]
     left.semilogx(f, [b["joint_dice"] for b in bg], "o-", color="tab:red", label="joint Dice (method §5.1)")

@@ -2,9 +2,9 @@
 
 Every file sam3dseg writes goes through :func:`atomic_output` (directly, or through
 :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_tensors`):
-written under a temporary name in the target folder, flushed to disk, renamed, and
-the folder's entry flushed too. An output is then either absent or complete, even
-after a kill or a power cut.
+written in a hidden folder beside the target, flushed to disk, renamed into place (a
+format's data files before its header), and the folder's entry flushed too. An output
+is then either absent or complete, even after a kill or a power cut.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import io
 import json
 import math
 import os
+import pickle
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,11 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, summarise
-
-# Suffixes made of two parts, kept whole on temporary names so that writers which
-# pick the format from the name (SimpleITK, numpy) see the right one.
-_DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
-
 
 def _fsync(path: Path) -> None:
     """Flush a file's (or a folder's) content and metadata to the disk."""
@@ -39,37 +36,31 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    """The process's umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); on success flush it and rename it to ``path``.
+    """Yield ``path``'s name inside a new hidden folder beside it; on success flush every file the writer made
+    there and rename each into ``path``'s folder, ``path`` itself last, then remove the hidden folder.
 
-    A failure or a kill leaves no half-written file under the final name; the
-    temporary file is removed on failure.
+    A failure or a kill leaves no half-written file under a final name (the hidden folder is removed on
+    failure). Formats that write more than one file (MetaImage ``.mhd`` + ``.raw``, detached NRRD ``.nhdr`` +
+    ``.raw``) write them all under their final names, which their header refers to, and the data is renamed
+    into place before the header. Files are created by the writer itself, so they get the user's umask
+    (the process's umask is never changed, even for a moment).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lower = path.name.lower()
-    suffix = next((s for s in _DOUBLE_SUFFIXES if lower.endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield Path(tmp)
-        # mkstemp makes the file 0600; give it what open() would under the user's umask,
-        # so colleagues on a shared server can read the results.
-        os.chmod(tmp, 0o666 & ~_umask())
-        _fsync(Path(tmp))
-        os.replace(tmp, path)
+        tmp = folder / path.name
+        yield tmp
+        files = sorted(p for p in folder.iterdir() if p != tmp) + [tmp]  # data first, the named file (header) last
+        for file in files:
+            _fsync(file)
+        for file in files:
+            os.replace(file, path.parent / file.name)
         _fsync(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -150,7 +141,8 @@ def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError
     With ``mmap`` the tensors are memory-mapped from the file: slicing one reads only
     the pages it touches, so a crop of a large case costs the crop, not the case.
     A missing or unreadable file raises ``error`` with one line naming the file and
-    ``what`` it should be, plus ``hint`` on what to do.
+    ``what`` it should be, plus ``hint`` on what to do; only failures to read or unpickle it do (a
+    ``MemoryError`` or an interrupt stays what it is).
     """
     import torch
 
@@ -159,7 +151,9 @@ def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError
         raise error(f"{what} not found: {path}{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # any failure to unpickle means "not a file we can read"
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or summarise(err)}{hint}") from err
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:  # what torch.load raises for a bad file
         raise error(f"{path} is not a readable {what}: {_why_unreadable(err)}{hint}") from err
 
 

@@ -1,4 +1,4 @@
-"""Pictures: matplotlib set up once (no screen needed), saved atomically; training curves; montages."""
+"""Pictures: matplotlib figures without pyplot (no screen, no global backend), saved atomically; training curves; montages."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ from .files import atomic_output
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend, chosen here once, on first use (not at import)."""
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.8), **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, but a bare :class:`matplotlib.figure.Figure`: no pyplot, no
+    backend chosen or switched, so a notebook's own matplotlib set-up is left as it was (PNG is drawn by Agg
+    whatever the backend)."""
+    from matplotlib.figure import Figure
 
-    if matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100, **savefig: object) -> Path:
-    """Write a figure as PNG atomically, then close it (``savefig``: more options for ``Figure.savefig``)."""
+    """Write a figure as PNG atomically (``savefig``: more options for ``Figure.savefig``)."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, **savefig)
-    pyplot().close(fig)
+        fig.savefig(tmp, dpi=dpi, format="png", **savefig)
     return Path(path)
 
 
@@ -36,9 +34,8 @@ def save_curves(history: list[dict], path: str | Path, classes: list[str] = ()) 
     The Dice panel shows the mean and, when ``classes`` are named, each foreground
     class (``val_dice_per_class``), so a class that is never found shows at 0.
     """
-    plt = pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, ax = subplots(1, 2, figsize=(9, 3.5))
     ax[0].plot(epochs, [h["train_loss"] for h in history], marker=".")
     ax[0].set(xlabel="epoch", ylabel="training loss (deep supervision)", title="loss")
     val = [(h["epoch"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
@@ -120,7 +117,6 @@ def save_montage(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    plt = pyplot()
 
     path = Path(path)
     labels = [pred] + ([ref] if ref is not None else [])
@@ -128,7 +124,7 @@ def save_montage(
     names = class_names or [f"class {k}" for k in range(num_classes)]
     slices = pick_slices(labels, count)
     rows, cols = _zoom([a[slices] for a in labels], pred.shape[1:])
-    fig, axes = plt.subplots(1, len(slices), figsize=(3.2 * len(slices), 3.7), squeeze=False)
+    fig, axes = subplots(1, len(slices), figsize=(3.2 * len(slices), 3.7), squeeze=False)
     if image is not None:
         lo, hi = window if window is not None else np.percentile(image, (1, 99))
     for ax, z in zip(axes[0], slices):

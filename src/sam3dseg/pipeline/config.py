@@ -264,7 +264,8 @@ class PredictConfig:
     )
     overlap: float = fraction(0.5, "share of a window overlapping the next", upper_open=True, flag="--overlap")
     flip_tta: bool = switch(False, "also predict the depth-flipped volume and average", flag="--tta")
-    postprocess: bool = switch(True, "apply the post-processing the model's validation decided (--no-postprocess: raw)", flag="--no-postprocess")
+    postprocess: bool = switch(True, "the post-processing the model's validation decided (largest connected components where they "
+                               "raised the validation Dice)", flag="--no-postprocess")  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
     encoder_precision: str = one_of(
         "model", ("model", *PRECISION_CHOICES),

@@ -55,10 +55,16 @@ def _image_path(folder: Path, case: str) -> Path:
 def _read_pair(pred_path: Path, ref_path: Path, ignore: int | None) -> tuple[np.ndarray, np.ndarray, Geometry, int | None]:
     """A prediction and its reference on one grid, nnU-Net's ignore label dropped from both (those voxels
     count for no class), the reference's geometry, and how many voxels count (None without the label)."""
-    pred, _ = read_volume(pred_path)
+    pred, pred_geometry = read_volume(pred_path)
     ref, geometry = read_volume(ref_path)
     if pred.shape != ref.shape:
         raise UserError(f"prediction {pred_path} has shape {pred.shape}, reference {ref_path} {ref.shape}")
+    if not pred_geometry.matches(geometry):  # same shape on another grid: voxel-wise scores would compare other places
+        raise UserError(
+            f"prediction {pred_path} lies on another grid than its reference {ref_path} (spacing {pred_geometry.spacing} "
+            f"against {geometry.spacing}, origin {pred_geometry.origin} against {geometry.origin}, or the direction): "
+            "resample one onto the other first"
+        )
     if ignore is None:
         return pred, ref, geometry, None
     counted = int((ref != ignore).sum())

@@ -360,9 +360,10 @@ def _build(out: Path, config: RunConfig, data: _Data, rank: int, world: int) -> 
     """The decoder (seeded by ``train.seed``), its optimiser, poly schedule and loss, and the record to save."""
     t = config.train
     device = resolve_device(t.device, world)
-    torch.manual_seed(t.seed)
     channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
-    decoder = build_decoder(config.decoder, data.num_classes, *channels, data.encoder.stride).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's global generator left as it was
+        torch.manual_seed(t.seed)
+        decoder = build_decoder(config.decoder, data.num_classes, *channels, data.encoder.stride).to(device)
     model = torch.nn.parallel.DistributedDataParallel(decoder) if world > 1 else decoder
     optimizer = _make_optimizer(decoder.parameters(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(t.epochs * t.steps_per_epoch, t.poly_power))
