@@ -128,10 +128,18 @@ def test_the_encoder_table_is_the_registry():
         named.update(names)
     assert named == set(ENCODERS)
     # the defaults the cache's --image-size help states are the registry's too
-    from sam3dseg.pipeline.config import CacheConfig
     import dataclasses
 
+    from sam3dseg.pipeline.config import CacheConfig
+
     help_text = next(f for f in dataclasses.fields(CacheConfig) if f.name == "image_size").metadata["rule"].help
-    for size, names in re.findall(r"(\d+) for ([\w', ]+?)(?:\)|,| and \d)", help_text):
+    stated = re.findall(r"(\d+) for ([\w', ]+?)(?:\)|,| and \d)", help_text)
+    assert len(stated) >= 2, help_text
+    for size, names in stated:
         for name in re.findall(r"\b(vit_b|vit_l|vit_h|medsam_vit_b|lite_medsam|mobile_sam)\b", names):
             assert ENCODERS[name].default_image_size == int(size), name
+
+
+def test_the_readme_states_the_torch_floor_of_pyproject():
+    floor = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))[1]
+    assert f"sam3dseg asks for `torch>={floor}`" in README.read_text(encoding="utf-8")

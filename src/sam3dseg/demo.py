@@ -86,7 +86,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     from .pipeline.cache import run_cache
     from .pipeline.config import CacheConfig, PredictConfig, load_run_config
     from .pipeline.evaluate import evaluate_folders, hd95_text
-    from .pipeline.predict import load_predictor, predict_folder
+    from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
     from .pipeline.train import train
 
     config = config or DemoConfig()
@@ -113,7 +113,8 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     with _timed(times, "predict"):
         predictor = load_predictor(run / "best.pt", checkpoint, PredictConfig(device=config.device))
         preds = out / f"predictions_{config.encoder}"
-        written = predict_folder(predictor, data / "imagesTs", preds, progress=False, log=log)["written"]
+        # the demo's own folder, its two test cases predicted again each run (a model trained longer replaces them)
+        written = predict_folder(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=log)["written"]
         montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
         summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{config.encoder}", data / "dataset.json", log=None)

@@ -250,7 +250,7 @@ def test_encode_slices_batches_like_one_pass(tiny_spec):
     enc = randomize_(SAMImageEncoder(tiny_spec, image_size=32), seed=7)
     slices = torch.rand(5, 32, 20) * 255
     whole = enc(to_encoder_input(slices, 32))
-    assert torch.allclose(encode_slices(enc, slices, batch_size=2), whole, atol=1e-6)
+    assert torch.allclose(encode_slices(enc, slices, batch_size=2), whole, atol=1e-5)  # float32 rounding (1e-6 on torch 2.6)
 
 
 @pytest.mark.slow

@@ -89,3 +89,13 @@ def test_train_records_the_crops_and_views_it_resolved(generated_dataset, tmp_pa
     record = load_model_file(tmp_path / "r" / "best.pt").config.train
     assert (record.crop_tokens, record.views) == (2, 0)
 
+
+
+def test_a_flag_that_turns_a_setting_off_says_so(capsys):
+    """`--no-postprocess` once read "apply the post-processing ... (--no-postprocess: raw)": the flag's help says
+    what giving it does."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-postprocess leave out the post-processing the model's validation decided" in text
+    assert "on without this flag" in text and "apply the post-processing" not in text

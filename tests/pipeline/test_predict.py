@@ -188,7 +188,7 @@ def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_pa
     from sam3dseg.pipeline.predict import predict_folder
 
     predict_folder(Predictor(tiny_model_file(), tiny_encoder()), image, tmp_path / "pred", progress=False)
-    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["case_003.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case_003.nii.gz", "predict.json"]
     (tmp_path / "ref").mkdir()
     shutil.copy(generated_dataset / "labelsTr" / "case_003.nii.gz", tmp_path / "ref")
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--strict", "--quiet"]) == 0
@@ -323,7 +323,7 @@ def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset
     at = {e[:2]: i for i, e in enumerate(events)}
     for k in range(3, len(reads)):  # case k is read only once case k-3 is written: three cases held at most
         assert at[("written", names[k - 3])] < at[("read", names[k])]
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{n}.nii.gz" for n in names[:4]]
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [f"{n}.nii.gz" for n in names[:4]]
 
 
 def test_the_caches_precision_reaches_the_model_file_and_predict(generated_dataset, tmp_path, capsys):
@@ -343,4 +343,4 @@ def test_the_caches_precision_reaches_the_model_file_and_predict(generated_datas
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(run / "best.pt"), "--input", str(generated_dataset / "imagesTr"), "--out", str(out),
                  "--encoder-precision", "int8", "--quiet"]) == 0  # fmt: skip
-    assert len(list(out.iterdir())) == 6
+    assert len(list(out.glob("*.nii.gz"))) == 6 and (out / "predict.json").is_file()

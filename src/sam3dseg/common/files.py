@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -151,9 +150,11 @@ def load_tensors(path: str | Path, what: str, error: type[UserError] = UserError
         raise error(f"{what} not found: {path}{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except MemoryError:  # the machine, not the file: stays what it is
+        raise
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err.strerror or summarise(err)}{hint}") from err
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:  # what torch.load raises for a bad file
+    except Exception as err:  # the bytes: torch's unpickler raises UnpicklingError, RuntimeError, IndexError, ... on them
         raise error(f"{path} is not a readable {what}: {_why_unreadable(err)}{hint}") from err
 
 

@@ -5,8 +5,9 @@
 - ``bf16``: the encoder runs under ``torch.autocast`` in bfloat16 (features returned in
   float32). Worth it only where the hardware computes bf16 natively: CUDA GPUs, and CPUs with
   AVX512-BF16 or AMX. A CPU whose oneDNN has no bf16 at all (AVX2 only) can only emulate it:
-  measured ×8 slower than fp32 on a ViT-B-sized linear layer (AMD EPYC, AVX2), so asking for bf16
-  there is refused at the door (:func:`resolve_precision`) and ``auto`` never picks it.
+  measured ×5 (ViT-B) to ×13 (LiteMedSAM) slower than fp32 a 256² slice (AMD EPYC, AVX2), so
+  asking for bf16 there is refused at the door (:func:`resolve_precision`) and ``auto`` never
+  picks it; the Python API still computes it (the layers under autocast).
 - ``int8``: dynamic quantisation of the linear layers (:class:`Int8Linear`): weights int8 per
   output channel, each token's activations int8 by their own absolute maximum, products in
   int32 (``torch._int_mm``: VNNI on x86), rescaled to float32. Attention, norms and
@@ -113,8 +114,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", key: s
         return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16():
         raise UserError(
-            f"{key} bf16: this CPU, {describe_cpu()}, has no bf16 arithmetic (emulated it runs about ×8 slower "
-            "than fp32); use fp32 or int8 (auto picks fp32 here)"
+            f"{key} bf16: this CPU, {describe_cpu()}, has no bf16 arithmetic (emulated, an encoder runs ×5-13 "
+            "slower than in fp32); use fp32 or int8 (auto picks fp32 here)"
         )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"{key} bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use fp32 or int8 (auto picks fp32 here)")
