@@ -16,6 +16,7 @@ The same rules print the ``--help`` key listings and the table of options.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 from collections.abc import Callable, Sequence
@@ -295,7 +296,7 @@ def load_settings(
 
 def _override_values(data: dict, overrides: Sequence[str]) -> dict:
     """``key=value`` overrides as a nested dict of the values they set (checked against ``data``'s keys)."""
-    applied = apply_overrides(_copy(data), overrides)
+    applied = apply_overrides(copy.deepcopy(data), overrides)
     out: dict = {}
     for item in overrides:
         *parents, leaf = item.partition("=")[0].split(".")
@@ -304,10 +305,6 @@ def _override_values(data: dict, overrides: Sequence[str]) -> dict:
             node, src = node.setdefault(p, {}), src[p]
         node[leaf] = src[leaf]
     return out
-
-
-def _copy(data: dict) -> dict:
-    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
 def dump_yaml(config: Any) -> str:

@@ -146,10 +146,10 @@ def prune_validation(run: Path, keep: int) -> None:
 def load_validation(run: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """The ``(prediction, reference)`` pairs kept of the epoch the run's ``best.pt`` holds (a run written before
     epochs had folders: the flat ``validation/*.npz``)."""
-    folder = Path(run) / VALIDATION
     best = Path(run) / "best.pt"
-    if best.is_file() and validation_folder(run, load_model_file(best).epoch).is_dir():
-        folder = validation_folder(run, load_model_file(best).epoch)
+    folder = validation_folder(run, load_model_file(best).epoch) if best.is_file() else None
+    if folder is None or not folder.is_dir():
+        folder = Path(run) / VALIDATION
     files = sorted(folder.glob("*.npz"))
     if not files:
         raise UserError(f"{run} has no validation predictions of its best epoch ({VALIDATION}/): train it with validation cases (a fold) first")

@@ -242,10 +242,13 @@ def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[
     for name, channels in groups.items():
         missing, extra = channel_gaps(channels, num_channels)
         ending = image_suffix(next(iter(channels.values())))
-        problems += [f"case {name} in {path}: no {name}_{c:04d}{ending} (the model reads {num_channels} channel(s), 0000..{num_channels - 1:04d})" for c in missing]
+        wanted = f"the model reads {num_channels} channel(s), 0000..{num_channels - 1:04d}"
+        problems += [f"case {name} in {path}: no {name}_{c:04d}{ending} ({wanted})" for c in missing]
         problems += [f"case {name} in {path}: {channels[c].name} is a channel beyond the model's {num_channels}" for c in extra]
+    if len(problems) == 1:
+        raise UserError(problems[0])
     if problems:
-        raise UserError("\n".join(problems) if len(problems) == 1 else f"{len(problems)} problems with the input files:\n" + "\n".join(f"  {p}" for p in problems))
+        raise UserError(f"{len(problems)} problems with the input files:\n" + "\n".join(f"  {p}" for p in problems))
     return [(name, [channels[c] for c in range(num_channels)]) for name, channels in groups.items()]
 
 
