@@ -274,8 +274,9 @@ def file_modality(path: str | Path) -> str | None:
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
     """Write a ``(z, y, x)`` array with ``geometry`` to ``path``, atomically.
 
-    The file is written under a temporary name in the same folder and renamed, so
-    ``path`` is either absent or complete, never half-written.
+    Written by :func:`~sam3dseg.common.files.atomic_output`: in a hidden folder beside ``path``, synced, then
+    renamed into place (a ``.mhd``'s or ``.nhdr``'s data file before the header), so ``path`` is either
+    absent or complete, never half-written.
     """
     sitk = _sitk()
     path = Path(path)

@@ -20,7 +20,7 @@ A case's key hashes everything its features depend on: the bytes of its image an
 label files, the preprocessing settings, the encoder name, size, architecture, checkpoint
 hash, normalisation and precision (``EncoderInfo.identity``). A view's key adds its index, the augmentation settings and MONAI's version. A
 later run re-encodes exactly the cases and views whose key changed. Each file is
-written to a temporary name and renamed, and a killed run resumes where it
+written atomically (``atomic_output``), and a killed run resumes where it
 stopped; the bytes written do not depend on where it was stopped.
 """
 
