@@ -168,6 +168,15 @@ def _why_unreadable(err: Exception) -> str:
     return f"not written by torch.save ({summarise(err)})"
 
 
+def tensors_sha256(tensors: dict) -> str:
+    """SHA-256 of named tensors (a state dict): each name and shape, then its values' bytes, in order."""
+    h = hashlib.sha256()
+    for name, tensor in tensors.items():
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

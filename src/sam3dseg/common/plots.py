@@ -117,7 +117,6 @@ def save_montage(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-
     path = Path(path)
     labels = [pred] + ([ref] if ref is not None else [])
     num_classes = int(max(a.max() for a in labels)) + 1

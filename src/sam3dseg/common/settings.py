@@ -284,7 +284,7 @@ def load_settings(
     """
     defaults = to_dict(cls())
     dependents = getattr(cls, "DEPENDENTS", {})
-    data = to_dict(cls())
+    data = copy.deepcopy(defaults)
     layers = list(base)
     if path is not None:
         layers.append((str(path), read_yaml(path, f"config file not found: {path}")))

@@ -261,10 +261,10 @@ def _folder_cases(dataset: Dataset, images_dir: Path, labels_dir: Path, ending: 
         images = tuple(_inside(root, f"{images_dir.name}/{name}_{c:04d}{ending}", meta_path) for c in range(n))
         label = _inside(root, f"{labels_dir.name}/{name}{ending}", meta_path) if labels_dir.is_dir() else None
         cases.append(Case(name, images, label))
-    names = {c.name for c in cases}
+    known = set(names)
     for name, channels in groups.items():
         extra = channel_gaps(channels, n)[1]
-        if name not in names:
+        if name not in known:
             problems.append(f"case {name}: {images_dir.name}/{next(iter(channels.values())).name} has no label {labels_dir.name}/{name}{ending}")
         elif extra:
             problems.append(f"case {name}: {images_dir.name}/{channels[extra[0]].name} is a channel beyond the {n} dataset.json declares")

@@ -15,7 +15,6 @@ A new encoder family is one module (a frozen ``nn.Module`` with ``name``, ``imag
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common.files import file_sha256, load_tensors, wheel_file
+from ..common.files import file_sha256, load_tensors, tensors_sha256, wheel_file
 from ..common.settings import to_dict
 from ..errors import CheckpointError, UserError
 from .precision import PRECISIONS, quantize_linears
@@ -446,11 +445,7 @@ _RANDOM = "weights:"
 
 def weights_sha256(module: nn.Module) -> str:
     """Hash of a module's weights (names, shapes and values), for encoders without a file."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        h.update(f"{name}{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return _RANDOM + h.hexdigest()
+    return _RANDOM + tensors_sha256(module.state_dict())
 
 
 def _weights_digest(encoder: nn.Module) -> str:

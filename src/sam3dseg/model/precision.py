@@ -99,13 +99,13 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & _BF16_FLAGS) and cpu_bf16() and bf16_speedup() >= _BF16_GAIN
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu", key: str = "encoder_precision (--encoder-precision)") -> str:
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """``auto`` to what this device computes best without losing accuracy: bf16 on CUDA with bf16 support
     and on CPUs with native bf16, fp32 elsewhere; any other value is returned as it is, once checked.
 
     Raises:
         UserError: bf16 asked for on a device that cannot compute it (one line naming the hardware and
-            what it can do; ``key`` names the setting).
+            what it can do).
     """
     device = torch.device(device)
     if precision == "auto":
@@ -114,11 +114,11 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", key: s
         return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16():
         raise UserError(
-            f"{key} bf16: this CPU, {describe_cpu()}, has no bf16 arithmetic (emulated, an encoder runs ×5-13 "
+            f"encoder_precision (--encoder-precision) bf16: this CPU, {describe_cpu()}, has no bf16 arithmetic (emulated, an encoder runs ×5-13 "
             "slower than in fp32); use fp32 or int8 (auto picks fp32 here)"
         )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{key} bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use fp32 or int8 (auto picks fp32 here)")
+        raise UserError(f"encoder_precision (--encoder-precision) bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use fp32 or int8 (auto picks fp32 here)")
     return precision
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..common.files import load_tensors, save_tensors
+from ..common.files import load_tensors, save_tensors, tensors_sha256
 from ..common.settings import from_dict, to_dict
 from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
@@ -124,14 +124,10 @@ class ModelFile:
     def digest(self) -> str:
         """SHA-256 of what predictions depend on: the decoder's weights, the settings, classes, channels,
         preprocessing, encoder and post-processing decision (not the optimiser, history or epoch)."""
-        h = hashlib.sha256()
-        for name, tensor in self.decoder.items():
-            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         keys = ("config", "class_names", "channel_names", "preprocess", "encoder", "feature_channels", "postprocess")
         state = self.to_state()
-        h.update(json.dumps({k: state[k] for k in keys}, sort_keys=True, default=str).encode())
-        return h.hexdigest()
+        settings = json.dumps({k: state[k] for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(f"{tensors_sha256(self.decoder)}{settings}".encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (same bytes for the same content)."""
