@@ -196,3 +196,43 @@ def test_stride_sixteen_is_the_default_and_unchanged():
     x = torch.randn(1, 8, 2, 2, 2)
     assert all(torch.equal(a, b) for a, b in zip(default(x), explicit(x)))
     assert default.scales == (2, 2, 2, 2)
+
+
+def test_grid_stride_pools_the_features_and_sixteen_is_the_methods_decoder():
+    """Method D14: ``grid_stride`` average-pools a stride-4 encoder's grid before block 1. At 16 it is the
+    write-up's decoder (every block upsamples) on the pooled features, weight for weight; at 8 block 1 keeps
+    the S/8 grid. Outputs keep their sizes at the input resolution, and the FLOPs count the pooled grid."""
+    import torch.nn.functional as F
+
+    features = torch.randn(2, 8, 3, 8, 4)  # a 32 × 16 input at stride 4
+    image = torch.randint(0, 256, (2, 1, 3, 16, 8), dtype=torch.uint8)
+    torch.manual_seed(5)
+    pooled = SAM3DDecoder(3, 8, (8, 8, 4, 4), image_channels=1, stride=4, grid_stride=16)
+    torch.manual_seed(5)
+    method = SAM3DDecoder(3, 8, (8, 8, 4, 4), image_channels=1, stride=16)
+    assert pooled.scales == method.scales == (2, 2, 2, 2) and pooled.pool == 4
+    # ViT's image path for the pooled grid: (S/16 tokens) · 16 / 2 = the same S/2 image
+    for a, b in zip(pooled(features, image), method(F.avg_pool3d(features, (1, 4, 4)), image)):
+        assert torch.allclose(a, b, atol=1e-6)
+    eight = SAM3DDecoder(3, 8, (8, 8, 4, 4), image_channels=1, stride=4, grid_stride=8)
+    outs = eight(features, image)
+    assert eight.scales == (1, 2, 2, 2) and [tuple(o.shape[-2:]) for o in outs] == [(4, 2), (8, 4), (16, 8), (32, 16)]
+    with FlopCounterMode(display=False) as counter:
+        eight(features[:1], image[:1])
+    assert sum(eight.level_flops(3, 8, 4)) == counter.get_total_flops()
+    unpooled = SAM3DDecoder(3, 8, (8, 8, 4, 4), image_channels=1, stride=4)
+    assert unpooled.pool == 1 and unpooled.level_flops(3, 8, 4)[0] == 4 * eight.level_flops(3, 8, 4)[0]  # block 1 on a quarter of the grid
+    with pytest.raises(ValueError, match="divisible by it"):
+        eight(torch.randn(1, 8, 3, 5, 4), torch.zeros(1, 1, 3, 10, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="grid_stride must be the encoder's stride 4 times a power of two"):
+        SAM3DDecoder(3, 8, stride=4, grid_stride=2)
+
+
+def test_grid_stride_auto_follows_the_encoder():
+    from sam3dseg.errors import UserError
+    from sam3dseg.pipeline.config import AUTO_GRID, resolve_grid_stride
+
+    assert resolve_grid_stride(AUTO_GRID, 16) == 16 and resolve_grid_stride(AUTO_GRID, 4) == 8
+    assert resolve_grid_stride(16, 4) == 16 and resolve_grid_stride(16, 16) == 16
+    with pytest.raises(UserError, match="finer than the encoder's stride 16"):
+        resolve_grid_stride(8, 16)

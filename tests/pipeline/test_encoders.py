@@ -29,7 +29,13 @@ def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
     overrides = ["train.epochs=2", "train.steps_per_epoch=4", "train.crop_depth=4", "train.crop_tokens=8", "decoder.channels=[16,16,8,8]"]
     assert main(["train", "--cache", str(cache), "--out", str(run), "--quiet", *overrides]) == 0
     model = load_model_file(run / "best.pt")
-    assert model.encoder.stride == 4 and model.build_decoder().scales == (1, 1, 2, 2)
+    # decoder.grid_stride auto resolved for a stride-4 encoder (method D14) and recorded as the number
+    assert model.config.decoder.grid_stride == 8 and "grid_stride: 8" in (run / "config.yaml").read_text()
+    assert model.encoder.stride == 4 and model.build_decoder().scales == (1, 2, 2, 2) and model.build_decoder().pool == 2
+    # a crop the pooling cannot divide is refused in one line, before anything is written
+    code = main(["train", "--cache", str(cache), "--out", str(root / "odd"), "--quiet", *overrides[:-2], "train.crop_tokens=7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "divisible by 2" in err[0] and not (root / "odd").exists()
 
     pred = root / "pred"
     assert main(["predict", "--model", str(run / "best.pt"), "--input", str(generated_dataset / "imagesTr"), "--out", str(pred), "--quiet"]) == 0

@@ -103,19 +103,37 @@ def test_version_1_files_keep_the_defaults_they_were_trained_with(tmp_path, monk
     state = tiny_model_file().to_state()
     state["version"] = 1
     del state["config"]["decoder"]["image_path"], state["config"]["loss"]["dice"], state["config"]["train"]["foreground_fraction"]
-    del state["config"]["train"]["views"]
+    del state["config"]["train"]["views"], state["config"]["decoder"]["grid_stride"]
     torch.save(state, tmp_path / "v1.pt")
     record = load_model_file(tmp_path / "v1.pt")
     assert (record.config.decoder.image_path, record.config.loss.dice, record.config.train.foreground_fraction) == (False, "joint", 0.0)
     assert record.build_decoder().image_channels == 0
     assert record.config.train.views == 0  # version 3 records the views drawn among; earlier files drew none
 
-    def v3_to_v4(state: dict) -> dict:
+    assert record.config.decoder.grid_stride == 16  # version 4 records the grid block 1 reads: the encoder's before
+
+    def v4_to_v5(state: dict) -> dict:
         return {**state, "class_names": [n.upper() for n in state["class_names"]]}
 
-    monkeypatch.setattr(model_file, "MODEL_VERSION", 4)
-    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 3: v3_to_v4})
+    monkeypatch.setattr(model_file, "MODEL_VERSION", 5)
+    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 4: v4_to_v5})
     assert load_model_file(tmp_path / "v1.pt").class_names == ["BACKGROUND", "A", "B"]
+
+
+def test_a_version_3_file_of_a_stride_4_encoder_keeps_its_unpooled_decoder(tmp_path):
+    """Files written before decoder.grid_stride read the encoder's own grid: a LiteMedSAM model of version 3
+    rebuilds the decoder it was trained as (no pooling, blocks 1 and 2 at S/4), not today's auto (8)."""
+    from dataclasses import replace
+
+    record = tiny_model_file()
+    record.encoder = replace(record.encoder, stride=4)
+    record.decoder = model_file.build_decoder(replace(record.config.decoder, grid_stride=4), 3, 32, 1, 4).state_dict()
+    state = record.to_state()
+    state["version"] = 3
+    del state["config"]["decoder"]["grid_stride"]
+    torch.save(state, tmp_path / "v3.pt")
+    decoder = load_model_file(tmp_path / "v3.pt").build_decoder()
+    assert decoder.grid_stride == 4 and decoder.pool == 1 and decoder.scales == (1, 1, 2, 2)
 
 
 def test_the_record_rebuilds_its_decoder():

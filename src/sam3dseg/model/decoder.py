@@ -16,6 +16,11 @@ encoder's input resolution. For SAM's ViTs (s = 16) every block upsamples: the m
 decoder exactly. For LiteMedSAM (s = 4) blocks 1 and 2 keep the S/4 grid
 (``g(ℓ+1) = σ(r1 + r2)``, no ``U_2x``) and blocks 3 and 4 upsample.
 
+A stride-4 encoder's S/4 grid makes block 1 (``C_0 = 256 → C_1 = 128`` at 3×3×3) cost 16 times what it
+costs on ViT's S/16 grid. ``grid_stride`` (decision D13, ``decoder.grid_stride``) average-pools the features
+in-plane to a coarser grid before block 1 and builds the blocks for that stride: ``grid_stride`` 16 is the
+method's decoder exactly, on LiteMedSAM's features pooled 4 × 4; the image path keeps the fine detail.
+
 The image path (not in the method; decision D10, ``decoder.image_path``) joins the
 preprocessed slices, average-pooled to each block's input grid, to that block's
 input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
@@ -159,8 +164,8 @@ class LevelDecoder(nn.Module):
     """Four blocks ``g(ℓ) -> g(ℓ+1)`` and a 1×1×1 head per level: the contract every decoder here keeps.
 
     Subclasses pass ``make_block(C_ℓ, C_ℓ+1, scale)``, which builds a module ``(B, C_ℓ, D, h, w)
-    -> (B, C_ℓ+1, D, scale·h, scale·w)``, the scales from :func:`block_scales` of the encoder's
-    ``stride``; this class owns the heads and the forward pass, so
+    -> (B, C_ℓ+1, D, scale·h, scale·w)``, the scales from :func:`block_scales` of ``grid_stride``
+    (the encoder's ``stride`` unless pooled); this class owns the heads and the forward pass, so
     the method's conv decoder and the attention baseline (:mod:`sam3dseg.analysis.attention`)
     take the same input and return the same four outputs. With ``image_channels = C > 0``
     (the image path) block ℓ is built for ``C_ℓ + C`` input channels and ``forward``
@@ -175,8 +180,12 @@ class LevelDecoder(nn.Module):
         make_block: Callable[[int, int, int], nn.Module],
         image_channels: int = 0,
         stride: int = 16,
+        grid_stride: int | None = None,
     ) -> None:
         super().__init__()
+        grid_stride = stride if grid_stride is None else grid_stride
+        if grid_stride < stride or grid_stride % stride:
+            raise ValueError(f"grid_stride must be the encoder's stride {stride} times a power of two, got {grid_stride}")
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         if len(channels) != 4:
@@ -184,8 +193,9 @@ class LevelDecoder(nn.Module):
         if image_channels < 0:
             raise ValueError(f"image_channels must be >= 0, got {image_channels}")
         self.num_classes, self.in_channels, self.channels = num_classes, in_channels, tuple(channels)
-        self.image_channels, self.stride = image_channels, stride
-        self.scales = block_scales(stride)
+        self.image_channels, self.stride, self.grid_stride = image_channels, stride, grid_stride
+        self.pool = grid_stride // stride  # in-plane average pooling of the features before block 1 (1: none)
+        self.scales = block_scales(grid_stride)
         widths = (in_channels, *channels)
         # Blocks before heads: the order random initialisation draws in.
         self.blocks = nn.ModuleList(make_block(widths[i] + image_channels, widths[i + 1], s) for i, s in enumerate(self.scales))
@@ -206,6 +216,8 @@ class LevelDecoder(nn.Module):
             raise ValueError(
                 f"decoder expects features (B, {self.in_channels}, D, h, w), got {tuple(features.shape)}"
             )
+        if features.shape[-1] % self.pool or features.shape[-2] % self.pool:
+            raise ValueError(f"the decoder pools its {tuple(features.shape[-2:])} token grid by {self.pool}: give a grid divisible by it")
         if self.image_channels:
             b, _, d, h, w = features.shape
             expected = (b, self.image_channels, d, h * self.stride // IMAGE_STRIDE, w * self.stride // IMAGE_STRIDE)
@@ -213,7 +225,7 @@ class LevelDecoder(nn.Module):
                 got = None if image is None else tuple(image.shape)
                 raise ValueError(f"the decoder's image path expects an image {expected}, got {got}")
         outputs = []
-        g = features
+        g = F.avg_pool3d(features, (1, self.pool, self.pool)) if self.pool > 1 else features
         for block, head in zip(self.blocks, self.heads):
             if self.image_channels:
                 g = torch.cat([g, _pooled_image(image, g.shape[-2:]).to(g.dtype)], dim=1)
@@ -248,6 +260,7 @@ class SAM3DDecoder(LevelDecoder):
         upsample: Upsample = "linear",
         image_channels: int = 0,
         stride: int = 16,
+        grid_stride: int | None = None,
     ) -> None:
         """
         Args:
@@ -258,8 +271,10 @@ class SAM3DDecoder(LevelDecoder):
             activation: σ, ``relu`` (the method) or ``leaky_relu`` (original).
             upsample: U_2x, ``linear`` (the method) or ``nearest`` (original).
             image_channels: the image path's channels (the volume's C), 0 for none (the method).
-            stride: the encoder's output stride (16 for SAM's ViTs, 4 for LiteMedSAM): which
-                blocks upsample (:func:`block_scales`).
+            stride: the encoder's output stride (16 for SAM's ViTs, 4 for LiteMedSAM).
+            grid_stride: the stride of the grid block 1 reads (None: ``stride``): the features are
+                average-pooled in-plane by ``grid_stride / stride`` first, and the blocks that upsample
+                are those of :func:`block_scales` for ``grid_stride``.
         """
         super().__init__(
             num_classes,
@@ -268,11 +283,12 @@ class SAM3DDecoder(LevelDecoder):
             lambda cin, cout, scale: ResidualUpBlock(cin, cout, shortcut_kernel, activation, upsample, scale),
             image_channels,
             stride,
+            grid_stride,
         )
         self.shortcut_kernel = shortcut_kernel
 
     def level_flops(self, depth: int, height: int, width: int) -> list[int]:
-        """Analytic FLOPs of the convolutions per level, ℓ = 1..4, for input ``(·, ·, D, h, w)``.
+        """Analytic FLOPs of the convolutions per level, ℓ = 1..4, for features ``(·, ·, D, h, w)`` (the encoder's grid).
 
         Level ℓ counts block ℓ (W1, W2, W0 at the block's input grid, ``D × h·2^(ℓ-1) × w·2^(ℓ-1)``
         at stride 16) and head ℓ (at the block's output grid, ``D × h·2^ℓ × w·2^ℓ``). One
@@ -283,7 +299,7 @@ class SAM3DDecoder(LevelDecoder):
         k0 = self.shortcut_kernel**3
         widths = self.widths
         flops = []
-        voxels_in = depth * height * width
+        voxels_in = depth * (height // self.pool) * (width // self.pool)  # block 1 reads the pooled grid
         for i, scale in enumerate(self.scales):
             cin, cout = widths[i] + self.image_channels, widths[i + 1]
             block_macs = voxels_in * (27 * cin * cout + 27 * cout * cout + k0 * cin * cout)

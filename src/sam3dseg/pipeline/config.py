@@ -35,6 +35,7 @@ from ..common.settings import (
 )
 from ..data.augment import AugmentConfig
 from ..data.preprocess import PreprocessConfig
+from ..errors import UserError
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
 from ..model.precision import PRECISION_CHOICES, resolve_precision
@@ -43,6 +44,11 @@ from .plan import read_plan
 from .recipes import load_recipe
 
 AUTO_CROP = "auto"  # train.crop_tokens: half the token grid
+
+
+AUTO_GRID = "auto"
+# decoder.grid_stride auto, by the encoder's stride: see resolve_grid_stride
+AUTO_GRID_STRIDE = {4: 8}
 
 
 def resolve_crop_tokens(crop_tokens: int | str | None, grid: int) -> int | None:
@@ -82,8 +88,27 @@ class DecoderConfig:
         True, "join the preprocessed slices, pooled to each block's grid, to each block's input (the method: false)"
     )
 
+    # auto: the grid of bench/train_speed.py's choice for the encoder's stride, resolved when training starts and
+    # recorded as the number (method D14); the encoder's own stride is the write-up's decoder on unpooled features.
+    grid_stride: int | str = setting(
+        AUTO_GRID, "auto or 4, 8 or 16 (at least the encoder's stride)", lambda v: v == AUTO_GRID or v in (4, 8, 16),
+        "the grid block 1 reads, as a stride of the input: the features are average-pooled in-plane from the "
+        "encoder's stride to this (16 on LiteMedSAM's S/4 features is the write-up's decoder); auto: "
+        f"{AUTO_GRID_STRIDE} for a stride-4 encoder, the encoder's own otherwise",
+    )
+
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+def resolve_grid_stride(grid_stride: int | str, encoder_stride: int) -> int:
+    """``decoder.grid_stride`` for an encoder of ``encoder_stride``: auto is :data:`AUTO_GRID_STRIDE` for stride 4
+    (chosen at equal wall time, method D14), the encoder's own otherwise; a number below it is a ``UserError``."""
+    if grid_stride == AUTO_GRID:
+        return AUTO_GRID_STRIDE.get(encoder_stride, encoder_stride)
+    if grid_stride < encoder_stride:
+        raise UserError(f"decoder.grid_stride={grid_stride} is finer than the encoder's stride {encoder_stride}: give {encoder_stride} or coarser (8, 16), or auto")
+    return grid_stride
 
 
 @dataclass

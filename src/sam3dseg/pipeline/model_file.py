@@ -7,7 +7,7 @@ encoder whose features it was trained on (:class:`~sam3dseg.model.encoder.Encode
 and, for resuming, the optimiser and schedule states and the history. On disk it
 is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
 
-    {"format": "sam3dseg-model", "version": 3, "epoch", "decoder", "optimizer",
+    {"format": "sam3dseg-model", "version": 4, "epoch", "decoder", "optimizer",
      "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
      "feature_channels", "history", "best_dice", "split", "postprocess", "fingerprint"}
 
@@ -37,10 +37,10 @@ from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
-from .config import DecoderConfig, RunConfig
+from .config import DecoderConfig, RunConfig, resolve_grid_stride
 
 MODEL_FORMAT = "sam3dseg-model"
-MODEL_VERSION = 3
+MODEL_VERSION = 4
 
 
 def _v1_to_v2(state: dict) -> dict:
@@ -62,15 +62,24 @@ def _v2_to_v3(state: dict) -> dict:
     return state
 
 
+def _v3_to_v4(state: dict) -> dict:
+    """Version 4 records ``decoder.grid_stride``, the grid block 1 reads; earlier decoders read the encoder's own."""
+    stride = state.get("encoder", {}).get("stride", 16)
+    state["config"].setdefault("decoder", {}).setdefault("grid_stride", stride)
+    return state
+
+
 # version v -> function turning a v state dict into a v + 1 one.
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int, stride: int = 16) -> SAM3DDecoder:
     """The decoder a run configuration describes, for ``num_classes`` classes, ``in_channels`` features,
-    ``image_channels`` image channels (used with ``config.image_path`` only) and an encoder of output ``stride``."""
+    ``image_channels`` image channels (used with ``config.image_path`` only) and an encoder of output ``stride``
+    (``config.grid_stride`` auto resolved for it)."""
     joined = image_channels if config.image_path else 0
-    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined, stride)
+    grid = resolve_grid_stride(config.grid_stride, stride)
+    return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined, stride, grid)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, build_loss
 from .cache import read_manifest
-from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens
+from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens, resolve_grid_stride
 from .folds import SPLITS_FILE, select_cases
 from .metrics import dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
@@ -343,17 +343,25 @@ def _check(cache: Path, config: RunConfig, world: int, say: Log) -> tuple[RunCon
         say(f"using the {data.folds} folds of {cache / SPLITS_FILE} (train.num_folds={t.num_folds} shapes only a file made on first use)")
     t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views,
                 num_folds=data.folds or t.num_folds)  # fmt: skip
+    decoder = replace(config.decoder, grid_stride=resolve_grid_stride(config.decoder.grid_stride, data.encoder.stride))
     if t.crop_tokens is not None and t.crop_tokens > grid:
         raise UserError(
             f"train.crop_tokens={t.crop_tokens} is larger than the cache's token grid of {grid} × {grid} "
             f"(image size {data.image_size}); give 1..{grid}, or null for whole planes"
+        )
+    pool = decoder.grid_stride // data.encoder.stride
+    if grid % pool or (t.crop_tokens or grid) % pool:
+        raise UserError(
+            f"decoder.grid_stride={decoder.grid_stride} pools the encoder's {grid} × {grid} token grid by {pool}: "
+            f"the grid and train.crop_tokens={t.crop_tokens} must be divisible by {pool} (image size a multiple of "
+            f"{pool * data.encoder.stride}); give other crops or decoder.grid_stride={data.encoder.stride}"
         )
     if t.views > data.views:
         raise UserError(
             f"train.views={t.views} but cache {cache} holds {data.views} augmented view(s) per case: give 0..{data.views}, "
             f"or run `sam3dseg cache --views {t.views}` with the cache's settings first"
         )
-    return replace(config, train=t), data
+    return replace(config, train=t, decoder=decoder), data
 
 
 def _build(out: Path, config: RunConfig, data: _Data, rank: int, world: int) -> _Run:
