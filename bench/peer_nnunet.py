@@ -1,0 +1,290 @@
+"""sam3dseg beside nnU-Net v2 at equal wall time, on the same generated cases, scored by one code path.
+
+The user's alternative for abdominal organs is nnU-Net. This bench gives both systems the same cases of
+``sam3dseg anatomy`` (``--set ct``: the abdominal CT, twelve organs; ``--set brain``: the MNI152
+template, nine subcortical structures) and the same wall time ``--budget``:
+
+- **sam3dseg**: ``cache`` (LiteMedSAM at its own 256² unless ``--image-size``), then ``train`` with the
+  default recipe. The cache counts against the budget; so does a one-epoch calibration run (4 steps and a
+  validation) from whose timing the bench sets the epochs of 50 steps that fill what is left, so that the
+  learning-rate schedule ends with the budget.
+- **nnU-Net v2** (``NNUNET``, pinned, in its own virtual environment that this script makes, the CPU torch
+  pinned by a constraint): ``nnUNetv2_plan_and_preprocess`` (not counted, as the issue asks), then
+  ``nnUNetv2_train DATASET 3d_fullres all`` with nnU-Net's default trainer but for epochs of 25 iterations
+  instead of 250 and a checkpoint after each (``nnUNetTrainer_sam3dsegBench``, written into that
+  environment), stopped when the budget is spent; the last checkpoint predicts with nnU-Net's defaults. On
+  two CPU cores an epoch of 250 iterations takes hours and nnU-Net writes its first model at the end of one:
+  with the default epochs there would be nothing to predict with. Mirroring is nnU-Net's default on the brain
+  set (left and right are one class there) and off on the CT set (left/right organs are classes, as
+  TotalSegmentator trains nnU-Net).
+
+Both predict the test cases (imagesTs), timed per case, and both are scored by
+:func:`sam3dseg.pipeline.evaluate.evaluate_folders` against labelsTs: Dice and HD95 per structure.
+Results go to ``--json`` (default ``bench/results/peer_nnunet_{set}_{budget}s.json``) with the machine,
+the budget, the seeds and each system's time line; the README's headline table is made from them.
+
+    python bench/peer_nnunet.py --set ct --budget 1800 --work /tmp/peer [--systems sam3dseg nnunet] [--device cpu]
+
+``--device cuda`` runs both on a GPU (the nnU-Net environment then needs a CUDA torch: ``--torch``).
+The exit status is 0 when both systems ran (whichever wins); 1 when one of them failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _shared import cpu_name
+from sam3dseg.common.files import read_json, write_json
+
+NNUNET = "nnunetv2==2.8.1"
+TORCH = "torch==2.13.0"
+TRAINER = "nnUNetTrainer_sam3dsegBench"
+SETS = {  # dataset folder, anatomy options, nnU-Net mirroring
+    "ct": ("Dataset902_CT", ["--source", "ct", "--cases", "8", "--test-cases", "3"], False),
+    "brain": ("Dataset901_Anatomy", ["--source", "brain", "--cases", "8", "--test-cases", "3"], True),
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAINER_CODE = '''"""Written by sam3dseg's bench/peer_nnunet.py: nnU-Net's default trainer with short epochs, so that a run
+stopped by wall time leaves a model (its checkpoint after every epoch); network, loss, augmentation and
+learning-rate schedule are nnU-Net's own."""
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+MIRROR = {mirror}
+
+
+class {trainer}(nnUNetTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = 25
+        self.num_val_iterations_per_epoch = 5
+        self.save_every = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, patch, axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not MIRROR:  # left and right organs are classes: no mirroring in training or at inference
+            axes = None
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, patch, axes
+'''
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None, timeout: float | None = None) -> tuple[float, bool]:
+    """Run ``cmd`` with its output appended to ``log``; the seconds it took and whether it finished in
+    ``timeout`` (a run past it is stopped: its process group gets SIGINT, then SIGKILL)."""
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            return time.perf_counter() - start, False
+    if code:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {code}); see {log}")
+    return time.perf_counter() - start, True
+
+
+def sam3dseg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sam3dseg", *args]
+
+
+def make_dataset(name: str, work: Path, log: Path) -> Path:
+    folder, options, _ = SETS[name]
+    root = work / folder
+    run(sam3dseg("anatomy", "--out", str(root), *options), log)
+    return root
+
+
+def score(pred: Path, data: Path, out: Path) -> dict:
+    """Dice and HD95 per structure and their means, by sam3dseg's evaluation (one code path for both systems)."""
+    from sam3dseg.pipeline.evaluate import evaluate_folders, hd95_text
+
+    summary = evaluate_folders(pred, data / "labelsTs", out, data / "dataset.json", log=None)
+    per = {name: {"dice": e["dice"], "hd95": hd95_text(e, 1)} for name, e in summary["per_class"].items()}
+    mean_hd95 = summary["mean_hd95"]
+    return {"mean_dice": summary["mean_dice"], "mean_hd95": None if mean_hd95 != mean_hd95 else mean_hd95, "per_class": per}
+
+
+def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace, log: Path) -> dict:
+    """Cache, calibrate, train to fill the budget, predict the test cases, score."""
+    cache, run_dir, pred = work / "sam3dseg_cache", work / "sam3dseg_run", work / "sam3dseg_pred"
+    size = ["--image-size", str(args.image_size)] if args.image_size else []
+    cache_s, _ = run(sam3dseg("cache", "--dataset", str(data), "--out", str(cache), "--encoder", args.encoder, *size,
+                              "--device", args.device, "--quiet"), log)  # fmt: skip
+    common = [f"train.seed={args.seed}", f"train.device={args.device}"]
+    calib = work / "sam3dseg_calibration"
+    shutil.rmtree(calib, ignore_errors=True)
+    calib_s, _ = run(sam3dseg("train", "--cache", str(cache), "--out", str(calib), "--quiet", "train.epochs=1",
+                              "train.steps_per_epoch=4", *common), log)  # fmt: skip
+    entry = _first_history(calib)
+    step_s = entry["train_seconds"] / 4
+    val_s = entry["seconds"] - entry["train_seconds"]
+    left = budget - cache_s - calib_s
+    steps = 50
+    epochs = int(left // (steps * step_s + val_s))
+    if epochs < 1:
+        return {"cache_s": cache_s, "calibration_s": calib_s, "failed": f"the budget is spent before one epoch of {steps} steps ({left:.0f} s left)"}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train_s, _ = run(sam3dseg("train", "--cache", str(cache), "--out", str(run_dir), "--quiet", f"train.epochs={epochs}",
+                              f"train.steps_per_epoch={steps}", *common), log)  # fmt: skip
+    shutil.rmtree(pred, ignore_errors=True)
+    predict_s, _ = run(sam3dseg("predict", "--model", str(run_dir / "best.pt"), "--input", str(data / "imagesTs"),
+                                "--out", str(pred), "--device", args.device, "--quiet"), log)  # fmt: skip
+    tests = len(list((data / "labelsTs").glob("*.nii.gz")))
+    return {
+        "encoder": args.encoder, "image_size": args.image_size or "the encoder's own",
+        "cache_s": cache_s, "calibration_s": calib_s, "train_s": train_s, "epochs": epochs, "steps_per_epoch": steps,
+        "steps": epochs * steps, "step_s": step_s, "validation_s": val_s, "used_s": cache_s + calib_s + train_s,
+        "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "sam3dseg_eval"),
+    }  # fmt: skip
+
+
+def _first_history(run_dir: Path) -> dict:
+    """The first epoch's entry of a run, from its model file (train keeps the history there)."""
+    from sam3dseg.pipeline.model_file import load_model_file
+
+    return load_model_file(run_dir / "last.pt").history[0]
+
+
+def ensure_nnunet(venv: Path, torch_spec: str, mirror: bool, log: Path) -> Path:
+    """nnU-Net in its own environment (made once; torch pinned by a constraint so pip never resolves another),
+    its trainer lookup made importable on the CPU torch, and this bench's trainer written into it."""
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "nnUNetv2_train").is_file():
+        run([sys.executable, "-m", "venv", str(venv)], log)
+        run([str(python), "-m", "pip", "install", "--quiet", torch_spec], log)
+        constraint = venv / "constraint.txt"
+        constraint.write_text(torch_spec + "\n")
+        run([str(python), "-m", "pip", "install", "--quiet", "-c", str(constraint), NNUNET], log)
+    package = Path(subprocess.run([str(python), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
+                                  check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
+    trainers = package / "training" / "nnUNetTrainer"
+    # nnU-Net finds a trainer by importing every module under this folder; primus imports timm -> torchvision,
+    # whose compiled ops do not load with the CPU torch. Left out of the lookup (this environment is the bench's own).
+    shutil.rmtree(trainers / "primus", ignore_errors=True)
+    (trainers / "variants" / "sam3dseg_bench").mkdir(exist_ok=True)
+    (trainers / "variants" / "sam3dseg_bench" / "__init__.py").write_text("")
+    (trainers / "variants" / "sam3dseg_bench" / f"{TRAINER}.py").write_text(TRAINER_CODE.format(mirror=mirror, trainer=TRAINER))
+    return venv / "bin"
+
+
+def run_nnunet(data: Path, work: Path, budget: float, args: argparse.Namespace, log: Path) -> dict:
+    """Plan and preprocess (not counted), train for the budget, predict with the last checkpoint, score."""
+    mirror = SETS[args.set][2]
+    bin_dir = ensure_nnunet(args.nnunet_venv, args.torch, mirror, log)
+    raw, pre, results = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+    for d in (raw, pre, results):
+        d.mkdir(parents=True, exist_ok=True)
+    if not (raw / data.name).exists():
+        (raw / data.name).symlink_to(data.resolve(), target_is_directory=True)
+    env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)}
+    dataset_id = data.name[len("Dataset") : len("Dataset") + 3]
+    plan_s, _ = run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "3d_fullres", "-np", "2"], log, env)
+    plans = read_json(pre / data.name / "nnUNetPlans.json")["configurations"]["3d_fullres"]
+    out = results / data.name / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_all"
+    shutil.rmtree(out, ignore_errors=True)
+    train_s, finished = run([str(bin_dir / "nnUNetv2_train"), dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", args.device],
+                            log, env, timeout=budget)  # fmt: skip
+    checkpoints = [c for c in ("checkpoint_final.pth", "checkpoint_latest.pth") if (out / c).is_file()]
+    epochs = _nnunet_epochs(out)
+    result = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"], "plan_preprocess_s": plan_s,
+              "train_s": train_s, "stopped_by_budget": not finished, "epochs_done": epochs,
+              "iterations_done": epochs * 25, "mirroring": mirror, "checkpoint": checkpoints[0] if checkpoints else None}  # fmt: skip
+    if not checkpoints:
+        return {**result, "failed": "no checkpoint within the budget: nnU-Net writes one at the end of an epoch"}
+    pred = work / "nnunet_pred"
+    shutil.rmtree(pred, ignore_errors=True)
+    predict_s, _ = run([str(bin_dir / "nnUNetv2_predict"), "-i", str(data / "imagesTs"), "-o", str(pred), "-d", dataset_id,
+                        "-c", "3d_fullres", "-f", "all", "-tr", TRAINER, "-chk", checkpoints[0], "-device", args.device,
+                        "-npp", "1", "-nps", "1", "--disable_progress_bar"], log, env)  # fmt: skip
+    tests = len(list((data / "labelsTs").glob("*.nii.gz")))
+    return {**result, "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "nnunet_eval")}
+
+
+def _nnunet_epochs(out: Path) -> int:
+    """Epochs nnU-Net finished, from its training log ("Epoch N" lines; the last started may not have ended)."""
+    logs = sorted(out.glob("training_log_*.txt"))
+    if not logs:
+        return 0
+    ended = [line for line in logs[-1].read_text().splitlines() if "Epoch time:" in line]
+    return len(ended)
+
+
+def table(result: dict) -> str:
+    """The per-structure Markdown table of a result."""
+    systems = [s for s in ("sam3dseg", "nnunet") if "scores" in result.get(s, {})]
+    names = list(result[systems[0]]["scores"]["per_class"]) if systems else []
+    lines = ["| structure | " + " | ".join(f"{s} Dice | {s} HD95 mm" for s in systems) + " |",
+             "|---|" + "---|---|" * len(systems)]  # fmt: skip
+    for name in [*names, "mean"]:
+        cells = []
+        for s in systems:
+            sc = result[s]["scores"]
+            if name == "mean":
+                e = {"dice": sc["mean_dice"], "hd95": "n/a" if sc["mean_hd95"] is None else f"{sc['mean_hd95']:.1f}"}
+            else:
+                e = sc["per_class"][name]
+            cells.append(f"{e['dice']:.3f} | {e['hd95']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=list(SETS), default="ct", help="the generated cases (default ct)")
+    parser.add_argument("--budget", type=float, default=1800, help="seconds of wall time each system gets (default 1800)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the data, caches, runs and predictions")
+    parser.add_argument("--systems", nargs="+", choices=["sam3dseg", "nnunet"], default=["sam3dseg", "nnunet"])
+    parser.add_argument("--encoder", default="lite_medsam", help="sam3dseg's encoder (default lite_medsam)")
+    parser.add_argument("--image-size", type=int, help="sam3dseg's encoder input side (default: the encoder's own)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both systems (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="sam3dseg's training seed (the data's seed is the generator's 0)")
+    parser.add_argument("--nnunet-venv", type=Path, default=ROOT / ".venv-nnunet", help="nnU-Net's environment, made if absent")
+    parser.add_argument("--torch", default=TORCH, help=f"the torch nnU-Net's environment pins (default {TORCH}, the CPU wheel here)")
+    parser.add_argument("--json", type=Path, help="where the result goes (default bench/results/peer_nnunet_{set}_{budget}s.json)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = args.work / "peer_nnunet.log"
+    data = make_dataset(args.set, args.work, log)
+    target = args.json or ROOT / "bench" / "results" / f"peer_nnunet_{args.set}_{int(args.budget)}s.json"
+    result = read_json(target) if target.is_file() else {}
+    result.update({"set": args.set, "budget_s": args.budget, "device": args.device, "data": read_json(data / "dataset.json")["generator"]})
+    result.setdefault("machine", {})[args.device] = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__}
+    failed = False
+    for system in args.systems:
+        print(f"{system}: {args.budget:.0f} s on {args.set} ({log})", flush=True)
+        try:
+            fn = run_sam3dseg if system == "sam3dseg" else run_nnunet
+            result[system] = {**fn(data, args.work, args.budget, args, log), "when": time.strftime("%Y-%m-%d %H:%M")}
+        except (RuntimeError, subprocess.CalledProcessError) as err:
+            result[system] = {"failed": str(err)}
+        failed |= "scores" not in result[system]
+        print(json.dumps({k: v for k, v in result[system].items() if k != "scores"}, default=str), flush=True)
+    write_json(target, result)
+    print(table(result))
+    print(f"written {target}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
