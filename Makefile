@@ -64,7 +64,7 @@ demo: wheels
 	$(VENV)/bin/sam3dseg demo --out demo
 
 # the speed goals of the CPU path: every bench runs, and the target fails if any goal failed
-BENCHES := encoder tinyvit cpu_speed onnx_peer predict_ct
+BENCHES := encoder tinyvit cpu_speed onnx_peer predict_ct train_speed
 bench: wheels
 	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test,bench]"
 	@failed=""; for b in $(BENCHES); do $(PY) bench/$$b.py || failed="$$failed $$b"; done; \

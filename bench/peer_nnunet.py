@@ -26,7 +26,8 @@ the budget, the seeds and each system's time line; the README's headline table i
     python bench/peer_nnunet.py --set ct --budget 1800 --work /tmp/peer [--systems sam3dseg nnunet] [--device cpu]
 
 ``--device cuda`` runs both on a GPU (the nnU-Net environment then needs a CUDA torch: ``--torch``).
-The exit status is 0 when both systems ran (whichever wins); 1 when one of them failed.
+The exit status is 0 when both systems ran (whichever wins, and also when nnU-Net has no model at the budget);
+1 when one of them failed to run. ``--table`` prints the table of an existing result file and exits.
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ def run_nnunet(data: Path, work: Path, budget: float, args: argparse.Namespace, 
     result = {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"], "plan_preprocess_s": plan_s,
               "train_s": train_s, "stopped_by_budget": not finished, "epochs_done": epochs,
               "iterations_done": epochs * 25, "mirroring": mirror, "checkpoint": checkpoints[0] if checkpoints else None}  # fmt: skip
-    if not checkpoints:
-        return {**result, "failed": "no checkpoint within the budget: nnU-Net writes one at the end of an epoch"}
+    if not checkpoints:  # an outcome, not a failure of the bench
+        return {**result, "no_model": "no checkpoint within the budget: nnU-Net writes one at the end of an epoch"}
     pred = work / "nnunet_pred"
     shutil.rmtree(pred, ignore_errors=True)
     predict_s, _ = run([str(bin_dir / "nnUNetv2_predict"), "-i", str(data / "imagesTs"), "-o", str(pred), "-d", dataset_id,
@@ -231,29 +232,48 @@ def _nnunet_epochs(out: Path) -> int:
 
 
 def table(result: dict) -> str:
-    """The per-structure Markdown table of a result."""
-    systems = [s for s in ("sam3dseg", "nnunet") if "scores" in result.get(s, {})]
-    names = list(result[systems[0]]["scores"]["per_class"]) if systems else []
-    lines = ["| structure | " + " | ".join(f"{s} Dice | {s} HD95 mm" for s in systems) + " |",
-             "|---|" + "---|---|" * len(systems)]  # fmt: skip
+    """The Markdown table of a result: a row per structure and the means, a column pair per system (a system
+    without a model at the budget shows why), then each system's time line."""
+    systems = [s for s in ("sam3dseg", "nnunet") if s in result]
+    scored = [s for s in systems if "scores" in result[s]]
+    names = list(result[scored[0]]["scores"]["per_class"]) if scored else []
+    head = {"sam3dseg": "sam3dseg", "nnunet": "nnU-Net 3d_fullres"}
+    lines = ["| structure | " + " | ".join(f"{head[s]} Dice | HD95 mm" for s in systems) + " |", "|---|" + "---|---|" * len(systems)]
     for name in [*names, "mean"]:
         cells = []
         for s in systems:
+            if "scores" not in result[s]:
+                cells.append("no model | –")
+                continue
             sc = result[s]["scores"]
             if name == "mean":
-                e = {"dice": sc["mean_dice"], "hd95": "n/a" if sc["mean_hd95"] is None else f"{sc['mean_hd95']:.1f}"}
+                cells.append(f"**{sc['mean_dice']:.3f}** | " + ("n/a" if sc["mean_hd95"] is None else f"{sc['mean_hd95']:.1f}"))
             else:
-                e = sc["per_class"][name]
-            cells.append(f"{e['dice']:.3f} | {e['hd95']}")
+                cells.append(f"{sc['per_class'][name]['dice']:.3f} | {sc['per_class'][name]['hd95']}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for s in systems:
+        lines.append(f"- {head[s]}: {_time_line(result[s])}")
     return "\n".join(lines)
+
+
+def _time_line(r: dict) -> str:
+    if "cache_s" in r and "train_s" in r:
+        return (f"cache {r['cache_s']:.0f} s + calibration {r['calibration_s']:.0f} s + training {r['train_s']:.0f} s "
+                f"({r['steps']} steps of {r['step_s']:.1f} s, {r['epochs']} validations of {r['validation_s']:.0f} s); "
+                f"predict {r['predict_s_per_case']:.0f} s a case")  # fmt: skip
+    if "plan_preprocess_s" in r:
+        done = f"{r['epochs_done']} epochs of 25 iterations ({r['iterations_done']} iterations)"
+        line = f"plan and preprocess {r['plan_preprocess_s']:.0f} s (not counted) + training {r['train_s']:.0f} s: {done}, patch {r['patch_size']}, batch {r['batch_size']}"
+        return line + (f"; predict {r['predict_s_per_case']:.0f} s a case" if "predict_s_per_case" in r else f"; {r.get('no_model') or r.get('failed')}")
+    return r.get("failed", "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=list(SETS), default="ct", help="the generated cases (default ct)")
     parser.add_argument("--budget", type=float, default=1800, help="seconds of wall time each system gets (default 1800)")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the data, caches, runs and predictions")
+    parser.add_argument("--work", type=Path, help="folder for the data, caches, runs and predictions (required to run)")
     parser.add_argument("--systems", nargs="+", choices=["sam3dseg", "nnunet"], default=["sam3dseg", "nnunet"])
     parser.add_argument("--encoder", default="lite_medsam", help="sam3dseg's encoder (default lite_medsam)")
     parser.add_argument("--image-size", type=int, help="sam3dseg's encoder input side (default: the encoder's own)")
@@ -262,7 +282,13 @@ def main() -> None:
     parser.add_argument("--nnunet-venv", type=Path, default=ROOT / ".venv-nnunet", help="nnU-Net's environment, made if absent")
     parser.add_argument("--torch", default=TORCH, help=f"the torch nnU-Net's environment pins (default {TORCH}, the CPU wheel here)")
     parser.add_argument("--json", type=Path, help="where the result goes (default bench/results/peer_nnunet_{set}_{budget}s.json)")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of this result file and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(read_json(args.table)))
+        return
+    if args.work is None:
+        parser.error("--work is required to run the bench")
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "peer_nnunet.log"
     data = make_dataset(args.set, args.work, log)
@@ -278,7 +304,7 @@ def main() -> None:
             result[system] = {**fn(data, args.work, args.budget, args, log), "when": time.strftime("%Y-%m-%d %H:%M")}
         except (RuntimeError, subprocess.CalledProcessError) as err:
             result[system] = {"failed": str(err)}
-        failed |= "scores" not in result[system]
+        failed |= "failed" in result[system]
         print(json.dumps({k: v for k, v in result[system].items() if k != "scores"}, default=str), flush=True)
     write_json(target, result)
     print(table(result))

@@ -143,3 +143,23 @@ def test_the_encoder_table_is_the_registry():
 def test_the_readme_states_the_torch_floor_of_pyproject():
     floor = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))[1]
     assert f"sam3dseg asks for `torch>={floor}`" in README.read_text(encoding="utf-8")
+
+
+def test_the_headline_table_is_the_peer_bench():
+    """The README's "sam3dseg beside nnU-Net" table is bench/peer_nnunet.py's table of its result file, verbatim,
+    and the prose states the budget and the machine the file records."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("peer_nnunet", ROOT / "bench" / "peer_nnunet.py")
+        peer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peer)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    result = json.loads((ROOT / "bench" / "results" / "peer_nnunet_ct_1800s.json").read_text(encoding="utf-8"))
+    text = README.read_text(encoding="utf-8")
+    assert peer.table(result) in text, "README's table differs from the result: run bench/peer_nnunet.py --table FILE and paste it"
+    section = text[text.index("## sam3dseg beside nnU-Net"):]
+    assert f"{result['budget_s'] / 60:.0f} minutes" in section and result["machine"]["cpu"]["cpu"] in section

