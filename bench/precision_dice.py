@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    demo = DemoConfig(test_cases=args.test_cases)
+    demo = DemoConfig(test_cases=args.test_cases).resolved()  # the brain demo's sizes
     data = build_dataset(args.out / "Dataset901_Anatomy", demo)
     report = {"cpu": cpu_name(), "native_bf16": native_bf16(), "encoder": "lite_medsam", "image_size": demo.image_size,
               "train_cases": demo.train_cases, "test_cases": demo.test_cases, "cache_s": {}, "runs": []}  # fmt: skip

@@ -88,13 +88,13 @@ class DecoderConfig:
         True, "join the preprocessed slices, pooled to each block's grid, to each block's input (the method: false)"
     )
 
-    # auto: the grid of bench/train_speed.py's choice for the encoder's stride, resolved when training starts and
-    # recorded as the number (method D14); the encoder's own stride is the write-up's decoder on unpooled features.
+    # auto: S/8 for a stride-4 encoder (bench/train_speed.py and an equal-time run, method D14), resolved when
+    # training starts and recorded as the number; the encoder's own stride is the decoder on unpooled features.
     grid_stride: int | str = setting(
         AUTO_GRID, "auto or 4, 8 or 16 (at least the encoder's stride)", lambda v: v == AUTO_GRID or v in (4, 8, 16),
         "the grid block 1 reads, as a stride of the input: the features are average-pooled in-plane from the "
         "encoder's stride to this (16 on LiteMedSAM's S/4 features is the write-up's decoder); auto: "
-        f"{AUTO_GRID_STRIDE} for a stride-4 encoder, the encoder's own otherwise",
+        f"{AUTO_GRID_STRIDE[4]} for a stride-4 encoder, the encoder's own otherwise",
     )
 
     def __post_init__(self) -> None:
