@@ -58,7 +58,7 @@ class DemoData:
 
 DEMO_DATA = {
     "brain": DemoData("Dataset901_Anatomy", 8, 2, 96, 12, None),
-    "ct": DemoData("Dataset902_CT", 6, 2, 128, 3, 5.0),
+    "ct": DemoData("Dataset902_CT", 6, 2, 128, 5, 5.0),
 }
 
 
@@ -88,7 +88,7 @@ class DemoConfig:
     test_cases: int | None = setting(None, "a positive integer", _positive_or_none, "generated test cases, predicted and scored (default: 2)")
     image_size: int | None = image_size_setting(None, "encoder input side (default: brain 96, the 2 mm crop being about 55 px a side; "
                                                 "ct 128, the 1.5 mm crop being about 180 px a side)")  # fmt: skip
-    epochs: int | None = setting(None, "a positive integer", _positive_or_none, "training epochs (default: brain 12, ct 3)", flag="--epochs")
+    epochs: int | None = setting(None, "a positive integer", _positive_or_none, "training epochs (default: brain 12, ct 5)", flag="--epochs")
     steps_per_epoch: int = setting(50, "a positive integer", lambda v: v >= 1,
                                    "optimiser steps per epoch (each on crops of half the token grid: the default recipe)")  # fmt: skip
     seed: int = non_negative_int(0, "seed of the data and the training")
