@@ -44,12 +44,16 @@ def test_learns_generated_data(trained_tiny):
     state = load_model_file(run / "best.pt")
     assert state.class_names == ["background", "class1", "class2"]
     assert state.preprocess.slicing_axis == "axial" and state.encoder.image_size == 128
-    # the run's settings as given, train.views resolved to what the cache holds (none here), and
-    # train.crop_tokens=auto to half the 8 × 8 token grid
+    # the run's settings as given, train.views resolved to what the cache holds (none here),
+    # train.crop_tokens=auto to half the 8 × 8 token grid and decoder.grid_stride=auto to the encoder's own 16
     assert config.train.views is None and state.config.train.views == 0
     assert config.train.crop_tokens == "auto" and state.config.train.crop_tokens == 4
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
-    assert _differences(to_dict(config), to_dict(state.config)) == {"train.crop_tokens": ("auto", 4), "train.views": (None, 0)}
+    assert _differences(to_dict(config), to_dict(state.config)) == {
+        "decoder.grid_stride": ("auto", 16),
+        "train.crop_tokens": ("auto", 4),
+        "train.views": (None, 0),
+    }
 
 
 def _interrupt_after(monkeypatch, batches: int) -> None:
