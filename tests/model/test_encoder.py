@@ -259,6 +259,10 @@ def test_vit_b_matches_official_at_1024(tmp_path):
     ckpt = tmp_path / "sam_vit_b.pth"
     _save_whole_sam(official.state_dict(), ckpt)
     ours = build_encoder("vit_b", image_size=1024, checkpoint=ckpt)
+    # the whole checkpoint loads; the comparison runs blocks 0-2 of both (two windowed, global block 2: each kind
+    # of block at SAM's own 64 × 64 grid, windows padded to 70) and the neck: the twelve cost a minute on 2 cores
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), official.state_dict().values()))
+    ours.blocks, official.blocks = ours.blocks[:3], official.blocks[:3]
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         expected = official(x)
