@@ -145,9 +145,10 @@ def test_the_readme_states_the_torch_floor_of_pyproject():
     assert f"sam3dseg asks for `torch>={floor}`" in README.read_text(encoding="utf-8")
 
 
-def test_the_headline_table_is_the_peer_bench():
-    """The README's "sam3dseg beside nnU-Net" table is bench/peer_nnunet.py's table of its result file, verbatim,
-    and the prose states the budget and the machine the file records."""
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "bench" / "results").glob("peer_nnunet_*.json")))
+def test_the_headline_table_is_the_peer_bench(name):
+    """The README's "sam3dseg beside nnU-Net" tables are bench/peer_nnunet.py's tables of its result files, verbatim,
+    and the prose states the budget and the machine each file records."""
     import importlib.util
     import sys
 
@@ -158,7 +159,7 @@ def test_the_headline_table_is_the_peer_bench():
         spec.loader.exec_module(peer)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    result = json.loads((ROOT / "bench" / "results" / "peer_nnunet_ct_1800s.json").read_text(encoding="utf-8"))
+    result = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
     text = README.read_text(encoding="utf-8")
     assert peer.table(result) in text, "README's table differs from the result: run bench/peer_nnunet.py --table FILE and paste it"
     section = text[text.index("## sam3dseg beside nnU-Net"):]
