@@ -1,6 +1,7 @@
 """Every stage with a pretrained encoder of another stride: check -> cache -> train -> predict -> evaluate with lite_medsam."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -37,10 +38,15 @@ def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "divisible by 2" in err[0] and not (root / "odd").exists()
 
-    pred = root / "pred"
-    assert main(["predict", "--model", str(run / "best.pt"), "--input", str(generated_dataset / "imagesTr"), "--out", str(pred), "--quiet"]) == 0
-    assert "predicted 6 case(s)" in capsys.readouterr().out
-    assert main(["evaluate", "--pred", str(pred), "--ref", str(generated_dataset / "labelsTr"), "--quiet"]) == 0
+    pred, images, labels = root / "pred", root / "images", root / "labels"  # two of the six cases: each is encoded again
+    images.mkdir(), labels.mkdir()
+    for name in manifest["cases"][:2]:
+        for image in (generated_dataset / "imagesTr").glob(f"{name}_*.nii.gz"):
+            shutil.copy(image, images)
+        shutil.copy(generated_dataset / "labelsTr" / f"{name}.nii.gz", labels)
+    assert main(["predict", "--model", str(run / "best.pt"), "--input", str(images), "--out", str(pred), "--quiet"]) == 0
+    assert "predicted 2 case(s)" in capsys.readouterr().out
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(labels), "--quiet"]) == 0
     summary = json.loads((pred / "sam3dseg_summary.json").read_text())
     assert 0.0 <= summary["mean_dice"] <= 1.0
 
