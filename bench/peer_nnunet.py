@@ -258,8 +258,7 @@ def run_nnunet(data: Path, work: Path, budget: float, args: argparse.Namespace, 
                         "-c", "3d_fullres", "-f", "all", "-tr", TRAINER, "-chk", checkpoints[0], "-device", args.device,
                         "-npp", "1", "-nps", "1", "--disable_progress_bar"], log, env)  # fmt: skip
     tests = len(list((data / "labelsTs").glob("*.nii.gz")))
-    return {
-        **run_timing(run_dir),**result, "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "nnunet_eval")}
+    return {**result, "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "nnunet_eval")}
 
 
 def _nnunet_epochs(out: Path) -> int:
@@ -298,6 +297,8 @@ def table(result: dict) -> str:
 
 
 def _time_line(r: dict) -> str:
+    if "failed" in r:
+        return r["failed"]
     if "cache_s" in r and "train_s" in r:
         return (f"cache {r['cache_s']:.0f} s + calibration {r['calibration_s']:.0f} s + training {r['train_s']:.0f} s "
                 f"({r['steps']} steps of {r['run_step_s']:.2f} s, {r['steps'] // r['steps_per_epoch']} validations of {r['run_validation_s']:.0f} s; "
@@ -306,8 +307,8 @@ def _time_line(r: dict) -> str:
     if "plan_preprocess_s" in r:
         done = f"{r['epochs_done']} epochs of 25 iterations ({r['iterations_done']} iterations)"
         line = f"plan and preprocess {r['plan_preprocess_s']:.0f} s (not counted) + training {r['train_s']:.0f} s: {done}, patch {r['patch_size']}, batch {r['batch_size']}"
-        return line + (f"; predict {r['predict_s_per_case']:.0f} s a case" if "predict_s_per_case" in r else f"; {r.get('no_model') or r.get('failed')}")
-    return r.get("failed", "")
+        return line + (f"; predict {r['predict_s_per_case']:.0f} s a case" if "predict_s_per_case" in r else f"; {r.get('no_model')}")
+    return ""
 
 
 def main() -> None:
