@@ -9,7 +9,7 @@ template, nine subcortical structures) and the same wall time ``--budget``:
   and a validation) from whose second epoch's timing the bench sets ``VALIDATIONS`` epochs (fewer on a
   small budget) of as many steps as fill what is left, so that the learning-rate schedule ends with the
   budget (the poly schedule runs by step: the epochs' length sets when validation happens, not the
-  learning rate).
+  learning rate). A run slower than calibrated is stopped at the budget, and its best epoch done predicts.
 - **nnU-Net v2** (``NNUNET``, pinned, in its own virtual environment that this script makes, the CPU torch
   pinned by a constraint): ``nnUNetv2_plan_and_preprocess`` (not counted, as the issue asks), then
   ``nnUNetv2_train DATASET 3d_fullres all`` with nnU-Net's default trainer but for epochs of 25 iterations
