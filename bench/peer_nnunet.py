@@ -145,7 +145,7 @@ def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace
     shutil.rmtree(calib, ignore_errors=True)
     calib_s, _ = run(sam3dseg("train", "--cache", str(cache), "--out", str(calib), "--quiet", "train.epochs=2",
                               f"train.steps_per_epoch={CALIBRATION_STEPS}", "train.val_interval=2", *common), log)  # fmt: skip
-    entry = _calibration_epoch(calib)
+    entry = last_record(calib).history[1]  # the first epoch's steps also read every case from disk, once a run
     step_s = entry["train_seconds"] / CALIBRATION_STEPS
     val_s = entry["seconds"] - entry["train_seconds"]
     left = FILL * (budget - cache_s - calib_s)
@@ -157,7 +157,8 @@ def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace
     # 1.84 s a step and took 2401 s of 1800 before this guard): the best epoch done by then predicts
     train_s, finished = run(sam3dseg("train", "--cache", str(cache), "--out", str(run_dir), "--quiet", f"train.epochs={epochs}",
                                      f"train.steps_per_epoch={steps}", *common), log, timeout=budget - cache_s - calib_s)  # fmt: skip
-    done = _epochs_done(run_dir)
+    record = last_record(run_dir)
+    done = record.epoch if record else 0
     stopped = {} if finished else {"stopped": f"stopped at the budget after epoch {done} of {epochs}"}
     if not done or not (run_dir / "best.pt").is_file():
         return {"cache_s": cache_s, "calibration_s": calib_s, "train_s": train_s, "failed": "no epoch done within the budget"}
@@ -166,19 +167,12 @@ def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace
                                 "--out", str(pred), "--device", args.device, "--quiet"), log)  # fmt: skip
     tests = len(list((data / "labelsTs").glob("*.nii.gz")))
     return {
-        **run_timing(run_dir),
+        **run_timing(record),
         "encoder": args.encoder, "image_size": args.image_size or "the encoder's own",
         "cache_s": cache_s, "calibration_s": calib_s, "train_s": train_s, "epochs": epochs, "steps_per_epoch": steps,
         "steps": done * steps, "step_s": step_s, "validation_s": val_s, "used_s": cache_s + calib_s + train_s, **stopped,
         "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "sam3dseg_eval"),
     }  # fmt: skip
-
-
-def _epochs_done(run_dir: Path) -> int:
-    """Epochs a (possibly stopped) run finished: its last.pt's, 0 without one."""
-    from sam3dseg.pipeline.model_file import load_model_file
-
-    return load_model_file(run_dir / "last.pt").epoch if (run_dir / "last.pt").is_file() else 0
 
 
 def fill(left: float, step_s: float, val_s: float) -> tuple[int, int]:
@@ -188,22 +182,18 @@ def fill(left: float, step_s: float, val_s: float) -> tuple[int, int]:
     return epochs, int((left / epochs - val_s) // step_s)
 
 
-def run_timing(run_dir: Path) -> dict:
-    """A finished run's own seconds a step and a validation (the calibration's are estimates), from its history."""
+def last_record(run_dir: Path):
+    """A run's ``last.pt`` (its epochs done and their history: train keeps it there), None before its first epoch."""
     from sam3dseg.pipeline.model_file import load_model_file
 
-    state = load_model_file(run_dir / "last.pt")
-    history, steps = state.history, state.config.train.steps_per_epoch
-    train_s = sum(e["train_seconds"] for e in history)
-    return {"run_step_s": train_s / (steps * len(history)), "run_validation_s": sum(e["seconds"] for e in history) / len(history) - train_s / len(history)}
+    return load_model_file(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
 
 
-def _calibration_epoch(run_dir: Path) -> dict:
-    """The second epoch's entry of the calibration run, from its model file (train keeps the history there): the
-    first epoch's steps also read every case from disk into memory, which the run does once, not every epoch."""
-    from sam3dseg.pipeline.model_file import load_model_file
-
-    return load_model_file(run_dir / "last.pt").history[1]
+def run_timing(record) -> dict:
+    """A run's own seconds a step and a validation (the calibration's are estimates), from its ``last.pt`` record."""
+    history, steps = record.history, record.config.train.steps_per_epoch
+    train_s = sum(e["train_seconds"] for e in history) / len(history)  # an epoch's steps
+    return {"run_step_s": train_s / steps, "run_validation_s": sum(e["seconds"] for e in history) / len(history) - train_s}
 
 
 def ensure_nnunet(venv: Path, torch_spec: str, mirror: bool, log: Path) -> Path:
