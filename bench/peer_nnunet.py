@@ -5,11 +5,13 @@ The user's alternative for abdominal organs is nnU-Net. This bench gives both sy
 template, nine subcortical structures) and the same wall time ``--budget``:
 
 - **sam3dseg**: ``cache`` (LiteMedSAM at its own 256² unless ``--image-size``), then ``train`` with the
-  default recipe. The cache counts against the budget; so does a calibration run (two epochs of 8 steps
-  and a validation) from whose second epoch's timing the bench sets ``VALIDATIONS`` epochs (fewer on a
-  small budget) of as many steps as fill what is left, so that the learning-rate schedule ends with the
-  budget (the poly schedule runs by step: the epochs' length sets when validation happens, not the
-  learning rate). A run slower than calibrated is stopped at the budget, and its best epoch done predicts.
+  default recipe on every training case (``train.fold=all``, as nnU-Net's fold ``all``: no case held out for
+  validation, so no post-processing decided and the last epoch predicts), plus any ``--setting``. The cache
+  counts against the budget; so does a calibration run (two epochs of 8 steps) from whose second epoch's
+  timing the bench sets ``VALIDATIONS`` epochs (fewer on a small budget; without validation cases an epoch
+  ends in a checkpoint) of as many steps as fill what is left, so that the learning-rate schedule ends with
+  the budget (the poly schedule runs by step: the epochs' length sets when checkpoints happen, not the
+  learning rate). A run slower than calibrated is stopped at the budget, and its last epoch done predicts.
 - **nnU-Net v2** (``NNUNET``, pinned, in its own virtual environment that this script makes, the CPU torch
   pinned by a constraint): ``nnUNetv2_plan_and_preprocess`` (not counted, as the issue asks), then
   ``nnUNetv2_train DATASET 3d_fullres all`` with nnU-Net's default trainer but for epochs of 25 iterations
@@ -26,6 +28,10 @@ Results go to ``--json`` (default ``bench/results/peer_nnunet_{set}_{budget}s.js
 the budget, the seeds and each system's time line; the README's headline table is made from them.
 
     python bench/peer_nnunet.py --set ct --budget 1800 --work /tmp/peer [--systems sam3dseg nnunet] [--device cpu]
+
+The systems run ``python -m sam3dseg``, which imports the installed package: with an editable install that is
+the working tree, so an edit during a run changes (or breaks) the rest of it. To go on working meanwhile, run a
+copy: ``cp -r src bench SNAP/ && PYTHONPATH=SNAP/src python SNAP/bench/peer_nnunet.py ...``.
 
 ``--device cuda`` runs both on a GPU (the nnU-Net environment then needs a CUDA torch: ``--torch``).
 The exit status is 0 when both systems ran (whichever wins, and also when nnU-Net has no model at the budget);
@@ -59,8 +65,8 @@ SETS = {  # dataset folder, anatomy options, nnU-Net mirroring
 ROOT = Path(__file__).resolve().parents[1]
 # sam3dseg's share of the budget: calibration by two epochs of 8 steps, timed by the second (the first steps read
 # the cases from disk: timed by them the estimate was 1.75 s a step against 1.52 s in the run, and 200 s of a
-# 1800 s budget went unused), 8 validations (one an epoch of 50 steps took 13 × 19 s of it), 98 % of what is
-# left (a margin for the process's start and the last save)
+# 1800 s budget went unused), 8 epochs (each ends in a checkpoint; with validation cases, as before train.fold=all,
+# 13 validations of an epoch of 50 steps took 13 × 19 s), 98 % of what is left (the process's start, the saves)
 CALIBRATION_STEPS, VALIDATIONS, MIN_STEPS, FILL = 8, 8, 20, 0.98
 
 TRAINER_CODE = '''"""Written by sam3dseg's bench/peer_nnunet.py: nnU-Net's default trainer with short epochs, so that a run
@@ -140,11 +146,11 @@ def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace
     shutil.rmtree(cache, ignore_errors=True)  # the cache resumes: one left from an earlier run would cost nothing
     cache_s, _ = run(sam3dseg("cache", "--dataset", str(data), "--out", str(cache), "--encoder", args.encoder, *size,
                               "--device", args.device, "--quiet"), log)  # fmt: skip
-    common = [f"train.seed={args.seed}", f"train.device={args.device}"]
+    common = [f"train.seed={args.seed}", f"train.device={args.device}", "train.fold=all", *args.setting]
     calib = work / "sam3dseg_calibration"
     shutil.rmtree(calib, ignore_errors=True)
     calib_s, _ = run(sam3dseg("train", "--cache", str(cache), "--out", str(calib), "--quiet", "train.epochs=2",
-                              f"train.steps_per_epoch={CALIBRATION_STEPS}", "train.val_interval=2", *common), log)  # fmt: skip
+                              f"train.steps_per_epoch={CALIBRATION_STEPS}", *common), log)  # fmt: skip
     entry = last_record(calib).history[1]  # the first epoch's steps also read every case from disk, once a run
     step_s = entry["train_seconds"] / CALIBRATION_STEPS
     val_s = entry["seconds"] - entry["train_seconds"]
@@ -154,21 +160,21 @@ def run_sam3dseg(data: Path, work: Path, budget: float, args: argparse.Namespace
         return {"cache_s": cache_s, "calibration_s": calib_s, "failed": f"the budget is spent before one epoch of {MIN_STEPS} steps ({left:.0f} s left)"}
     shutil.rmtree(run_dir, ignore_errors=True)
     # stopped at the budget like nnU-Net when the steps run slower than calibrated (the brain run's went from 1.05 to
-    # 1.84 s a step and took 2401 s of 1800 before this guard): the best epoch done by then predicts
+    # 1.84 s a step and took 2401 s of 1800 before this guard): the last epoch done by then predicts
     train_s, finished = run(sam3dseg("train", "--cache", str(cache), "--out", str(run_dir), "--quiet", f"train.epochs={epochs}",
                                      f"train.steps_per_epoch={steps}", *common), log, timeout=budget - cache_s - calib_s)  # fmt: skip
     record = last_record(run_dir)
     done = record.epoch if record else 0
     stopped = {} if finished else {"stopped": f"stopped at the budget after epoch {done} of {epochs}"}
-    if not done or not (run_dir / "best.pt").is_file():
+    if not done:
         return {"cache_s": cache_s, "calibration_s": calib_s, "train_s": train_s, "failed": "no epoch done within the budget"}
     shutil.rmtree(pred, ignore_errors=True)
-    predict_s, _ = run(sam3dseg("predict", "--model", str(run_dir / "best.pt"), "--input", str(data / "imagesTs"),
+    predict_s, _ = run(sam3dseg("predict", "--model", str(run_dir / "last.pt"), "--input", str(data / "imagesTs"),
                                 "--out", str(pred), "--device", args.device, "--quiet"), log)  # fmt: skip
     tests = len(list((data / "labelsTs").glob("*.nii.gz")))
     return {
         **run_timing(record),
-        "encoder": args.encoder, "image_size": args.image_size or "the encoder's own",
+        "encoder": args.encoder, "image_size": args.image_size or "the encoder's own", "settings": common[2:],
         "cache_s": cache_s, "calibration_s": calib_s, "train_s": train_s, "epochs": epochs, "steps_per_epoch": steps,
         "steps": done * steps, "step_s": step_s, "validation_s": val_s, "used_s": cache_s + calib_s + train_s, **stopped,
         "predict_s_per_case": predict_s / tests, "scores": score(pred, data, work / "sam3dseg_eval"),
@@ -290,9 +296,16 @@ def _time_line(r: dict) -> str:
     if "failed" in r:
         return r["failed"]
     if "cache_s" in r and "train_s" in r:
+        settings = r.get("settings", [])  # results before train.fold=all have none: they validated every epoch
+        epochs = r["steps"] // r["steps_per_epoch"]
+        extra = [x for x in settings if x != "train.fold=all"]
+        if "train.fold=all" in settings:
+            what = f"{epochs} epochs on every training case, none held out"
+        else:
+            what = f"{epochs} validations of {r['run_validation_s']:.0f} s"
         return (f"cache {r['cache_s']:.0f} s + calibration {r['calibration_s']:.0f} s + training {r['train_s']:.0f} s "
-                f"({r['steps']} steps of {r['run_step_s']:.2f} s, {r['steps'] // r['steps_per_epoch']} validations of {r['run_validation_s']:.0f} s; "
-                f"calibrated at {r['step_s']:.2f} s and {r['validation_s']:.0f} s){'; ' + r['stopped'] if 'stopped' in r else ''}; "
+                f"({r['steps']} steps of {r['run_step_s']:.2f} s, {what}; calibrated at {r['step_s']:.2f} s a step)"
+                f"{' with ' + ', '.join(extra) if extra else ''}{'; ' + r['stopped'] if 'stopped' in r else ''}; "
                 f"predict {r['predict_s_per_case']:.0f} s a case")  # fmt: skip
     if "plan_preprocess_s" in r:
         done = f"{r['epochs_done']} epochs of 25 iterations ({r['iterations_done']} iterations)"
@@ -310,6 +323,8 @@ def main() -> None:
     parser.add_argument("--encoder", default="lite_medsam", help="sam3dseg's encoder (default lite_medsam)")
     parser.add_argument("--image-size", type=int, help="sam3dseg's encoder input side (default: the encoder's own)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for both systems (default cpu)")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further sam3dseg train setting, e.g. decoder.grid_stride=4 (repeatable; recorded in the result)")
     parser.add_argument("--seed", type=int, default=0, help="sam3dseg's training seed (the data's seed is the generator's 0)")
     parser.add_argument("--nnunet-venv", type=Path, default=ROOT / ".venv-nnunet", help="nnU-Net's environment, made if absent")
     parser.add_argument("--torch", default=TORCH, help=f"the torch nnU-Net's environment pins (default {TORCH}, the CPU wheel here)")

@@ -44,6 +44,19 @@ def trained_tiny(tmp_path_factory):
     return {"dataset": ds, "cache": root / "cache", "run": root / "run", "result": result, "config": config}
 
 
+@pytest.fixture(scope="session")
+def vit_b_model(generated_dataset, tmp_path_factory):
+    """A model file made by the command line (cache with vit_b at 32², a tiny run): for `sam3dseg predict`."""
+    from helpers import TINY_RUN
+
+    from sam3dseg.cli import main
+
+    root = tmp_path_factory.mktemp("vitb")
+    assert main(["cache", "--dataset", str(generated_dataset), "--out", str(root / "c"), "--image-size", "32", "--quiet"]) == 0
+    assert main(["train", "--cache", str(root / "c"), "--out", str(root / "run"), "--quiet", *TINY_RUN]) == 0
+    return root / "run" / "best.pt"
+
+
 def pytest_report_header(config):
     """The hardware the suite ran on, in its output: the hardware tests test what this CPU does."""
     from sam3dseg.model.precision import describe_cpu

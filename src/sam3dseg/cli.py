@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .common.runtime import is_main_process
+from .common.runtime import init_distributed, is_main_process
 from .common.files import check_output_folder, read_json
 from .common.settings import format_settings, load_settings
 from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
@@ -33,7 +33,7 @@ from .pipeline.evaluate import evaluate_folders
 from .pipeline.plan import run_plan
 from .pipeline.postprocess import postprocess_runs
 from .pipeline.recipes import RECIPES, describe_recipes
-from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
+from .pipeline.predict import OUTPUT_TYPES, FolderOutputs, load_predictor, predict_folder, process_share
 from .pipeline.train import train
 
 EPILOG_CACHE = """\
@@ -83,6 +83,13 @@ other settings (or of no record) is refused; --overwrite replaces them.
 A case unlike the model's training data is predicted with a warning that names what differs
 (the modality its file states, an intensity range far outside the training data's, a spacing
 more than 2x off); --strict refuses it instead.
+A cohort across processes: torchrun --nproc_per_node N -m sam3dseg predict ... deals the
+cases to N processes (one GPU each, or CPU processes), each loading the model once; --part I/N
+does the same for separate jobs (a cluster's job array). All write into the one --out, each
+case once, and each resumes its own cases.
+Other tools: --output-type dicom-seg (PACS, OHIF, 3D Slicer's DICOM module), --viewer (3D
+Slicer's .seg.nrrd, ITK-SNAP's label descriptions), --masks and --statistics (TotalSegmentator's
+layout and table).
 """
 
 EPILOG_EVALUATE = """\
@@ -288,6 +295,20 @@ def _predict_options(sub) -> None:
     p.add_argument("--npz", action="store_true", help="also write nnU-Net's {case}.npz + {case}.pkl (float32 probabilities and "
                    "properties), which nnUNetv2_ensemble averages with nnU-Net's own predictions")  # fmt: skip
     p.add_argument("--png", action="store_true", help="also write {case}.png, a montage of slices with contours")
+    p.add_argument("--output-type", choices=OUTPUT_TYPES, default="image",
+                   help="image: the label map in the input's format (NIfTI for a DICOM series); dicom-seg: {case}.dcm, a DICOM "
+                   "Segmentation referencing the input series (DICOM input only; needs the dicom extra: pip install "
+                   "'sam3dseg[dicom]') (default image)")  # fmt: skip
+    p.add_argument("--masks", action="store_true", help="also write {case}/{structure}.nii.gz (the input's format), a 0/1 mask per "
+                   "structure (TotalSegmentator's layout)")  # fmt: skip
+    p.add_argument("--statistics", action="store_true", help="also write {case}_statistics.json, per structure its volume (mL), voxels, "
+                   "the image inside it (mean, std, min, max, 5th..95th percentile; HU for CT), bounding box and centroid "
+                   "(patient mm), gathered into statistics.json and statistics.csv for the folder")  # fmt: skip
+    p.add_argument("--viewer", action="store_true", help="also write {case}.seg.nrrd, which 3D Slicer opens as named, coloured "
+                   "segments, and itksnap_labels.txt, ITK-SNAP's label descriptions for the label maps")  # fmt: skip
+    p.add_argument("--part", type=_part, default=(0, 1), metavar="I/N",
+                   help="predict only part I of N (1 <= I <= N): cases I, I + N, ... of the input's sorted cases, into the "
+                   "same --out as the other parts (a cluster's job array; nnU-Net's -part_id/-num_parts) (default 1/1)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="predict every case again, replacing the segmentations in --out whatever made "
                    "them (default: resume the same run, refuse another's)")  # fmt: skip
     _setting(p, PredictConfig, "slice_batch")
@@ -307,7 +328,8 @@ def _evaluate_options(sub) -> None:
     e.add_argument("--out", type=Path, help="where metrics.csv, sam3dseg_summary.json and summary.json (nnU-Net's layout) go (default: --pred)")
     _setting(e, EvaluateConfig, "nsd_tolerance")
     _setting(e, EvaluateConfig, "png", action="store_const", const=True)
-    e.add_argument("--images", type=Path, help="with --png: folder of the cases' images ({case}_0000 or {case}) to draw on")
+    _setting(e, EvaluateConfig, "html", action="store_const", const=True)
+    e.add_argument("--images", type=Path, help="with --png or --html: folder of the cases' images ({case}_0000 or {case}) to draw on")
     _setting(e, EvaluateConfig, "strict", action="store_const", const=True)
     e.add_argument("--raw", type=Path, metavar="DIR", help="the same cases predicted without post-processing (predict --no-postprocess): "
                    "also scored (its files go there), and the mean Dice with and without post-processing printed")  # fmt: skip
@@ -421,22 +443,33 @@ def _cmd_postprocess(args: argparse.Namespace) -> None:
     postprocess_runs(args.runs)
 
 
+def _part(text: str) -> tuple[int, int]:
+    """``--part I/N`` -> ``(I - 1, N)``."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N with 1 <= I <= N, e.g. 2/4")
+    return int(match[1]) - 1, int(match[2])
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     config = load_settings(PredictConfig, given=_given(args, PredictConfig))
+    outputs = FolderOutputs(args.probabilities, args.npz, args.png, args.masks, args.statistics, args.viewer, args.output_type, args.overwrite)
+    rank, world = init_distributed()  # under torchrun: the ranks share the cases, each loads the model once
     predictor = load_predictor(args.model, args.checkpoint, config)
-    outputs = FolderOutputs(probabilities=args.probabilities, npz=args.npz, png=args.png, overwrite=args.overwrite)
-    result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet)
+    share = process_share(args.part, rank, world)
+    result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet, share=share)
     skipped = f", {len(result['skipped'])} already done by this same run (resumed)" if result["skipped"] else ""
-    print(f"predicted {len(result['written'])} case(s) into {result['out']}{skipped}")
+    who = f"[rank {rank}] " * (world > 1) + (f"part {args.part[0] + 1}/{args.part[1]}: " if args.part[1] > 1 else "")
+    print(f"{who}predicted {len(result['written'])} case(s) into {result['out']}{skipped}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = load_settings(EvaluateConfig, given=_given(args, EvaluateConfig))
-    if args.images is not None and not config.png:
-        raise UserError("--images draws the montages of --png: give --png too, or leave --images out")
+    if args.images is not None and not (config.png or config.html):
+        raise UserError("--images is drawn on by --png and --html: give one of them too, or leave --images out")
     summary = evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, config, args.images, progress=not args.quiet)
     if args.raw is not None:
-        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, replace(config, png=False), progress=False, log=None)
+        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, replace(config, png=False, html=False), progress=False, log=None)
         per_class = ", ".join(f"{n} {raw['per_class'][n]['dice']:.4f} -> {e['dice']:.4f}" for n, e in summary["per_class"].items())
         print(f"post-processing: mean Dice {raw['mean_dice']:.4f} without ({args.raw}), {summary['mean_dice']:.4f} with; {per_class}")
 

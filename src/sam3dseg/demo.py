@@ -140,8 +140,9 @@ def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | No
 def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, log: Log = print_line) -> dict:
     """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` and returns a summary."""
     from .pipeline.cache import run_cache
-    from .pipeline.config import CacheConfig, PredictConfig, load_run_config
+    from .pipeline.config import CacheConfig, EvaluateConfig, PredictConfig, load_run_config
     from .pipeline.evaluate import evaluate_folders, hd95_text
+    from .pipeline.html_report import REPORT
     from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
     from .pipeline.train import train
 
@@ -175,7 +176,9 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         written = predict_folder(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=log)["written"]
         montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
-        summary = evaluate_folders(preds, data / "labelsTs", out / f"evaluation_{tag}", data / "dataset.json", log=None)
+        evaluation = out / f"evaluation_{tag}"
+        summary = evaluate_folders(preds, data / "labelsTs", evaluation, data / "dataset.json", EvaluateConfig(html=True),
+                                   data / "imagesTs", progress=False, log=None)  # fmt: skip
     fractions = read_json(data / "dataset.json")["class_voxel_fraction"]
 
     weights = "RANDOM weights" if random else str(checkpoint or entry.weights)
@@ -194,7 +197,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
         f"  files       dataset {data}",
         f"              model   {run / 'best.pt'} (curves: {run / 'curves.png'})",
         f"              output  {preds} (montage: {montage})",
-        f"              scores  {out / f'evaluation_{tag}' / 'metrics.csv'}",
+        f"              scores  {evaluation / 'metrics.csv'} (a page with a viewer of each case: {evaluation / REPORT})",
     ]
     log("\n".join(lines))
     return {"times": times, "summary": summary, "best_val_dice": result["best_dice"], "montage": str(montage), "run": str(run)}

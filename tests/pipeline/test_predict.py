@@ -88,15 +88,6 @@ def test_trained_model_predicts_held_out_cases(trained_tiny):
 # --- the command line, with a registry encoder (vit_b at 32²) -----------------------
 
 
-@pytest.fixture(scope="module")
-def vit_b_model(generated_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("vitb")
-    assert main(["cache", "--dataset", str(generated_dataset), "--out", str(root / "c"), "--image-size", "32", "--quiet"]) == 0
-    overrides = TINY_RUN
-    assert main(["train", "--cache", str(root / "c"), "--out", str(root / "run"), "--quiet", *overrides]) == 0
-    return root / "run" / "best.pt"
-
-
 @pytest.mark.slow
 def test_prediction_keeps_the_input_grid(vit_b_model, tmp_path):
     images, _, geometry = make_case(np.random.default_rng(7), depth=(9, 10), size=(23, 24))  # odd, posed

@@ -11,6 +11,12 @@ from .files import atomic_output
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
 
+def class_rgb(k: int) -> tuple[int, int, int]:
+    """Class ``k``'s (1 and up) colour in the montages, as 0..255 integers (the viewers' and DICOM files' too)."""
+    hex_colour = COLOURS[(k - 1) % len(COLOURS)]
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
 def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.8), **kwargs):
     """``(figure, axes)`` like ``pyplot.subplots``, but a bare :class:`matplotlib.figure.Figure`: no pyplot, no
     backend chosen or switched, so a notebook's own matplotlib set-up is left as it was (PNG is drawn by Agg

@@ -48,9 +48,14 @@ def resolve_device(name: str, world: int = 1) -> torch.device:
     return device
 
 
+def world_size() -> int:
+    """The number of processes of a ``torchrun`` launch (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> tuple[int, int]:
     """``(rank, world size)``; joins the process group when started by ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         # generous: ranks wait at barriers while others encode or validate on a CPU

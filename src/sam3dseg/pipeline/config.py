@@ -273,6 +273,7 @@ class EvaluateConfig:
     nsd_tolerance: float = non_negative_number(1.0, "surface Dice tolerance in mm", flag="--nsd-tolerance")
     strict: bool = switch(False, "refuse when a reference has no prediction (default: score the others, list it)", flag="--strict")
     png: bool = switch(False, "also write a montage per case with prediction and reference", flag="--png")
+    html: bool = switch(False, "also write report.html: the tables and a slice viewer of every case (one page, offline)", flag="--html")
 
     def __post_init__(self) -> None:
         check_settings(self)

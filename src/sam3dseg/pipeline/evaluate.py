@@ -10,7 +10,6 @@ each other with different layouts.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from ..data.pictures import save_case_montage
 from ..data.volumes import Geometry, case_name, image_suffix, read_volume
 from ..errors import UserError
 from .config import EvaluateConfig
-from .metrics import case_metrics, drop_ignored, nnunet_counts, nnunet_summary, summarise
+from .html_report import REPORT, case_entry, write_html_report
+from .metrics import case_metrics, drop_ignored, hd95_text, nnunet_counts, nnunet_summary, summarise
 
 
 def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -110,7 +110,7 @@ def evaluate_folders(
     pairs, missing = _pairs(pred_dir, ref_dir, strict)
     if images is not None and not Path(images).is_dir():
         raise UserError(f"folder of images not found: {images}")
-    shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if png and images is not None else {}
+    shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if (png or config.html) and images is not None else {}
     modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
     ignore = None
     if labels:
@@ -138,6 +138,13 @@ def evaluate_folders(
     summary = summarise(rows, class_names)
     summary["nsd_tolerance_mm"] = tolerance
     summary["missing_predictions"] = missing
+    if config.html:
+        viewed = []
+        for case, pred_path, ref_path in pairs:  # read again, one case in memory beside the page's encoded volumes
+            pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
+            image = _first_channel(shown[case], pred.shape) if case in shown else None
+            viewed.append(case_entry(case, pred, ref, geometry, image, modality))
+        write_html_report(out_dir / REPORT, f"sam3dseg evaluation of {pred_dir.name}", summary, rows, class_names, viewed)
 
     write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
     write_json(out_dir / "sam3dseg_summary.json", summary)
@@ -148,14 +155,6 @@ def evaluate_folders(
             log(f"left out {len(missing)} reference(s) without a prediction in {pred_dir}: {', '.join(missing)} (--strict refuses)")
         log(format_table(summary, len(pairs)))
     return summary
-
-
-def hd95_text(entry: dict, digits: int = 2) -> str:
-    """A class's mean HD95 for a table: ``inf`` when every case it holds was missed (as metrics.csv says),
-    ``n/a`` when no case holds it."""
-    if math.isnan(entry["hd95"]):
-        return "inf" if entry["hd95_infinite"] else "n/a"
-    return f"{entry['hd95']:.{digits}f}"
 
 
 def format_table(summary: dict, cases: int) -> str:

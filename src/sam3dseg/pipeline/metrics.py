@@ -142,3 +142,11 @@ def nnunet_summary(per_case: list[dict]) -> dict:
             mean[k][m] = float(np.mean(values)) if values else math.nan
     foreground = {m: float(np.mean([mean[k][m] for k in labels])) if labels else math.nan for m in NNUNET_METRICS}
     return {"foreground_mean": foreground, "mean": mean, "metric_per_case": per_case}
+
+
+def hd95_text(entry: dict, digits: int = 2) -> str:
+    """A class's mean HD95 for a table: ``inf`` when every case it holds was missed (as metrics.csv says),
+    ``n/a`` when no case holds it."""
+    if math.isnan(entry["hd95"]):
+        return "inf" if entry["hd95_infinite"] else "n/a"
+    return f"{entry['hd95']:.{digits}f}"

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..common.files import atomic_output, check_output_folder, jsonable, read_json, write_json
 from ..common.settings import to_dict
-from ..common.runtime import Log, print_line, resolve_device
+from ..common.runtime import Log, barrier, is_main_process, print_line, resolve_device, world_size
 from ..data.fingerprint import differences
 from ..data.pictures import save_case_montage
 from ..data.preprocess import Transform, preprocess_image, restore_probabilities, to_file_grid, unreorient
@@ -40,6 +40,10 @@ from ..model.decoder import image_path_input
 from ..model.encoder import Encoder, encode_volume
 from ..model.precision import resolve_precision
 from .config import PredictConfig
+from .export import (
+    STATISTICS, require_highdicom, structure_statistics, write_case_statistics, write_dicom_seg, write_itksnap_labels, write_masks,
+    write_slicer_segmentation, write_statistics_table,
+)
 from .model_file import ModelFile, load_model_file
 from .postprocess import Postprocess
 from .windows import WindowDecoder
@@ -71,7 +75,7 @@ class Predictor:
         """
         models = models if isinstance(models, list) else [models]
         config = config or PredictConfig()
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, world_size())  # under torchrun: each rank its own GPU
         self.config = config
         first = models[0]
         self.class_names = first.class_names
@@ -276,19 +280,49 @@ def predict_probabilities(predictor: Predictor, array: np.ndarray, geometry: Geo
     return restore_probabilities(probs.cpu(), t)
 
 
+OUTPUT_TYPES = ("image", "dicom-seg")
+
+
 @dataclass
 class FolderOutputs:
-    """What :func:`predict_folder` writes beside each segmentation."""
+    """What :func:`predict_folder` writes for each case: its segmentation (``output_type``) and what is asked
+    for beside it."""
 
     probabilities: bool = False  # {case}_probabilities.npy, (K, z, y, x) float16
     npz: bool = False  # nnU-Net's {case}.npz (float32 "probabilities", (K, z, y, x)) and {case}.pkl (properties)
     png: bool = False  # {case}.png, a montage with contours
+    masks: bool = False  # {case}/{structure}{ext}: a 0/1 mask per structure (TotalSegmentator's layout)
+    statistics: bool = False  # {case}_statistics.json, gathered into statistics.json and statistics.csv
+    viewer: bool = False  # {case}.seg.nrrd (3D Slicer) and itksnap_labels.txt (ITK-SNAP)
+    output_type: str = "image"  # the label map in the input's format (NIfTI for DICOM), or dicom-seg: {case}.dcm
     overwrite: bool = False  # replace the folder's segmentations, whatever made them
+
+    def __post_init__(self) -> None:
+        if self.output_type not in OUTPUT_TYPES:
+            raise UserError(f"--output-type {self.output_type}: use one of {', '.join(OUTPUT_TYPES)}")
+
+    def target(self, out: Path, name: str, source: Path) -> Path:
+        """A case's segmentation: ``{name}.dcm`` (a DICOM SEG), else ``{name}`` with the input's suffix
+        (``.nii.gz`` for a DICOM series)."""
+        return out / f"{name}{'.dcm' if self.output_type == 'dicom-seg' else image_suffix(source) or '.nii.gz'}"
 
     def files(self, out: Path, name: str, target: Path) -> list[Path]:
         """Every file a finished case ``name`` has in ``out``: what is asked for beside it, then its segmentation."""
         extras = [f"{name}_probabilities.npy"] * self.probabilities + [f"{name}.npz", f"{name}.pkl"] * self.npz + [f"{name}.png"] * self.png
+        extras += [name] * self.masks + [f"{name}{STATISTICS}"] * self.statistics + [f"{name}.seg.nrrd"] * self.viewer
         return [out / e for e in extras] + [target]
+
+
+def _segmentation_file(path: Path) -> bool:
+    """A file in an output folder that is a case's segmentation (a label map, or a DICOM SEG; not the viewer's
+    ``.seg.nrrd`` beside one)."""
+    return path.is_file() and not path.name.endswith(".seg.nrrd") and bool(image_suffix(path) or path.name.endswith(".dcm"))
+
+
+def process_share(part: tuple[int, int] = (0, 1), rank: int = 0, world: int = 1) -> tuple[int, int]:
+    """:func:`predict_folder`'s ``share`` for job ``part = (i, n)`` (0-based) of ``n`` and ``torchrun`` rank
+    ``rank`` of ``world``: the job's cases ``i, i + n, ...`` dealt to its ranks in turn."""
+    return part[0] + part[1] * rank, part[1] * world
 
 
 def _plan_cases(
@@ -297,8 +331,8 @@ def _plan_cases(
     """``(todo, done)``: the cases to predict ``(name, paths, target)`` and those this same run finished (every file
     it asks for is there). Segmentations in ``out`` that another model or other settings made, or that no record
     names, are refused in one line unless ``outputs.overwrite``."""
-    targets = [(name, paths, out / f"{name}{image_suffix(paths[0]) or '.nii.gz'}") for name, paths in cases]
-    present = sorted(p.name for p in out.iterdir() if image_suffix(p)) if out.is_dir() else []
+    targets = [(name, paths, outputs.target(out, name, paths[0])) for name, paths in cases]
+    present = sorted(p.name for p in out.iterdir() if _segmentation_file(p)) if out.is_dir() else []
     if outputs.overwrite:
         kept = sorted(set(present) - {t.name for *_, t in targets})
         if kept and log is not None:
@@ -335,15 +369,29 @@ def _record_difference(recorded: dict, record: dict) -> str:
     return f"other settings ({'; '.join(differ)})"
 
 
-def _write_label(label: np.ndarray, geometry: Geometry, target: Path, name: str) -> str:
-    """Write one segmentation (atomically: an existing file is a finished case); returns the case's name."""
-    write_volume(label, geometry, target)
+def _write_case(
+    out: Path, name: str, label: np.ndarray, image: np.ndarray, geometry: Geometry, source: Path, target: Path,
+    outputs: FolderOutputs, names: list[str],
+) -> str:
+    """Write a case's files, each atomically, its segmentation last (when it is there the case is done);
+    returns the case's name. ``image`` is the input's first channel, for the statistics."""
+    suffix = image_suffix(source) or ".nii.gz"
+    if outputs.masks:
+        write_masks(out / name, label, geometry, names, suffix)
+    if outputs.statistics:
+        write_case_statistics(out, name, structure_statistics(label, image, geometry, names))
+    if outputs.viewer:
+        write_slicer_segmentation(out / f"{name}.seg.nrrd", label, geometry, names)
+    if outputs.output_type == "dicom-seg":
+        write_dicom_seg(target, label, source, names, f"sam3dseg {name}")
+    else:
+        write_volume(label, geometry, target)
     return name
 
 
 def predict_folder(
     predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True,
-    log: Log | None = print_line,
+    log: Log | None = print_line, share: tuple[int, int] = (0, 1),
 ) -> dict:
     """Segment every case under ``inputs`` into ``out/{case}{ext}`` (the input's format and exact geometry).
 
@@ -353,21 +401,33 @@ def predict_folder(
     run resumes (a case is done when its segmentation, written last and atomically, and every file asked
     for beside it are there); segmentations another run made are refused unless ``outputs.overwrite``
     replaces them. Returns ``{"written": [...], "skipped": [...], "out": out}``.
+
+    ``share = (i, n)``: this process predicts cases ``i, i + n, ...`` of the input's (sorted) cases, so that
+    processes (``torchrun`` ranks, ``--part`` jobs: :func:`process_share`) fill one folder, each case written
+    once; each resumes its own. The folder's statistics table is written after a barrier by rank 0, and by each
+    ``--part`` job when it ends, from the cases finished by then (a run of the whole folder once all parts are
+    done rewrites it with every case, predicting nothing again).
     """
     from tqdm import tqdm
 
     outputs = outputs or FolderOutputs()
     cases = collect_inputs(inputs, len(predictor.channel_names))
+    if outputs.output_type == "dicom-seg" and not all(paths[0].is_dir() for _, paths in cases):
+        first = next(paths[0] for _, paths in cases if not paths[0].is_dir())
+        raise UserError(f"--output-type dicom-seg needs DICOM series as input (a DICOM SEG references its source images); {first} is a file")
+    if outputs.output_type == "dicom-seg":
+        require_highdicom()
     out = check_output_folder(out, "output folder")  # created with the first file written: a failed first case leaves nothing
     record = predictor.record()
-    todo, skipped = _plan_cases(out, cases, record, outputs, log)
+    todo, skipped = _plan_cases(out, cases[share[0] :: share[1]], record, outputs, log)
     written: list[str] = []
     # Reading the next case and writing the last one overlap the prediction of this one: one thread each,
     # one case ahead and one behind at most, so memory holds three cases whatever the folder's size.
     with ThreadPoolExecutor(1, "sam3dseg-read") as reader, ThreadPoolExecutor(1, "sam3dseg-write") as writer:
         reading = reader.submit(read_channels, todo[0][1]) if todo else None
         writing: Future | None = None
-        for i, (name, paths, target) in enumerate(tqdm(todo, desc="predict", unit="case", disable=not progress)):
+        desc = "predict" if share == (0, 1) else f"predict[{share[0]}/{share[1]}]"
+        for i, (name, paths, target) in enumerate(tqdm(todo, desc=desc, unit="case", disable=not progress)):
             array, geometry = reading.result()
             reading = reader.submit(read_channels, todo[i + 1][1]) if i + 1 < len(todo) else None
             array = array[0] if array.shape[0] == 1 else array
@@ -378,8 +438,10 @@ def predict_folder(
                     raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
                 if log is not None:
                     log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
-            if i == 0:  # before the folder's first file: what made what follows (a resumed run checks it)
+            if i == 0:  # before this process's first file: what made what follows (a resumed run checks it)
                 write_json(out / RECORD, record)
+                if outputs.viewer:
+                    write_itksnap_labels(out, predictor.class_names)
             if outputs.probabilities or outputs.npz:
                 probs = predict_probabilities(predictor, array, geometry)
                 label = probs.argmax(0).astype(np.uint8)
@@ -391,12 +453,15 @@ def predict_folder(
             else:
                 label, _ = predictor.predict_array(array, geometry)
             label = predictor.finish(label)
+            first = array if array.ndim == 3 else array[0]
             if outputs.png:
-                first = array if array.ndim == 3 else array[0]
                 save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
             if writing is not None:
                 written.append(writing.result())
-            writing = writer.submit(_write_label, label, geometry, target, name)
+            writing = writer.submit(_write_case, out, name, label, first, geometry, paths[0], target, outputs, predictor.class_names)
         if writing is not None:
             written.append(writing.result())
+    barrier()  # every rank's cases are written before rank 0 gathers them (no-op in one process)
+    if outputs.statistics and is_main_process() and any((out / f"{name}{STATISTICS}").is_file() for name, _ in cases):
+        write_statistics_table(out, [name for name, _ in cases])  # the input's cases, by the folder's files
     return {"written": written, "skipped": skipped, "out": out}
