@@ -446,8 +446,7 @@ def write_anatomy_dataset(root: str | Path, config: AnatomyConfig | None = None,
     classes = class_map(anatomy, config.structures)
     frame = _frame(anatomy, classes, config)
     g = anatomy.geometry
-    start_xyz = frame.start[::-1]
-    origin = np.array(g.origin) + np.array(g.direction).reshape(3, 3) @ (start_xyz * np.array(g.spacing))
+    origin = g.physical_points(frame.start[::-1])
     geometry = Geometry(tuple(float(v) for v in _out_spacing(config)[::-1]), tuple(float(v) for v in origin), g.direction)
     flips: tuple[int, ...] = ()
     if anatomy.ct:  # CT in the reading room's orientation (anterior up, patient's right on the left): see _display_order

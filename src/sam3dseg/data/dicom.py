@@ -59,7 +59,7 @@ def write_dicom_series(array: np.ndarray, geometry: Geometry, folder: Path, moda
             ds.Manufacturer, ds.PositionReferenceIndicator = "sam3dseg", ""
             ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
             ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])]
-            position = np.asarray(geometry.origin) + d[:, 2] * geometry.spacing[2] * z
+            position = geometry.physical_points((0, 0, z))
             ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
             ds.PixelSpacing = [f"{geometry.spacing[1]:.6f}", f"{geometry.spacing[0]:.6f}"]  # rows (y), then columns (x)
             ds.SliceThickness = f"{geometry.spacing[2]:.6f}"

@@ -44,6 +44,12 @@ class Geometry:
     def from_dict(cls, d: dict) -> Geometry:
         return cls(tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
 
+    def physical_points(self, index_xyz) -> np.ndarray:
+        """Continuous voxel indices ``(..., 3)`` in ITK's ``(x, y, z)`` order to patient coordinates in mm (ITK's
+        LPS): origin + direction · (spacing ⊙ index), as ``TransformContinuousIndexToPhysicalPoint``."""
+        direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        return np.asarray(self.origin) + (np.asarray(index_xyz, dtype=np.float64) * np.asarray(self.spacing)) @ direction.T
+
     def matches(self, other: Geometry, tol: float = 1e-4) -> bool:
         """Same grid placement within ``tol`` (relative for spacing, absolute mm for origin)."""
         return (
@@ -271,8 +277,9 @@ def file_modality(path: str | Path) -> str | None:
     return None if value.upper() in ("", "UNKNOWN") else value
 
 
-def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Write a ``(z, y, x)`` array with ``geometry`` to ``path``, atomically.
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path, header: dict[str, str] | None = None) -> Path:
+    """Write a ``(z, y, x)`` array with ``geometry`` to ``path``, atomically; ``header``: further key/value fields
+    for formats that keep them (NRRD's ``key:=value`` lines, e.g. 3D Slicer's segment fields).
 
     Written by :func:`~sam3dseg.common.files.atomic_output`: in a hidden folder beside ``path``, synced, then
     renamed into place (a ``.mhd``'s or ``.nhdr``'s data file before the header), so ``path`` is either
@@ -289,6 +296,8 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
+    for key, value in (header or {}).items():
+        image.SetMetaData(key, value)
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
     return path
