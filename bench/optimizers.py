@@ -6,7 +6,7 @@ with the same batches; only the optimiser and its learning rate differ. Printed 
 epoch: training loss and held-out Dice; then, per optimiser, the first epoch whose
 validation Dice reaches the threshold, and the final Dice. This is how SGD was first chosen as
 ``TrainConfig``'s optimiser; AdamW 1e-3 replaced it after ``bench/recipes.py --equal-time`` on real
-encoders and real anatomy (README, "Training recipe").
+encoders and real anatomy (docs/training.md).
 
     python bench/optimizers.py [--epochs 8] [--cases 10] [--json out.json]
 """

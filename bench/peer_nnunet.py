@@ -25,7 +25,7 @@ template, nine subcortical structures) and the same wall time ``--budget``:
 Both predict the test cases (imagesTs), timed per case, and both are scored by
 :func:`sam3dseg.pipeline.evaluate.evaluate_folders` against labelsTs: Dice and HD95 per structure.
 Results go to ``--json`` (default ``bench/results/peer_nnunet_{set}_{budget}s.json``) with the machine,
-the budget, the seeds and each system's time line; the README's headline table is made from them.
+the budget, the seeds and each system's time line; docs/results.md quotes their tables, and the README's results table (bench/headline.py) is made from them.
 
     python bench/peer_nnunet.py --set ct --budget 1800 --work /tmp/peer [--systems sam3dseg nnunet] [--device cpu]
 

@@ -6,7 +6,7 @@ demo's settings on the fp32 features and one on the int8 features (``--trained b
 on bf16's). The held-out test cases are predicted by the fp32 model from features of every
 precision, and by each other model from its own, and scored. Prints a table, writes JSON, and
 exits 1 when a lower precision costs more than ``--tolerance`` mean Dice against fp32's (the
-README's "Encoder precision" quotes the figures; the default stays fp32 where they say it costs).
+docs/performance.md's "Encoder precision" quotes the figures; the default stays fp32 where they say it costs).
 
     python bench/precision_dice.py --out DIR [--trained fp32 int8] [--test-cases 4] [--json out.json]
 """

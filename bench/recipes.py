@@ -56,7 +56,7 @@ half-grid crops reached 0.319 ± 0.069 (LiteMedSAM) and 0.248 ± 0.053 (random V
 and 0.071 for SGD 1e-2 on whole planes: the defaults since. Exit status 1 on ``large``, where SGD
 learns faster (0.90 against 0.82, 0.94 against 0.88). A second anatomy run (``--encoders lite_medsam
 --variants default --normalisation``): LiteMedSAM on its own min-max 0.287 ± 0.060, on SAM's mean/std
-0.170 ± 0.052. Every table is in the README ("Training recipe").
+0.170 ± 0.052. Every table is in docs/training.md.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ def main() -> None:
                 cells.append(f"{statistics.fmean(values):.2f} ± {sd:.2f}" if values else "absent")
             print(f"| {variant} | " + " | ".join(cells) + " |")
     if args.views:
-        print("\nCost of the views: cache build (the small encoder: scale by the README's encode time per slice) and disk")
+        print("\nCost of the views: cache build (the small encoder: scale by docs/performance.md's encode time per slice) and disk")
         print("| dataset | " + " | ".join(f"{k}: s, MiB" for k in costs[args.datasets[0]]) + " |")
         print("|---|" + "---|" * len(costs[args.datasets[0]]))
         for dataset, per_k in costs.items():

@@ -1,8 +1,8 @@
 """The times the README promises, measured on this machine and written to ``bench/results/timings.json``.
 
-The README's "Measured times" table is :func:`table` of that file, quoted verbatim, and
+docs/performance.md's "Measured times" table is :func:`table` of that file, quoted verbatim, and
 ``tests/test_readme.py`` checks the table and every "about N minutes" it states against it, so the
-README cannot promise what a user will not see. Each section is optional; the file keeps the
+README and docs cannot promise what a user will not see. Each section is optional; the file keeps the
 sections not re-run. The machine (CPU, cores) and its load (the 1-minute load average before the
 section ran) are recorded beside every figure.
 
@@ -138,7 +138,7 @@ def costs() -> dict:
 
 
 def table(results: dict) -> str:
-    """The README's "Measured times" table, from ``timings.json``."""
+    """docs/performance.md's "Measured times" table, from ``timings.json``."""
     rows = ["| what | measured | machine (1-min load before) |", "|---|---|---|"]
 
     def where(section: dict) -> str:

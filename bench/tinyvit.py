@@ -9,7 +9,7 @@ or differs by more than 1e-4, and 3 when it is faster but short of the goal (×1
 
 Part 2 (``--per-slice``): encode time per slice of every encoder at its default size
 (random weights where no file is installed; the time does not depend on the values),
-through ``encode_slices`` as the cache runs it, for the README's "Numbers to plan with".
+through ``encode_slices`` as the cache runs it, for docs/performance.md's "Numbers to plan with".
 
 Part 3 (``--resize``): does the resize filter matter? LiteMedSAM resizes with cv2's
 ``INTER_AREA`` (for shrinking: each output pixel the area-weighted mean of the input pixels it

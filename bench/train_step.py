@@ -132,7 +132,7 @@ def main() -> None:
         result = {"runs": runs, "summary": summary, "speedup": ratio, "speedup_official": ratio_official}
         write_json(args.json, result)
     if ratio < args.goal:
-        print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; README, 'Speed')")
+        print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; docs/performance.md, 'Speed')")
         sys.exit(1)
 
 

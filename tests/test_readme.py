@@ -13,6 +13,7 @@ from sam3dseg.cli import main
 from sam3dseg.data.synthetic import write_dataset
 
 README = Path(__file__).parents[1] / "README.md"
+DOCS = Path(__file__).parents[1] / "docs"
 # what the test changes so the walk-through runs in seconds: no checkpoint (random ViT-B), a small
 # encoder input, a short training
 SMALLER = {
@@ -74,12 +75,13 @@ def _timings():
 
 
 def test_the_readme_states_the_times_the_bench_measured():
-    """The README's "Measured times" table is bench/timings.py's table of bench/results/timings.json,
+    """docs/performance.md's "Measured times" table is bench/timings.py's table of bench/results/timings.json,
     verbatim, and every time the README and the commands' help promise is that measurement: the demo's
     minutes (rounded), `make demo` on a fresh clone, `analyze --quick` under a minute."""
     timings, results = _timings()
     text = README.read_text(encoding="utf-8")
-    assert timings.table(results) in text, "README's table differs from bench/results/timings.json: run bench/timings.py and paste its table"
+    page = (DOCS / "performance.md").read_text(encoding="utf-8")
+    assert timings.table(results) in page, "docs/performance.md's table differs from bench/results/timings.json: run bench/timings.py and paste its table"
     demo = results["fresh_clone"]
     said = re.search(r"`sam3dseg demo` takes about (\w+) minutes .* `make demo` on a fresh clone about (\w+)", text, re.S)
     assert said, "the README's quick start states the demo's time"
@@ -88,17 +90,18 @@ def test_the_readme_states_the_times_the_bench_measured():
     quick = results["analyze"]["analyze_quick_seconds"]
     from sam3dseg.cli import EPILOG_ANALYZE
 
-    for where in (text, EPILOG_ANALYZE):
+    method = (DOCS / "method.md").read_text(encoding="utf-8")  # its "claims, measured" section times analyze
+    for where in (method, EPILOG_ANALYZE):
         assert ("under a minute" in where or "under one" in where) == (quick < 60), (quick, where[:80])
 
 
 def test_the_speed_section_states_what_cpu_speed_measured():
-    """The README's CPU-speed prose quotes bench/results/cpu_speed.json: each share of the GEMM rate, and the
+    """docs/performance.md's CPU-speed prose quotes bench/results/cpu_speed.json: each share of the GEMM rate, and the
     range of bf16's shares and speed-ups (they once said 97 % / 93 % where the file said 69 % / 70 %)."""
     rows = json.loads((ROOT / "bench" / "results" / "cpu_speed.json").read_text(encoding="utf-8"))["rows"]
     share = {(r["case"], r["precision"]): round(100 * r["share"]) for r in rows if "share" in r}
-    text = README.read_text(encoding="utf-8")
-    speed = text[text.index("### Speed"):text.index("## Layout")]
+    text = (DOCS / "performance.md").read_text(encoding="utf-8")
+    speed = text[text.index("## Speed"):]
     prose = " ".join(speed.split())
     stated = re.search(r"runs at (\d+) % of the fp32 GEMM rate measured in the same run at 512² and (\d+) % at 1024²", prose)
     assert stated and (int(stated[1]), int(stated[2])) == (share["vit_b 512²", "fp32"], share["vit_b 1024²", "fp32"])
@@ -142,12 +145,12 @@ def test_the_encoder_table_is_the_registry():
 
 def test_the_readme_states_the_torch_floor_of_pyproject():
     floor = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))[1]
-    assert f"sam3dseg asks for `torch>={floor}`" in README.read_text(encoding="utf-8")
+    assert f"sam3dseg asks for `torch>={floor}`" in " ".join(README.read_text(encoding="utf-8").split())
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "bench" / "results").glob("peer_nnunet_*.json")))
 def test_the_headline_table_is_the_peer_bench(name):
-    """The README's "sam3dseg beside nnU-Net" tables are bench/peer_nnunet.py's tables of its result files, verbatim,
+    """docs/results.md's "sam3dseg beside nnU-Net" tables are bench/peer_nnunet.py's tables of its result files, verbatim,
     and the prose states the budget and the machine each file records."""
     import importlib.util
     import sys
@@ -160,7 +163,7 @@ def test_the_headline_table_is_the_peer_bench(name):
     finally:
         sys.path.remove(str(ROOT / "bench"))
     result = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
-    text = README.read_text(encoding="utf-8")
-    assert peer.table(result) in text, "README's table differs from the result: run bench/peer_nnunet.py --table FILE and paste it"
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    assert peer.table(result) in text, "docs/results.md's table differs from the result: run bench/peer_nnunet.py --table FILE and paste it"
     section = text[text.index("## sam3dseg beside nnU-Net"):]
     assert f"{result['budget_s'] / 60:.0f} minutes" in section and result["machine"]["cpu"]["cpu"] in section

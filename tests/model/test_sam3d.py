@@ -1,4 +1,4 @@
-"""The whole model: slicing, per-channel encoding, stacking, decoding; the README example."""
+"""The whole model: slicing, per-channel encoding, stacking, decoding; the Python API example of docs/architecture.md."""
 
 import re
 from pathlib import Path
@@ -59,10 +59,10 @@ def test_channel_mismatch_is_explained(tiny_model):
 
 
 @pytest.mark.slow
-def test_readme_example_runs():
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+def test_api_example_runs():
+    readme = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 12
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "architecture.md", "exec"), namespace)
     assert [tuple(o.shape)[-2:] for o in namespace["logits"]] == [(32, 32), (64, 64), (128, 128), (256, 256)]

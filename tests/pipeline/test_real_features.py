@@ -3,7 +3,7 @@
 A small anatomy set (four structures of the MNI152 template with FreeSurfer's labels, deformed per
 case) is cached by each encoder at the same image size and a decoder is trained the same number of
 steps on each; the held-out Dice per structure is compared. bench/recipes.py --equal-time measures
-the same difference at equal wall time on the full nine-structure set (README, "Training recipe").
+the same difference at equal wall time on the full nine-structure set (docs/training.md).
 """
 
 import pytest

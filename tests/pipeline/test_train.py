@@ -77,7 +77,7 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
     of its day): the per-class Dice with foreground crops and the image path must beat `loss.dice=joint`
     with the same steps by 0.2 held-out Dice. Measured: 0.52 against 0.00 (seeds 1, 2: 0.44 and 0.46
     against 0.00). With AdamW on half-grid crops (the defaults now) the joint form finds them too
-    (0.23 against 0.19 here, one seed): README, "Training recipe"."""
+    (0.23 against 0.19 here, one seed): docs/training.md."""
     from sam3dseg.data.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "data", 10, "nnunet", num_classes=3, seed=11, depth=(12, 16), size=(48, 64), small=True)

@@ -599,7 +599,7 @@ def _dice_forms_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         f"size, so at f = {tiny['fraction']:.1%} the small class gets ×{tiny['per_class'][-1] / tiny['joint'][-1]:.0f} "
         "the joint form's share. The identity holds; what it says is that the joint Dice is a correlation over "
         "all voxels, background included, and so scores like voxel accuracy. This is why `loss.dice` defaults "
-        "to `per_class` (README, \"Training recipe\").",
+        "to `per_class` (docs/training.md).",
         "",
     ]
     return lines

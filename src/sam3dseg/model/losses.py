@@ -227,7 +227,7 @@ class LossConfig:
     target_mode: str = one_of("average", TARGET_MODES, "Y(ℓ): one-hot label average-pooled or nearest-subsampled")
     # per_class by default, departing from the method's joint form (method §5.1, decision D9):
     # the joint Dice scores an all-background prediction as its voxel accuracy, and with it small
-    # classes were never found (bench/recipes.py; README, "Training recipe").
+    # classes were never found (bench/recipes.py; docs/training.md).
     dice: str = one_of(
         "per_class", DICE_FORMS, "per_class: nnU-Net's soft Dice per class; joint: the method's Dice over classes and voxels (method §5.1)"
     )

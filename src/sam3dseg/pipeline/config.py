@@ -83,7 +83,7 @@ class DecoderConfig:
     activation: str = one_of("relu", ACTIVATIONS, "σ: relu (the method) or leaky_relu (original SAM3D)")
     upsample: str = one_of("linear", UPSAMPLES, "U_2x: linear (the method) or nearest (original SAM3D)")
     # On by default (not in the method, whose decoder reads the tokens only): with it the held-out
-    # Dice rose on every dataset of bench/recipes.py (README, "Training recipe").
+    # Dice rose on every dataset of bench/recipes.py (docs/training.md).
     image_path: bool = switch(
         True, "join the preprocessed slices, pooled to each block's grid, to each block's input (the method: false)"
     )
@@ -113,7 +113,7 @@ def resolve_grid_stride(grid_stride: int | str, encoder_stride: int) -> int:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and sampling. Defaults were chosen on generated data (bench/optimizers.py)."""
+    """Optimisation and sampling. The defaults were chosen at equal time on real anatomy (docs/training.md)."""
 
     SECTION: ClassVar[str] = "train"
 
@@ -124,7 +124,7 @@ class TrainConfig:
     flip_depth: bool = switch(True, "flip crops along depth (exact on cached features)")
     foreground_fraction: float = fraction(0.33, "share of crops placed on a voxel of a class the case holds (nnU-Net's 0.33)")
     # auto (half the token grid, written into config.yaml and the model file as the number) since the
-    # equal-time bench on LiteMedSAM's and ViT-B's features (README, "Training recipe"): crops with
+    # equal-time bench on LiteMedSAM's and ViT-B's features (docs/training.md): crops with
     # proportionally more steps beat whole planes; null, whole planes, was the default before.
     crop_tokens: int | str | None = setting(
         AUTO_CROP, "auto, null or a positive integer",
@@ -142,10 +142,8 @@ class TrainConfig:
         None, "null or a model file's path", lambda v: v is None or (isinstance(v, str) and bool(v)),
         "start from this model's decoder weights (e.g. RUN/best.pt; same classes and channels), not random ones",
     )  # fmt: skip
-    # AdamW 1e-3 with poly decay since the equal-time bench on real encoders and real anatomy (README,
-    # "Training recipe"): with the original SAM3D's SGD (Nesterov 0.99, 1e-2; optimizer=sgd lr=1e-2,
-    # the default before, chosen on generated data by bench/optimizers.py) the small structures
-    # stayed unfound in the same time.
+    # AdamW 1e-3 with poly decay: at equal time on real encoders and real anatomy (docs/training.md), the
+    # original SAM3D's SGD (Nesterov 0.99, 1e-2; optimizer=sgd lr=1e-2) left the small structures unfound.
     optimizer: str = one_of("adamw", ("sgd", "adamw"), "adamw or sgd (Nesterov)")
     lr: float = positive_number(1e-3, "initial learning rate")
     weight_decay: float = non_negative_number(3e-5, "weight decay")
@@ -217,12 +215,12 @@ class CacheConfig:
         flag="--normalisation",
     )  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
-    # auto since bench/precision_dice.py: on real anatomy bf16 features cost no Dice (README: Encoder precision)
+    # auto since bench/precision_dice.py: on real anatomy bf16 features cost no Dice (docs/performance.md, "Encoder precision")
     encoder_precision: str = one_of(
         "auto", PRECISION_CHOICES,
         "arithmetic of the encoder: auto (bf16 where the device computes it natively: CUDA GPUs, CPUs with "
         "AVX512-BF16 or AMX; fp32 elsewhere), fp32, bf16, or int8 (linear layers quantised); recorded with the "
-        "features (README: Encoder precision)",
+        "features (docs/performance.md: Encoder precision)",
         flag="--encoder-precision",
     )  # fmt: skip
     device: str = device_setting(flag="--device")

@@ -101,7 +101,7 @@ def target_spacing(spacings: np.ndarray, sizes: np.ndarray) -> list[float]:
 
 
 # Resident memory of one training step per crop slice (batch 1, default decoder, CPU), measured by
-# bench/crops.py (README, "Numbers to plan with"): with 11 × 11-token crops, and on whole planes by size.
+# bench/crops.py (docs/performance.md, "Numbers to plan with"): with 11 × 11-token crops, and on whole planes by size.
 STEP_GIB_PER_SLICE_CROPPED = 0.1
 STEP_GIB_PER_SLICE_WHOLE = {256: 0.14, 512: 0.28, 1024: 0.6}
 

@@ -1,0 +1,102 @@
+"""The README and docs/ stay true to the code and to each other: the command reference is what the parser
+prints, every link between the pages lands on a file and a heading that exist, the README keeps a newcomer's
+order and length, and its results table is the one made from bench/results."""
+
+import argparse
+import importlib.util
+import platform
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _load(path: Path, name: str):
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _options(text: str) -> dict[str, set[str]]:
+    """Each command's section of cli.md (or of the reference text) -> the long options its help lists."""
+    sections = re.split(r"^## (sam3dseg(?: \w+)?)$", text, flags=re.M)[1:]
+    return {title: set(re.findall(r"(?<![\w-])--[a-z][\w-]*", body)) for title, body in zip(sections[::2], sections[1::2])}
+
+
+def test_cli_reference_is_what_the_parser_prints():
+    make = _load(ROOT / "docs" / "make_cli.py", "make_cli")
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    made = make.reference()
+    stated = re.search(r"argparse of Python (\d+\.\d+)", page)
+    assert stated, "docs/cli.md names the Python whose argparse made it"
+    if stated[1] == ".".join(platform.python_version_tuple()[:2]):
+        assert page == made, "docs/cli.md differs from the parser: run python docs/make_cli.py"
+    else:  # another argparse lays out the same help differently: compare what each command offers
+        assert _options(page) == _options(made), "docs/cli.md lists other options than the parser: run python docs/make_cli.py"
+
+
+def test_cli_reference_covers_every_command():
+    from sam3dseg.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert set(_options(page)) == {"sam3dseg"} | {f"sam3dseg {name}" for name in commands}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Commands"):].split("\n\n")[1]
+    assert set(re.findall(r"^\| `sam3dseg (\w+)`", table, flags=re.M)) == set(commands), "the README's command table names every command once"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # a '#' in a code block is no heading
+    return {_slug(m) for m in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_link_resolves(page):
+    """Each relative link names a file of the repository, and its #anchor a heading of that file."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    if page.name == "README.md":
+        assert len(links) >= 10, links  # the README points into docs/: the pattern still finds its links
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        assert path.exists(), f"{page.name}: {link} names no file"
+        if anchor:
+            assert anchor in _anchors(path), f"{page.name}: {link}: {path.name} has no heading #{anchor}"
+
+
+def test_the_readme_is_a_newcomers_page():
+    """At most about 250 lines, and the path install → demo → own data (predict, then evaluate) in that order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    order = ["## Install", "## Quick start", "## Your own data", "sam3dseg predict ", "sam3dseg evaluate ", "## Commands", "## Results"]
+    places = [text.index(mark) for mark in order]
+    assert places == sorted(places), dict(zip(order, places))
+
+
+def test_the_results_table_is_made_from_bench_results():
+    headline = _load(ROOT / "bench" / "headline.py", "headline")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert headline.table() in text, "README's results table differs from bench/results: run python bench/headline.py and paste it"
+    # every result file of the peer bench has its row: a new budget is not left out of the headline
+    for path in (ROOT / "bench" / "results").glob("peer_nnunet_*s.json"):
+        assert f"`bench/results/{path.name}`" in text
