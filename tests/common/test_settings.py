@@ -31,11 +31,13 @@ def test_every_setting_has_a_rule_that_its_default_passes(cls):
     "argv,message",
     [
         (["train", "decoder.activation=foo"], "decoder.activation must be one of relu, leaky_relu, got 'foo'"),
-        (["train", "train.epochs=0"], "train.epochs must be a positive integer, got 0"),
+        (["train", "train.epochs=0"], "train.epochs (--epochs) must be a positive integer, got 0"),
         (["train", "train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
         (["train", "train.val_fraction=1"], "train.val_fraction must be a number in [0, 1), got 1.0"),
         (["train", "train.lr=-1"], "train.lr must be a number > 0, got -1.0"),
-        (["train", "train.device=gpu"], "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["train", "train.device=gpu"], "train.device (--device) must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["train", "--device", "gpu"], "train.device (--device) must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["train", "--epochs", "0"], "train.epochs (--epochs) must be a positive integer, got 0"),
         (["train", "decoder.channels=[8,8,8]"], "decoder.channels must be four positive integers, got (8, 8, 8)"),
         (["train", "decoder.shortcut_kernel=5"], "decoder.shortcut_kernel must be one of 3, 1, got 5"),
         (["train", "loss.weights=[1,2]"], "loss.weights must be four numbers >= 0 with a positive sum"),
@@ -60,6 +62,15 @@ def test_every_setting_has_a_rule_that_its_default_passes(cls):
         (["predict", "--slice-batch", "-2"], "predict.slice_batch (--slice-batch) must be a positive integer, got -2"),
         (["demo", "--epochs", "0"], "epochs (--epochs) must be a positive integer, got 0"),
         (["evaluate", "--nsd-tolerance", "-1"], "evaluate.nsd_tolerance (--nsd-tolerance) must be a number >= 0, got -1.0"),
+        # the same keys as KEY=VALUE on every command with settings (after an option of several values, too)
+        (["predict", "overlap=1"], "predict.overlap (--overlap) must be a number in [0, 1), got 1.0"),
+        (["predict", "predict.window=0"], "predict.window (--window) must be null"),
+        (["evaluate", "nsd_tolerance=-1"], "evaluate.nsd_tolerance (--nsd-tolerance) must be a number >= 0, got -1.0"),
+        (["demo", "epochs=0"], "epochs (--epochs) must be a positive integer, got 0"),
+        (["cache", "preprocess.slicing_axis=oblique"], "preprocess.slicing_axis (--slicing-axis) must be one of axial, coronal, sagittal"),
+        (["anatomy", "cases=0"], "cases (--cases) must be"),
+        (["plan", "encoder=vit_x"], "encoder (--encoder) must be one of"),
+        (["predict", "windows=2"], "windows"),
     ],
 )
 def test_bad_option_is_one_line_before_any_work(argv, message, tmp_path, capsys):
@@ -70,6 +81,8 @@ def test_bad_option_is_one_line_before_any_work(argv, message, tmp_path, capsys)
         "predict": ["--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")],
         "demo": ["--out", str(tmp_path / "demo")],
         "evaluate": ["--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")],
+        "anatomy": ["--out", str(tmp_path / "a")],
+        "plan": ["--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "plan")],
     }[argv[0]]
     assert main([argv[0], *paths, *argv[1:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -78,11 +91,11 @@ def test_bad_option_is_one_line_before_any_work(argv, message, tmp_path, capsys)
 
 
 def test_python_construction_is_checked_too():
-    with pytest.raises(UserError, match="train.epochs must be a positive integer, got 0"):
+    with pytest.raises(UserError, match="train.epochs \\(--epochs\\) must be a positive integer, got 0"):
         TrainConfig(epochs=0)
     with pytest.raises(UserError, match=r"preprocess.percentiles must be two numbers 0 <= low < high <= 100"):
         PreprocessConfig(percentiles=(99, 1))
-    with pytest.raises(UserError, match="train.epochs must be an integer, got 2.5"):
+    with pytest.raises(UserError, match=r"train.epochs \(--epochs\) must be an integer, got 2.5"):
         from_dict(RunConfig, {"train": {"epochs": 2.5}})
     with pytest.raises(UserError, match="unknown config key"):
         from_dict(RunConfig, {"train": {"epoch": 2}})

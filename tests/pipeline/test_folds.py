@@ -78,8 +78,8 @@ def test_fold_all_trains_on_every_case_without_validation(cache, tmp_path, capsy
     ("splits", "fold", "message"),
     [
         (None, "7", "train.fold=7 but .*splits_final.json has 5 folds: give 0..4 or all"),
-        (None, "-1", "train.fold must be null, an integer >= 0 or all, got -1"),
-        (None, "some", "train.fold must be null, an integer >= 0 or all, got 'some'"),
+        (None, "-1", r"train.fold \(--fold\) must be null, an integer >= 0 or all, got -1"),
+        (None, "some", r"train.fold \(--fold\) must be null, an integer >= 0 or all, got 'some'"),
         ("{broken", "0", "splits_final.json is not valid JSON"),
         ('{"train": []}', "0", "is not a list of .*nnU-Net's splits_final.json"),
         ('[{"train": ["case_000"], "val": "case_001"}]', "0", "is not a list of"),

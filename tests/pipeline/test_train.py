@@ -213,7 +213,7 @@ def test_config_yaml_and_overrides(tmp_path):
     [
         ("train:\n  epoch: 3\n", [], "unknown key train.epoch"),
         ("trian:\n  epochs: 3\n", [], "unknown section 'trian'"),
-        ("train:\n  epochs: three\n", [], "train.epochs must be an integer"),
+        ("train:\n  epochs: three\n", [], r"train.epochs \(--epochs\) must be an integer"),
         (": : :\n", [], "not valid YAML"),
         ("", ["train.lr"], "is not KEY=VALUE"),
         ("", ["decoder.channels=5"], "decoder.channels must be a list"),

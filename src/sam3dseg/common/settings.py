@@ -9,7 +9,7 @@ file) by :func:`from_dict`, and when a dataclass is constructed in Python
 (``__post_init__`` calls :func:`check_settings`). A bad value is one line naming
 the key, the value and what is allowed::
 
-    train.epochs must be a positive integer, got 0
+    train.epochs (--epochs) must be a positive integer, got 0
 
 The same rules print the ``--help`` key listings and the table of options.
 """

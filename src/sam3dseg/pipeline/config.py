@@ -34,7 +34,7 @@ from ..common.settings import (
     switch,
 )
 from ..data.augment import AugmentConfig
-from ..data.preprocess import PreprocessConfig
+from ..data.preprocess import SLICING_AXES, PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
 from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
@@ -117,7 +117,7 @@ class TrainConfig:
 
     SECTION: ClassVar[str] = "train"
 
-    epochs: int = positive_int(50, "epochs to train")
+    epochs: int = positive_int(50, "epochs to train", flag="--epochs")
     steps_per_epoch: int = positive_int(50, "optimiser steps per epoch")
     batch_size: int = positive_int(2, "crops per step (divisible by the number of torchrun processes)")
     crop_depth: int = positive_int(16, "slices per training crop; shorter volumes are padded")
@@ -153,13 +153,13 @@ class TrainConfig:
     fold: int | str | None = setting(
         None, "null, an integer >= 0 or all", lambda v: v is None or v == "all" or (isinstance(v, int) and v >= 0),
         "cross-validation fold of CACHE/splits_final.json (made on first use, nnU-Net's format); all: every case, "
-        "no validation; null: hold out the last val_fraction of the cases by name",
+        "no validation; null: hold out the last val_fraction of the cases by name", flag="--fold",
     )  # fmt: skip
     num_folds: int = setting(5, "an integer >= 2", lambda v: v >= 2, "folds in a splits_final.json made on first use")
     val_fraction: float = fraction(0.2, "with fold null: share of cases held out for validation (the last by name)", upper_open=True)
     val_interval: int = positive_int(1, "epochs between validations")
     seed: int = non_negative_int(0, "seed of the initial weights and of every epoch's draws")
-    device: str = device_setting()
+    device: str = device_setting(flag="--device")
     amp: bool = switch(True, "bf16 autocast for the decoder on CUDA; never on CPU")
 
     def __post_init__(self) -> None:
@@ -176,7 +176,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _bases(section: str, recipe: str | None, plan: str | Path | None) -> list[tuple[str, dict]]:
+def recipe_and_plan(section: str, recipe: str | None, plan: str | Path | None) -> list[tuple[str, dict]]:
     """The ``section`` of a recipe and of a plan, in that order, for :func:`load_settings`."""
     bases = [(f"recipe {recipe}", load_recipe(recipe)[section])] if recipe else []
     return bases + ([(str(plan), read_plan(plan).get(section, {}))] if plan else [])
@@ -187,7 +187,7 @@ def load_run_config(
 ) -> RunConfig:
     """Defaults, then the recipe's and the plan's ``run`` sections, then the YAML file (sections ``decoder``,
     ``loss``, ``train``), then the overrides."""
-    return load_settings(RunConfig, path, overrides or [], base=_bases("run", recipe, plan))
+    return load_settings(RunConfig, path, overrides or [], base=recipe_and_plan("run", recipe, plan))
 
 
 def _checkpoint_ok(v: str | None) -> bool:
@@ -251,11 +251,26 @@ class CacheConfig:
 
 
 def load_cache_config(
-    path: str | Path | None = None, given: dict | None = None, recipe: str | None = None, plan: str | Path | None = None
+    path: str | Path | None = None, given: dict | None = None, recipe: str | None = None, plan: str | Path | None = None,
+    overrides: list[str] | None = None,
 ) -> CacheConfig:
     """Defaults, then the recipe's and the plan's ``cache`` sections, then the YAML file (e.g. a cache's
-    own ``cache.yaml``), then the values ``given`` (flags)."""
-    return load_settings(CacheConfig, path, given=given, base=_bases("cache", recipe, plan))
+    own ``cache.yaml``), then the ``KEY=VALUE`` overrides, then the values ``given`` (flags)."""
+    return load_settings(CacheConfig, path, overrides or [], given=given, base=recipe_and_plan("cache", recipe, plan))
+
+
+@dataclass
+class PlanConfig:
+    """What ``sam3dseg plan`` is told: the encoder whose grid and memory it sizes crops for, and the axis slices
+    run across (the rules of :class:`CacheConfig`'s ``encoder`` and the preprocessing's ``slicing_axis``)."""
+
+    SECTION: ClassVar[str] = "plan"
+
+    encoder: str = one_of("vit_b", ENCODERS, "image encoder the plan sizes image, crops and batch for", flag="--encoder")
+    slicing_axis: str = one_of("axial", SLICING_AXES, "slices run across this anatomical axis", flag="--slicing-axis")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _window_ok(v: int | None) -> bool:
