@@ -80,12 +80,12 @@ from sam3dseg.pipeline.config import DecoderConfig, LossConfig, TrainConfig, loa
 from sam3dseg.pipeline.train import train
 
 VARIANTS = {
-    "joint": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=false"],
-    "joint + fg 1/3": ["loss.dice=joint", "train.foreground_fraction=0.33", "decoder.image_path=false"],
-    "per_class": ["loss.dice=per_class", "train.foreground_fraction=0", "decoder.image_path=false"],
-    "per_class + fg 1/3": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=false"],
-    "joint + image": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.image_path=true"],
-    "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.image_path=true"],
+    "joint": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.pixel_skip=false"],
+    "joint + fg 1/3": ["loss.dice=joint", "train.foreground_fraction=0.33", "decoder.pixel_skip=false"],
+    "per_class": ["loss.dice=per_class", "train.foreground_fraction=0", "decoder.pixel_skip=false"],
+    "per_class + fg 1/3": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.pixel_skip=false"],
+    "joint + image": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.pixel_skip=true"],
+    "per_class + fg 1/3 + image": ["loss.dice=per_class", "train.foreground_fraction=0.33", "decoder.pixel_skip=true"],
 }
 # --crops: the default recipe on whole planes against 2 × 2-token windows (a 4 × 4 grid at 64²), with
 # the same steps and with 4× the steps (the same pixels seen: each crop is a quarter of a plane).
@@ -99,8 +99,8 @@ CROP_VARIANTS = {
 # views, trained with train.views = K), the same steps, and K = 0 and 4 with 4× the steps (where
 # augmentation has more to prevent); the encoding time and disk of each K beside.
 VIEW_VARIANTS = {
-    "K=0": ["train.views=0"], "K=2": ["train.views=2"], "K=4": ["train.views=4"],
-    "K=0, 4× steps": ["train.views=0", "STEPS×4"], "K=4, 4× steps": ["train.views=4", "STEPS×4"],
+    "K=0": ["train.augmented_copies=0"], "K=2": ["train.augmented_copies=2"], "K=4": ["train.augmented_copies=4"],
+    "K=0, 4× steps": ["train.augmented_copies=0", "STEPS×4"], "K=4, 4× steps": ["train.augmented_copies=4", "STEPS×4"],
 }  # fmt: skip
 # --equal-time: every variant trains for the same optimiser seconds (its own s/step measured first), on
 # caches made by real encoders (--encoders). Each variant changes one thing from the defaults (AdamW 1e-3,
@@ -108,12 +108,12 @@ VIEW_VARIANTS = {
 # with 2 augmented views per case (made once per dataset and encoder).
 TIME_VARIANTS = {
     "default": [],
-    "no image path": ["decoder.image_path=false"],
+    "no image path": ["decoder.pixel_skip=false"],
     "whole planes": ["train.crop_tokens=null"],
     "sgd 1e-2": ["train.optimizer=sgd", "train.lr=1e-2"],
     "sgd 1e-2, whole planes (before)": ["train.optimizer=sgd", "train.lr=1e-2", "train.crop_tokens=null"],
     "joint Dice": ["loss.dice=joint"],
-    "views K=2": ["train.views=2", "VIEWS"],
+    "views K=2": ["train.augmented_copies=2", "VIEWS"],
 }
 # image size, crop depth, epochs, steps per epoch, per dataset
 DATASETS = {"small": (64, 8, 8, 50), "large": (64, 8, 5, 15), "mni152": (64, 16, 6, 15), "anatomy": (96, 16, 6, 20)}
@@ -140,7 +140,7 @@ def _cache_views(data: Path, cache: Path, size: int) -> dict[str, list[float]]:
     out, seconds = {}, 0.0
     for k in (0, 2, 4):
         start = time.perf_counter()
-        make_cache(data, cache, image_size=size, augment=AugmentConfig(views=k))
+        make_cache(data, cache, image_size=size, augment=AugmentConfig(copies=k))
         seconds += time.perf_counter() - start
         files = [*(cache / "cases").glob("*.pt"), *(f for v in range(1, k + 1) for f in (cache / "views" / str(v)).glob("*.pt"))]
         out[f"K={k}"] = [seconds, sum(f.stat().st_size for f in files) / 2**20]
@@ -149,7 +149,7 @@ def _cache_views(data: Path, cache: Path, size: int) -> dict[str, list[float]]:
 
 def _default_variant() -> str:
     loss, t, d = LossConfig(), TrainConfig(), DecoderConfig()
-    return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}{' + image' if d.image_path else ''}"
+    return f"{loss.dice}{' + fg 1/3' if t.foreground_fraction > 0 else ''}{' + image' if d.pixel_skip else ''}"
 
 
 def _train_seconds(cache: Path, out: Path, overrides: list[str], steps: int, epochs: int) -> tuple[float, list[float]]:
@@ -186,14 +186,14 @@ def equal_time(args: argparse.Namespace) -> None:
                     views = 2 if any("VIEWS" in o for o in variants.values()) and norm == "auto" else 0
                     start = time.perf_counter()
                     built = run_cache(data, cache, CacheConfig(encoder=encoder, image_size=size, normalisation=norm,
-                                                               augment=AugmentConfig(views=views)), progress=False)  # fmt: skip
+                                                               augment=AugmentConfig(copies=views)), progress=False)  # fmt: skip
                     print(f"{dataset:>7} {encoder}: cache ({norm} normalisation, {views} views) in "
                           f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
                     caches[norm] = cache
                 runs = {f"{v}": (caches["auto"], o) for v, o in variants.items()}
                 if "sam" in caches:
                     runs["default, SAM's normalisation"] = (caches["sam"], [])
-                common = [f"train.crop_depth={depth}", "train.views=0"]
+                common = [f"train.crop_depth={depth}", "train.augmented_copies=0"]
                 for variant, (cache, overrides) in runs.items():
                     overrides = [o for o in overrides if o != "VIEWS"]
                     out = Path(tmp) / dataset / f"run_{encoder}_{''.join(c if c.isalnum() else '_' for c in variant)}"
@@ -253,7 +253,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05, help="how far the default may trail the best (default 0.05)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--crops", action="store_true", help="compare whole planes with in-plane token crops instead")
-    parser.add_argument("--views", action="store_true", help="compare K = 0, 2, 4 augmented views per case instead")
+    parser.add_argument("--augmented-copies", action="store_true", help="compare K = 0, 2, 4 augmented views per case instead")
     parser.add_argument("--equal-time", type=float, metavar="SECONDS",
                         help="compare TIME_VARIANTS at equal optimiser seconds on real encoders (--encoders) instead")
     parser.add_argument("--encoders", nargs="+", default=["lite_medsam", "vit_b"], help="--equal-time: encoders (random vit_b is the control)")

@@ -108,7 +108,7 @@ def costs() -> dict:
             slices = sum(json.loads((tmp / f"cache{rep}" / "cases" / f"{c.name}.json").read_text())["slices"] for c in data.cases)
             case_s.append((time.perf_counter() - start) / slices)
             start = time.perf_counter()
-            build_cache(data, tmp / f"cache{rep}", encoder, info, PreprocessConfig(), AugmentConfig(views=2), progress=False)
+            build_cache(data, tmp / f"cache{rep}", encoder, info, PreprocessConfig(), AugmentConfig(copies=2), progress=False)
             view_s.append((time.perf_counter() - start) / (2 * slices))
         views = {"case_s_per_slice": min(case_s), "view_s_per_slice": min(view_s), "ratio": min(view_s) / min(case_s)}
 

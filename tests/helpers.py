@@ -49,7 +49,7 @@ def tiny_model_file(
     image_path: bool = False,
 ) -> ModelFile:
     """A model file around an untrained small decoder (32 feature channels per image channel, K = 3)."""
-    run = load_run_config(None, [*TINY_RUN, f"train.crop_depth={crop_depth}", f"decoder.image_path={str(image_path).lower()}"])
+    run = load_run_config(None, [*TINY_RUN, f"train.crop_depth={crop_depth}", f"decoder.pixel_skip={str(image_path).lower()}"])
     torch.manual_seed(seed)
     encoder = EncoderInfo.of(tiny_encoder(image_size), None)
     decoder = build_decoder(run.decoder, 3, 32 * len(channels), len(channels))

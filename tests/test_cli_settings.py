@@ -100,3 +100,29 @@ def test_each_command_records_the_value_it_was_given(vit_b_model, generated_data
     assert cli.main(["evaluate", "--pred", str(preds), "--ref", str(refs), "--out", str(tmp_path / "ev"), "predict.nsd_tolerance=2"]) == 2
     assert cli.main(["evaluate", "--pred", str(preds), "--ref", str(refs), "--out", str(tmp_path / "ev"), "evaluate.nsd_tolerance=2", "--quiet"]) == 0
     assert json.loads((tmp_path / "ev" / "sam3dseg_summary.json").read_text(encoding="utf-8"))["nsd_tolerance_mm"] == 2
+
+
+@pytest.mark.parametrize(
+    "argv,read,value,note",
+    [
+        (["cache", "--dataset", "D", "--out", "C", "--views", "2"], lambda c: c.augment.copies, 2, "--views is now --augmented-copies"),
+        (["cache", "--dataset", "D", "--out", "C", "augment.views=2"], lambda c: c.augment.copies, 2, "augment.views is now augment.copies"),
+        (["train", "--cache", "C", "--out", "R", "decoder.image_path=false"], lambda c: c.decoder.pixel_skip, False,
+         "decoder.image_path is now decoder.pixel_skip"),
+        (["train", "--cache", "C", "--out", "R", "--config", "{file}"], lambda c: c.train.augmented_copies, 1, "train.views is now train.augmented_copies"),
+    ],
+)  # fmt: skip
+def test_old_names_still_work_with_a_one_line_note(argv, read, value, note, tmp_path, caplog):
+    file = tmp_path / "old.yaml"
+    file.write_text("train:\n  views: 1\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        config = _resolve([a.format(file=file) for a in argv])
+    assert read(config) == value
+    assert [r.getMessage() for r in caplog.records] == [f"{note} (the old name still works)"]
+
+
+def test_old_and_new_name_together_are_refused(tmp_path):
+    file = tmp_path / "both.yaml"
+    file.write_text("decoder:\n  image_path: false\n  pixel_skip: true\n", encoding="utf-8")
+    with pytest.raises(cli.UserError, match="decoder.image_path and decoder.pixel_skip are one setting"):
+        _resolve(["train", "--cache", "C", "--out", "R", "--config", str(file)])

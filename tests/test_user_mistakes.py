@@ -252,7 +252,7 @@ def test_without_monai_the_error_comes_before_any_warning(generated_dataset, tmp
         raise UserError("augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'")
 
     monkeypatch.setattr(cache, "require_monai", missing)
-    args = ["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--image-size", "32", "--views", "2"]
+    args = ["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--image-size", "32", "--augmented-copies", "2"]
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "sam3dseg: error: augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'"

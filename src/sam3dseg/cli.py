@@ -44,12 +44,12 @@ encoder changed, and a killed run resumes where it stopped. The resolved setting
 written to OUT/cache.yaml: `--config OUT/cache.yaml` repeats the run (flags given beside
 it override the file).
 
---views K also encodes K augmented copies of every labelled case (in-plane rotation,
+--augmented-copies K also encodes K augmented copies of every labelled case (in-plane rotation,
 scaling, elastic deformation; gamma, contrast, brightness, noise, blur, low resolution;
 the label moved by the same map) under OUT/views/, each seeded by its case and index;
-training draws among a case's original and its views. Each view costs what its case
+training draws among a case's original and its copies. Each copy costs what its case
 costs, in encoding time and disk. Ranges: the `augment:` section of OUT/cache.yaml.
-Needs MONAI: pip install 'sam3dseg[views]'.
+Needs MONAI: pip install 'sam3dseg[augment]'.
 
 Under torchrun (--nproc_per_node N) cases are shared out across the N processes.
 
@@ -117,7 +117,7 @@ def _arg_type(f: dataclasses.Field) -> type | None:
     return _ARG_TYPES.get(items.group(1) if items else text)
 
 
-def _setting(parser: argparse.ArgumentParser, cls: type, name: str, section: str = "", **kwargs) -> None:
+def _setting(parser: argparse.ArgumentParser, cls: type, name: str, section: str = "", old: tuple[str, ...] = (), **kwargs) -> None:
     """The flag of setting ``name`` of ``cls`` (found at ``section.name`` in the command's settings): a
     shorthand for that key, its meaning, default and type from the setting's field and rule.
 
@@ -139,7 +139,19 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, section: str
     key = f"{section}.{name}" if section else name
     if "action" not in kwargs:
         kwargs.setdefault("metavar", name.upper())  # not the dest, which is the key behind a prefix
-    parser.add_argument(*FLAG_ALIASES.get(rule.flag, ()), rule.flag, dest=FLAG + key, default=argparse.SUPPRESS, help=help_text, **kwargs)
+    if old:  # a flag's old names still work, each with a one-line note
+        kwargs["action"] = _renamed_flag(rule.flag)
+    parser.add_argument(*FLAG_ALIASES.get(rule.flag, ()), rule.flag, *old, dest=FLAG + key, default=argparse.SUPPRESS, help=help_text, **kwargs)
+
+
+def _renamed_flag(flag: str) -> type[argparse.Action]:
+    class Store(argparse._StoreAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if option_string != flag:
+                logging.getLogger(__name__).warning(f"{option_string} is now {flag} (the old name still works)")
+            super().__call__(parser, namespace, values, option_string)
+
+    return Store
 
 
 # One way to give settings, on every command that has them (SETTINGS): the defaults, then a recipe and a
@@ -279,7 +291,7 @@ def _cache_options(sub) -> None:
     _setting(c, PreprocessConfig, "target_spacing", "preprocess", nargs=3, metavar=("D", "H", "W"))
     _setting(c, PreprocessConfig, "intensity", "preprocess")
     _setting(c, PreprocessConfig, "ct_window", "preprocess", nargs=2, metavar=("LEVEL", "WIDTH"))
-    _setting(c, AugmentConfig, "views", "augment", metavar="K")
+    _setting(c, AugmentConfig, "copies", "augment", metavar="K", old=("--views",))
     _setting(c, CacheConfig, "slice_batch")
     _setting(c, CacheConfig, "encoder_precision")
     _setting(c, CacheConfig, "device")
@@ -458,7 +470,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     print(
         f"[rank {summary['rank']}] " * (summary["world"] > 1)
         + f"cache {args.out}: {len(summary['encoded'])} case(s) encoded, {len(summary['reused'])} already cached"
-        + f", {summary['views_encoded']} augmented view(s) encoded" * (config.augment.views > 0)
+        + f", {summary['views_encoded']} augmented view(s) encoded" * (config.augment.copies > 0)
         + ("  [RANDOM encoder weights: pass --checkpoint for real use]" if summary["random"] else "")
     )
 
@@ -581,13 +593,13 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     parser = _parser()
     args = parser.parse_args(argv)
     _split_overrides(args)
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.WARNING, format="sam3dseg: %(levelname)s: %(message)s")
     try:
         _check_outputs(args)
         COMMANDS[args.command][1](args)

@@ -95,7 +95,8 @@ def test_a_view_is_fixed_by_its_case_and_index():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["augment.views=-1"], "augment.views (--views) must be an integer >= 0, got -1"),
+        (["augment.copies=-1"], "augment.copies (--augmented-copies) must be an integer >= 0, got -1"),
+        (["augment.views=-1"], "augment.copies (--augmented-copies) must be an integer >= 0, got -1"),  # its old name
         (["augment.scale=[1.4,0.7]"], "augment.scale must be two numbers 0 < low <= high"),
         (["augment.rotation=200"], "augment.rotation must be a number in [0, 180]"),
         (["augment.intensity_probability=1.5"], "augment.intensity_probability must be a number in [0, 1]"),

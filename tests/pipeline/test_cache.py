@@ -359,7 +359,7 @@ def test_views_are_the_augmented_cases_encoded(generated_dataset, tmp_path):
     from sam3dseg.pipeline.cache import load_case_arrays
 
     ds = _two_cases(generated_dataset, tmp_path)
-    augment = AugmentConfig(views=2)
+    augment = AugmentConfig(copies=2)
     summary = make_cache(ds, tmp_path / "c", augment=augment)
     assert summary["views_encoded"] == 4 and len(summary["encoded"]) == 2
     manifest = read_manifest(tmp_path / "c")
@@ -384,16 +384,16 @@ def test_views_are_reused_resumed_and_reproduced_byte_for_byte(generated_dataset
     from sam3dseg.data.augment import AugmentConfig
 
     ds = _two_cases(generated_dataset, tmp_path)
-    make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=2))
+    make_cache(ds, tmp_path / "whole", augment=AugmentConfig(copies=2))
 
     def killer(name):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(views=2), on_case_done=killer)
+        make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(copies=2), on_case_done=killer)
     assert sorted(p.name for p in (tmp_path / "resumed").rglob("*.pt")) == ["case_000.pt"] * 3  # the case and its two views
     counter = CountingEncoder(tiny_encoder(), monkeypatch)
-    summary = make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(views=2))
+    summary = make_cache(ds, tmp_path / "resumed", augment=AugmentConfig(copies=2))
     assert summary["encoded"] == ["case_001"] and summary["views_encoded"] == 2
     files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
     assert len(files) == 13  # 2 × (case + 2 views) × (.pt + .json), manifest
@@ -402,10 +402,10 @@ def test_views_are_reused_resumed_and_reproduced_byte_for_byte(generated_dataset
     assert not [p for p in (tmp_path / "resumed").rglob(".*")]  # no temporaries left
 
     counter.slices = 0
-    assert make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=2))["views_encoded"] == 0 and counter.slices == 0
-    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=3))
+    assert make_cache(ds, tmp_path / "whole", augment=AugmentConfig(copies=2))["views_encoded"] == 0 and counter.slices == 0
+    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(copies=3))
     assert summary["views_encoded"] == 2 and summary["encoded"] == []  # view 3 of each case only
-    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(views=3, rotation=10.0))
+    summary = make_cache(ds, tmp_path / "whole", augment=AugmentConfig(copies=3, rotation=10.0))
     assert summary["views_encoded"] == 6 and summary["encoded"] == []
 
 
@@ -416,15 +416,15 @@ def test_views_without_monai_say_how_to_install_it(generated_dataset, tmp_path, 
     from sam3dseg.errors import UserError
 
     monkeypatch.setitem(sys.modules, "monai", None)  # import monai now raises ImportError
-    with pytest.raises(UserError, match=r"need MONAI: pip install 'sam3dseg\[views\]'"):
-        make_cache(_two_cases(generated_dataset, tmp_path), tmp_path / "c", augment=AugmentConfig(views=1))
+    with pytest.raises(UserError, match=r"need MONAI: pip install 'sam3dseg\[augment\]'"):
+        make_cache(_two_cases(generated_dataset, tmp_path), tmp_path / "c", augment=AugmentConfig(copies=1))
     assert make_cache(_two_cases(generated_dataset, tmp_path), tmp_path / "c")["views_encoded"] == 0  # views 0 needs no MONAI
 
 
 def test_negative_views_are_one_line_exit_2(generated_dataset, tmp_path, capsys):
     from sam3dseg.cli import main
 
-    code = main(["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--views", "-1", "--quiet"])
+    code = main(["cache", "--dataset", str(generated_dataset), "--out", str(tmp_path / "c"), "--augmented-copies", "-1", "--quiet"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and lines == ["sam3dseg: error: augment.views (--views) must be an integer >= 0, got -1"]
+    assert code == 2 and lines == ["sam3dseg: error: augment.copies (--augmented-copies) must be an integer >= 0, got -1"]
     assert not (tmp_path / "c").exists()

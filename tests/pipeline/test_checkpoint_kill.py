@@ -13,7 +13,7 @@ from sam3dseg.pipeline.model_file import load_model_file
 from sam3dseg.pipeline.postprocess import load_validation, validation_folder
 from sam3dseg.pipeline.train import train
 
-SETTINGS = [*TINY_RUN, "train.steps_per_epoch=4", "decoder.image_path=false"]
+SETTINGS = [*TINY_RUN, "train.steps_per_epoch=4", "decoder.pixel_skip=false"]
 
 
 class Killed(BaseException):

@@ -85,9 +85,9 @@ def test_train_records_the_crops_and_views_it_resolved(generated_dataset, tmp_pa
     make_cache(generated_dataset, tmp_path / "c", image_size=64)  # stride 16: a 4 × 4 token grid
     assert main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r"), "--quiet", *TINY_RUN]) == 0
     written = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]
-    assert (written["crop_tokens"], written["views"]) == (2, 0)  # auto: half the grid; null: what the cache holds
+    assert (written["crop_tokens"], written["augmented_copies"]) == (2, 0)  # auto: half the grid; null: what the cache holds
     record = load_model_file(tmp_path / "r" / "best.pt").config.train
-    assert (record.crop_tokens, record.views) == (2, 0)
+    assert (record.crop_tokens, record.augmented_copies) == (2, 0)
 
 
 

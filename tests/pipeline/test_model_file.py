@@ -33,7 +33,7 @@ def test_a_file_written_by_version_1_still_loads_and_predicts_the_same():
     and model_v1_prediction.npz is what that code's Predictor made of generated case 4."""
     record = load_model_file(FIXTURES / "model_v1.pt")
     assert record.epoch == 1 and record.config.decoder.channels == (8, 8, 8, 8) and record.encoder.name == "tiny"
-    assert not record.config.decoder.image_path and record.config.loss.dice == "joint"  # the defaults of its day
+    assert not record.config.decoder.pixel_skip and record.config.loss.dice == "joint"  # the defaults of its day
     images, _, geometry = make_case(np.random.default_rng(4))
     labels, _ = Predictor(record, tiny_encoder(32), PredictConfig(window=4)).predict_array(images[0], geometry)
     assert np.array_equal(labels, np.load(FIXTURES / "model_v1_prediction.npz")["labels"])
@@ -57,7 +57,7 @@ def test_a_file_written_by_version_3_predicts_bit_identically_and_its_cache_keys
     from sam3dseg.pipeline.predict import predict_probabilities
 
     record = load_model_file(FIXTURES / "model_v3.pt")
-    assert record.encoder.stride == 16 and record.encoder.normalisation == "sam" and record.config.decoder.image_path
+    assert record.encoder.stride == 16 and record.encoder.normalisation == "sam" and record.config.decoder.pixel_skip
     assert record.build_decoder().scales == (2, 2, 2, 2)
     images, _, geometry = make_case(np.random.default_rng(4))
     predictor = Predictor(record, tiny_encoder(32), PredictConfig(window=4))
@@ -102,22 +102,37 @@ def test_version_1_files_keep_the_defaults_they_were_trained_with(tmp_path, monk
     of each version step."""
     state = tiny_model_file().to_state()
     state["version"] = 1
-    del state["config"]["decoder"]["image_path"], state["config"]["loss"]["dice"], state["config"]["train"]["foreground_fraction"]
-    del state["config"]["train"]["views"], state["config"]["decoder"]["grid_stride"]
+    del state["config"]["decoder"]["pixel_skip"], state["config"]["loss"]["dice"], state["config"]["train"]["foreground_fraction"]
+    del state["config"]["train"]["augmented_copies"], state["config"]["decoder"]["grid_stride"]
     torch.save(state, tmp_path / "v1.pt")
     record = load_model_file(tmp_path / "v1.pt")
-    assert (record.config.decoder.image_path, record.config.loss.dice, record.config.train.foreground_fraction) == (False, "joint", 0.0)
+    assert (record.config.decoder.pixel_skip, record.config.loss.dice, record.config.train.foreground_fraction) == (False, "joint", 0.0)
     assert record.build_decoder().image_channels == 0
-    assert record.config.train.views == 0  # version 3 records the views drawn among; earlier files drew none
+    assert record.config.train.augmented_copies == 0  # version 3 records the copies drawn among; earlier files drew none
 
     assert record.config.decoder.grid_stride == 16  # version 4 records the grid block 1 reads: the encoder's before
 
-    def v4_to_v5(state: dict) -> dict:
+    def v5_to_v6(state: dict) -> dict:
         return {**state, "class_names": [n.upper() for n in state["class_names"]]}
 
-    monkeypatch.setattr(model_file, "MODEL_VERSION", 5)
-    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 4: v4_to_v5})
+    monkeypatch.setattr(model_file, "MODEL_VERSION", 6)
+    monkeypatch.setattr(model_file, "_MIGRATIONS", {**model_file._MIGRATIONS, 5: v5_to_v6})
     assert load_model_file(tmp_path / "v1.pt").class_names == ["BACKGROUND", "A", "B"]
+
+
+def test_a_version_4_file_reads_the_old_names_of_renamed_settings(tmp_path):
+    """Version 5 renamed decoder.image_path (to pixel_skip) and train.views (to augmented_copies): a version-4
+    file holds the old names and loads with its values under the new ones, no note printed (nothing to fix)."""
+    record = tiny_model_file(image_path=False)
+    state = record.to_state()
+    state["version"] = 4
+    config = state["config"]
+    config["decoder"]["image_path"] = config["decoder"].pop("pixel_skip")
+    config["train"]["views"] = config["train"].pop("augmented_copies")
+    config["train"]["views"] = 3
+    torch.save(state, tmp_path / "v4.pt")
+    loaded = load_model_file(tmp_path / "v4.pt").config
+    assert (loaded.decoder.pixel_skip, loaded.train.augmented_copies) == (False, 3)
 
 
 def test_a_version_3_file_of_a_stride_4_encoder_keeps_its_unpooled_decoder(tmp_path):

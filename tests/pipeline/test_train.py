@@ -44,15 +44,15 @@ def test_learns_generated_data(trained_tiny):
     state = load_model_file(run / "best.pt")
     assert state.class_names == ["background", "class1", "class2"]
     assert state.preprocess.slicing_axis == "axial" and state.encoder.image_size == 128
-    # the run's settings as given, train.views resolved to what the cache holds (none here),
+    # the run's settings as given, train.augmented_copies resolved to what the cache holds (none here),
     # train.crop_tokens=auto to half the 8 × 8 token grid and decoder.grid_stride=auto to the encoder's own 16
-    assert config.train.views is None and state.config.train.views == 0
+    assert config.train.augmented_copies is None and state.config.train.augmented_copies == 0
     assert config.train.crop_tokens == "auto" and state.config.train.crop_tokens == 4
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
     assert _differences(to_dict(config), to_dict(state.config)) == {
         "decoder.grid_stride": ("auto", 16),
         "train.crop_tokens": ("auto", 4),
-        "train.views": (None, 0),
+        "train.augmented_copies": (None, 0),
     }
 
 
@@ -92,7 +92,7 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.image_path=true"], ["train.crop_tokens=1"]]
+    "extra", [[], ["train.foreground_fraction=0.5", "loss.dice=per_class"], ["decoder.pixel_skip=true"], ["train.crop_tokens=1"]]
 )
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
@@ -276,7 +276,7 @@ def test_validation_decodes_as_predict_does(small_cache, image_path):
     label = case["label"].long().numpy()
     depth, (h, w) = label.shape[0], label.shape[1:]
     torch.manual_seed(1)
-    decoder = build_decoder(DecoderConfig(channels=(8, 8, 8, 8), image_path=image_path), 3, 32, 1)
+    decoder = build_decoder(DecoderConfig(channels=(8, 8, 8, 8), pixel_skip=image_path), 3, 32, 1)
     image = case["image"] if image_path else None
     with torch.no_grad():
         plain = decoder(case["features"][None].float(), *([image[None]] if image_path else []))
@@ -313,11 +313,11 @@ def test_image_path_needs_a_cache_with_images(generated_dataset, tmp_path, capsy
     cache = tmp_path / "c"
     make_cache(generated_dataset, cache, image_size=32)
     drop_images(cache, ["case_000"])
-    code = main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "decoder.image_path=true", *SMALL])
+    code = main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "decoder.pixel_skip=true", *SMALL])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "has no image" in err and f"sam3dseg cache --dataset {generated_dataset} --out {cache}" in err
-    plain = ["train.epochs=1", "decoder.image_path=false", *SMALL]
+    plain = ["train.epochs=1", "decoder.pixel_skip=false", *SMALL]
     assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "plain"), *plain]) == 0
 
 
@@ -344,25 +344,25 @@ def test_crop_tokens_must_fit_the_grid(small_cache, tmp_path, capsys):
 
 
 def test_training_draws_among_the_views_the_cache_holds(generated_dataset, tmp_path, monkeypatch, capsys):
-    """train.views=null takes every view the cache holds and records the number; fewer can be asked
-    for, more cannot; a run resumed on a cache that gained views is refused, naming train.views."""
+    """train.augmented_copies=null takes every view the cache holds and records the number; fewer can be asked
+    for, more cannot; a run resumed on a cache that gained copies is refused, naming train.augmented_copies."""
     from sam3dseg.data.augment import AugmentConfig
 
-    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(views=1))
+    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(copies=1))
     read = []
     load = training.CaseStore.__getitem__
     monkeypatch.setattr(training.CaseStore, "__getitem__", lambda store, item: read.append(item) or load(store, item))
     train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
-    assert load_model_file(tmp_path / "run" / "last.pt").config.train.views == 1
+    assert load_model_file(tmp_path / "run" / "last.pt").config.train.augmented_copies == 1
     assert {item[1] for item in read if isinstance(item, tuple)} == {0, 1}  # the original and the view, both drawn
-    assert "views: 1" in (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")
+    assert "augmented_copies: 1" in (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")
 
-    code = main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r2"), "train.views=2", *SMALL])
+    code = main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r2"), "train.augmented_copies=2", *SMALL])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "train.views=2 but cache" in err[0] and "holds 1 augmented view(s) per case" in err[0], err
+    assert code == 2 and len(err) == 1 and "train.augmented_copies=2 but cache" in err[0] and "holds 1 augmented copies per case" in err[0], err
 
-    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(views=2))
-    with pytest.raises(UserError, match="train.views: 1 there, 2 now"):
+    make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(copies=2))
+    with pytest.raises(UserError, match="train.augmented_copies: 1 there, 2 now"):
         train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
 
 

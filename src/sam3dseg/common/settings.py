@@ -12,12 +12,18 @@ the key, the value and what is allowed::
     train.epochs (--epochs) must be a positive integer, got 0
 
 The same rules print the ``--help`` key listings and the table of options.
+
+A setting that was renamed keeps its old name as an alias: a class lists ``RENAMED = {old: new}``; files
+written with the old name (a run's ``config.yaml``, a cache's ``cache.yaml``, a model file's configuration)
+read as they are, and an old name given by a user (``KEY=VALUE``, a ``--config`` file) works with a
+one-line deprecation note.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -27,6 +33,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,46 @@ def _coerce(value: Any, hint: Any, label: str) -> Any:
     return value
 
 
+def renamed(cls: type, data: dict, where: str = "", note: Callable[[str], None] | None = None) -> dict:
+    """``data`` with the old names of ``cls``'s settings (``cls.RENAMED``, in every section) replaced by the new
+    ones; ``note`` is told each replacement. Both names at once is a ``UserError``."""
+    if not isinstance(data, dict):
+        return data
+    names = getattr(cls, "RENAMED", {})
+    hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    out = {}
+    for key, value in data.items():
+        new = names.get(key, key)
+        if new != key:
+            if new in data:
+                raise UserError(f"{where}{key} and {where}{new} are one setting (its old and new name): give {where}{new} only")
+            if note is not None:
+                note(f"{where}{key} is now {where}{new} (the old name still works)")
+        hint = hints.get(new)
+        out[new] = renamed(hint, value, f"{where}{new}.", note) if hint is not None and dataclasses.is_dataclass(hint) else value
+    return out
+
+
+def renamed_key(cls: type, key: str, note: Callable[[str], None] | None = None) -> str:
+    """A dotted key (``decoder.image_path``) under its current name (``decoder.pixel_skip``)."""
+    parts, node, where = [], cls, ""
+    for part in key.split("."):
+        names = getattr(node, "RENAMED", {}) if node is not None else {}
+        if part in names:
+            if note is not None:
+                note(f"{where}{part} is now {where}{names[part]} (the old name still works)")
+            part = names[part]
+        parts.append(part)
+        where += part + "."
+        hint = get_type_hints(node).get(part) if node is not None and dataclasses.is_dataclass(node) else None
+        node = hint if hint is not None and dataclasses.is_dataclass(hint) else None
+    return ".".join(parts)
+
+
+def _deprecated(message: str) -> None:
+    log.warning(message)
+
+
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict: unknown keys, wrong types and values outside a rule are refused.
 
@@ -192,6 +240,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """
     if not isinstance(data, dict):
         raise UserError(f"{where.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    data = renamed(cls, data, where)
     hints = get_type_hints(cls)
     rules = {f.name: rule for f, rule in _rules(cls)}
     unknown = sorted(set(data) - set(rules))
@@ -285,9 +334,10 @@ def load_settings(
     defaults = to_dict(cls())
     dependents = getattr(cls, "DEPENDENTS", {})
     data = copy.deepcopy(defaults)
-    layers = list(base)
+    layers = [(name, renamed(cls, values)) for name, values in base]
     if path is not None:
-        layers.append((str(path), read_yaml(path, f"config file not found: {path}")))
+        layers.append((str(path), renamed(cls, read_yaml(path, f"config file not found: {path}"), note=_deprecated)))
+    overrides = [renamed_key(cls, item.partition("=")[0], _deprecated) + item[item.index("="):] if "=" in item else item for item in overrides]
     layers += [("overrides", _override_values(data, overrides)), ("options", given or {})]
     for source, values in layers:
         _layer(data, defaults, values, source, dependents)

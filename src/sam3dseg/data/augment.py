@@ -1,4 +1,4 @@
-"""Augmented views of a preprocessed case, made once at cache time (``sam3dseg cache --views K``).
+"""Augmented copies of a preprocessed case, made once at cache time (``sam3dseg cache --augmented-copies K``).
 
 The cache makes training fast by encoding every slice once, so the encoder never sees an
 augmented image during training. A *view* brings augmentation back at a fixed cost: K
@@ -19,7 +19,7 @@ code) applied to the preprocessed volume ``(C, D, H, W)``, grey values in ``[0, 
   noise (σ up to 5 % of the range), Gaussian blur (σ 0.5–1 pixel, in-plane) and
   low-resolution simulation (down to 0.5–1 of the size, nearest, then back, bilinear).
 
-The transforms are MONAI's (``pip install 'sam3dseg[views]'``: it needs only numpy and
+The transforms are MONAI's (``pip install 'sam3dseg[augment]'``: it needs only numpy and
 torch); MONAI draws the two in-plane scale factors independently, where nnU-Net's
 default ties them. Each view is seeded by its case name and index
 (:func:`view_seed`), so it is the same on every run and machine with the same MONAI.
@@ -44,8 +44,9 @@ class AugmentConfig:
     """How a cached view is made from its case (see the module docstring)."""
 
     SECTION: ClassVar[str] = "augment"
+    RENAMED: ClassVar[dict[str, str]] = {"views": "copies"}  # a radiologist's views are anatomical planes
 
-    views: int = non_negative_int(0, "augmented views encoded per labelled case, beside the original", flag="--views")
+    copies: int = non_negative_int(0, "augmented copies encoded per labelled case, beside the original", flag="--augmented-copies")
     rotation: float = setting(30.0, "a number in [0, 180]", lambda v: 0 <= v <= 180, "in-plane rotation up to ± this many degrees")
     scale: tuple[float, float] = setting(
         (0.7, 1.4), "two numbers 0 < low <= high", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "in-plane scale factor range, per axis"
@@ -71,7 +72,7 @@ def require_monai() -> str:
     try:
         import monai
     except ImportError:
-        raise UserError("augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]' (or pip install monai)") from None
+        raise UserError("augmented copies (--augmented-copies above 0) need MONAI: pip install 'sam3dseg[augment]' (or pip install monai)") from None
     return monai.__version__
 
 

@@ -21,7 +21,7 @@ costs on ViT's S/16 grid. ``grid_stride`` (decision D13, ``decoder.grid_stride``
 in-plane to a coarser grid before block 1 and builds the blocks for that stride: ``grid_stride`` 16 is the
 method's decoder exactly, on LiteMedSAM's features pooled 4 × 4; the image path keeps the fine detail.
 
-The image path (not in the method; decision D10, ``decoder.image_path``) joins the
+The image path (not in the method; decision D10, ``decoder.pixel_skip``) joins the
 preprocessed slices, average-pooled to each block's input grid, to that block's
 input: ``g(ℓ) ← [g(ℓ), pool(I)]``. The decoder otherwise sees only 16-pixel tokens;
 this gives it the grey values of structures smaller than a token.

@@ -9,7 +9,7 @@ Layout of a cache folder::
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
                                (tensors and plain types: loads weights_only)
     CACHE/cases/{case}.json    {"key": ..., "image": true, ...}  written after the .pt: its presence marks the case done
-    CACHE/views/{v}/{case}.pt  view v = 1..K of a labelled case (``--views K``), the same record made from
+    CACHE/views/{v}/{case}.pt  view v = 1..K of a labelled case (``--augmented-copies K``), the same record made from
     CACHE/views/{v}/{case}.json an augmented copy (:mod:`sam3dseg.data.augment`), with its own key
 
 ``image`` is the preprocessed volume for the decoder's image path
@@ -66,7 +66,7 @@ def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> 
 def view_key(key: str, view: int, augment: AugmentConfig, monai_version: str) -> str:
     """The hash view ``view`` of a case with key ``key`` is valid for (the number of views left out:
     asking for more views later keeps the ones made)."""
-    settings = {k: v for k, v in to_dict(augment).items() if k != "views"}
+    settings = {k: v for k, v in to_dict(augment).items() if k != "copies"}
     parts = {"case": key, "view": view, "augment": settings, "monai": monai_version}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -123,7 +123,7 @@ def build_cache(
     on_case_done: Callable[[str], None] | None = None,
     on_checked: Callable[[], None] | None = None,
 ) -> dict:
-    """Encode every case of ``dataset`` (and ``augment.views`` views of each labelled case) not yet
+    """Encode every case of ``dataset`` (and ``augment.copies`` views of each labelled case) not yet
     cached under the current key.
 
     With ``world_size > 1`` rank r encodes cases r, r + world, ...; rank 0 writes the
@@ -134,7 +134,7 @@ def build_cache(
     from tqdm import tqdm
 
     out = Path(out)
-    monai_version = require_monai() if augment.views else ""
+    monai_version = require_monai() if augment.copies else ""
     encoded, reused, todo, views_encoded = [], [], [], 0
     for case in dataset.cases[rank::world_size]:
         if not all(p.exists() for p in (*case.images, *([case.label] if case.label else []))):
@@ -145,7 +145,7 @@ def build_cache(
         # the original: cached, cached by an older sam3dseg without the image (add it), or to encode
         original = "encode" if meta.get("key") != key else "done" if meta.get("image") else "add image"
         views = [
-            v for v in range(1, augment.views + 1)
+            v for v in range(1, augment.copies + 1)
             if case.label and (_read_meta(case_path(out, case.name, v)) or {}).get("key") != view_key(key, v, augment, monai_version)
         ]  # fmt: skip
         if original != "encode":
@@ -167,7 +167,7 @@ def build_cache(
             _write_case(out, case.name, 0, key, features, volume, label, transform, info.image_size, stats)
         for v in views:
             view_volume, view_label = augment_view(volume, label, view_seed(case.name, v), augment)
-            features = _encode(encoder, view_volume, slice_batch, bar, f"view {v}/{augment.views}: ")
+            features = _encode(encoder, view_volume, slice_batch, bar, f"view {v}/{augment.copies}: ")
             _write_case(out, case.name, v, view_key(key, v, augment, monai_version), features, view_volume, view_label, transform, info.image_size)
             views_encoded += 1
         if on_case_done:
@@ -225,7 +225,7 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
         "preprocess": to_dict(preprocess),
         "feature_channels": info.out_channels * len(dataset.channel_names),
         "cases": [c.name for c in dataset.cases],
-        "views": augment.views,  # of every labelled case; read as 0 from caches written before views
+        "views": augment.copies,  # of every labelled case; read as 0 from caches written before views
         "augment": to_dict(augment),
         # what the originals looked like (spacing, intensity ranges), for predict to compare new input with
         "fingerprint": combine([m["data"] for c in dataset.cases if "data" in (m := _read_meta(case_path(out, c.name)) or {})]),
@@ -242,7 +242,7 @@ def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progres
     (no checkpoint) added.
     """
     data = load_dataset(dataset)
-    if config.augment.views:
+    if config.augment.copies:
         require_monai()  # before the encoder is built (and warns of random weights)
     rank, world = init_distributed()
     device = resolve_device(config.device, world)

@@ -75,6 +75,7 @@ class DecoderConfig:
     """The decoder's widths and the method-vs-original options (see ``SAM3DDecoder``)."""
 
     SECTION: ClassVar[str] = "decoder"
+    RENAMED: ClassVar[dict[str, str]] = {"image_path": "pixel_skip"}  # a skip connection, not a file path
 
     channels: tuple[int, ...] = setting(
         (128, 64, 32, 16), "four positive integers", lambda v: len(v) == 4 and min(v) >= 1, "widths C1..C4 of g(1)..g(4)"
@@ -84,8 +85,9 @@ class DecoderConfig:
     upsample: str = one_of("linear", UPSAMPLES, "U_2x: linear (the method) or nearest (original SAM3D)")
     # On by default (not in the method, whose decoder reads the tokens only): with it the held-out
     # Dice rose on every dataset of bench/recipes.py (docs/training.md).
-    image_path: bool = switch(
-        True, "join the preprocessed slices, pooled to each block's grid, to each block's input (the method: false)"
+    pixel_skip: bool = switch(
+        True, "a skip connection from the pixels: the preprocessed slices, pooled to each block's grid, join each "
+        "block's input (the method: false)",
     )
 
     # auto: S/8 for a stride-4 encoder (bench/train_speed.py and an equal-time run, method D14), resolved when
@@ -116,6 +118,7 @@ class TrainConfig:
     """Optimisation and sampling. The defaults were chosen at equal time on real anatomy (docs/training.md)."""
 
     SECTION: ClassVar[str] = "train"
+    RENAMED: ClassVar[dict[str, str]] = {"views": "augmented_copies"}  # a radiologist's views are anatomical planes
 
     epochs: int = positive_int(50, "epochs to train", flag="--epochs")
     steps_per_epoch: int = positive_int(50, "optimiser steps per epoch")
@@ -132,9 +135,9 @@ class TrainConfig:
         "train on N × N windows of the token grid (N·s × N·s pixels, s the encoder's stride: 16, or 4 for "
         "lite_medsam); auto: half the grid; null: whole planes",
     )  # fmt: skip
-    views: int | None = setting(
+    augmented_copies: int | None = setting(
         None, "null or an integer >= 0", lambda v: v is None or (isinstance(v, int) and v >= 0),
-        "augmented views per case to draw among, beside the original (cache --views); null: all the cache holds",
+        "augmented copies per case to draw among, beside the original (cache --augmented-copies); null: all the cache holds",
     )  # fmt: skip
     # whether the file exists is the training command's check (train._initial_weights), not the
     # setting's: a model file records it, and must load after the model it started from is gone

@@ -32,7 +32,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..common.files import load_tensors, save_tensors, tensors_sha256
-from ..common.settings import from_dict, to_dict
+from ..common.settings import from_dict, renamed, to_dict
 from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import SAM3DDecoder
@@ -40,7 +40,7 @@ from ..model.encoder import EncoderInfo
 from .config import DecoderConfig, RunConfig, resolve_grid_stride
 
 MODEL_FORMAT = "sam3dseg-model"
-MODEL_VERSION = 4
+MODEL_VERSION = 5
 
 
 def _v1_to_v2(state: dict) -> dict:
@@ -69,15 +69,22 @@ def _v3_to_v4(state: dict) -> dict:
     return state
 
 
+def _v4_to_v5(state: dict) -> dict:
+    """Version 5 names two settings for what they are: ``decoder.image_path`` is ``decoder.pixel_skip`` (a skip
+    connection from the pixels) and ``train.views`` is ``train.augmented_copies`` (not anatomical views)."""
+    state["config"] = renamed(RunConfig, state["config"])
+    return state
+
+
 # version v -> function turning a v state dict into a v + 1 one.
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def build_decoder(config: DecoderConfig, num_classes: int, in_channels: int, image_channels: int, stride: int = 16) -> SAM3DDecoder:
     """The decoder a run configuration describes, for ``num_classes`` classes, ``in_channels`` features,
-    ``image_channels`` image channels (used with ``config.image_path`` only) and an encoder of output ``stride``
+    ``image_channels`` image channels (used with ``config.pixel_skip`` only) and an encoder of output ``stride``
     (``config.grid_stride`` auto resolved for it)."""
-    joined = image_channels if config.image_path else 0
+    joined = image_channels if config.pixel_skip else 0
     grid = resolve_grid_stride(config.grid_stride, stride)
     return SAM3DDecoder(num_classes, in_channels, config.channels, config.shortcut_kernel, config.activation, config.upsample, joined, stride, grid)
 

@@ -7,7 +7,7 @@ not (``bench/flip_symmetry.py``: the features of a mirrored slice have a cosine 
 about 0.7 per token with the mirrored features); they, rotations and intensity
 changes alter what the encoder sees and so need the encoder again: online (0.3 s per
 256² slice on this CPU, the cost the cache exists to avoid) or, as here, as augmented
-views encoded at cache time (``sam3dseg cache --views K``, :mod:`sam3dseg.data.augment`),
+views encoded at cache time (``sam3dseg cache --augmented-copies K``, :mod:`sam3dseg.data.augment`),
 among which each sample draws.
 """
 

@@ -130,9 +130,9 @@ class _Data:
                 raise UserError(f"cached case {name} has no label; training needs labelled cases")
             if image and "image" not in store[name]:
                 raise UserError(
-                    f"cached case {name} has no image (cached by an older sam3dseg) and decoder.image_path needs it: "
+                    f"cached case {name} has no image (cached by an older sam3dseg) and decoder.pixel_skip needs it: "
                     f"run `sam3dseg cache --dataset {manifest['dataset']} --out {cache}` again (it adds the images "
-                    "without encoding again), or train with decoder.image_path=false"
+                    "without encoding again), or train with decoder.pixel_skip=false"
                 )
         return cls(manifest, store, train_names, val_names, image, views, folds)
 
@@ -267,7 +267,7 @@ def _train_epoch(stepper: _Stepper, data: _Data, epoch: int, part: slice, show: 
     from tqdm import tqdm
 
     t = stepper.config
-    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens, t.views)
+    spec = Sampling(t.batch_size, t.crop_depth, data.image_size, t.flip_depth, t.foreground_fraction, data.image, t.crop_tokens, t.augmented_copies)
     generator = torch.Generator().manual_seed(epoch_seed(t.seed, epoch))
     losses = []
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False)
@@ -337,11 +337,11 @@ def _check(cache: Path, config: RunConfig, world: int, say: Log) -> tuple[RunCon
     t = config.train
     if t.batch_size % world:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
-    data = _Data.open(cache, t, config.decoder.image_path)
+    data = _Data.open(cache, t, config.decoder.pixel_skip)
     grid = data.encoder.grid
     if data.folds is not None and data.folds != t.num_folds:
         say(f"using the {data.folds} folds of {cache / SPLITS_FILE} (train.num_folds={t.num_folds} shapes only a file made on first use)")
-    t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), views=data.views if t.views is None else t.views,
+    t = replace(t, crop_tokens=resolve_crop_tokens(t.crop_tokens, grid), augmented_copies=data.views if t.augmented_copies is None else t.augmented_copies,
                 num_folds=data.folds or t.num_folds)  # fmt: skip
     decoder = replace(config.decoder, grid_stride=resolve_grid_stride(config.decoder.grid_stride, data.encoder.stride))
     if t.crop_tokens is not None and t.crop_tokens > grid:
@@ -356,10 +356,10 @@ def _check(cache: Path, config: RunConfig, world: int, say: Log) -> tuple[RunCon
             f"the grid and train.crop_tokens={t.crop_tokens} must be divisible by {pool} (image size a multiple of "
             f"{pool * data.encoder.stride}); give other crops or decoder.grid_stride={data.encoder.stride}"
         )
-    if t.views > data.views:
+    if t.augmented_copies > data.views:
         raise UserError(
-            f"train.views={t.views} but cache {cache} holds {data.views} augmented view(s) per case: give 0..{data.views}, "
-            f"or run `sam3dseg cache --views {t.views}` with the cache's settings first"
+            f"train.augmented_copies={t.augmented_copies} but cache {cache} holds {data.views} augmented copies per case: give 0..{data.views}, "
+            f"or run `sam3dseg cache --augmented-copies {t.augmented_copies}` with the cache's settings first"
         )
     return replace(config, train=t, decoder=decoder), data
 
