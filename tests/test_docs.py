@@ -4,6 +4,7 @@ order and length, and its results table is the one made from bench/results."""
 
 import argparse
 import importlib.util
+import json
 import platform
 import re
 import sys
@@ -100,3 +101,17 @@ def test_the_results_table_is_made_from_bench_results():
     # every result file of the peer bench has its row: a new budget is not left out of the headline
     for path in (ROOT / "bench" / "results").glob("peer_nnunet_*s.json"):
         assert f"`bench/results/{path.name}`" in text
+
+
+def test_the_train_step_ratios_are_the_benchs():
+    """docs state the grid-stride step ratios bench/train_speed.py recorded (the ×1.28 once stated had no file)."""
+    result = json.loads((ROOT / "bench" / "results" / "train_speed.json").read_text(encoding="utf-8"))
+    step = {mode: s["median_step_s"] for mode, s in result["summary"].items()}
+    ratio = {mode: f"×{s / step['vit_b']:.2f}" for mode, s in step.items()}
+    pages = {name: " ".join((ROOT / "docs" / name).read_text(encoding="utf-8").split()) for name in ("performance.md", "method.md", "training.md")}
+    assert f"the default, 8, makes the step {ratio['lite_medsam@8']} ViT-B's ({step['lite_medsam@8']:.2f} s against {step['vit_b']:.2f} s)" in pages["performance.md"]
+    assert f"the unpooled S/4 grid makes a training step cost {ratio['lite_medsam@4']} ViT-B's" in pages["performance.md"]
+    assert f"(the write-up's decoder) {ratio['lite_medsam@16']}" in pages["performance.md"]
+    assert f"a step {ratio['lite_medsam@8']} ViT-B's in `bench/train_speed.py`" in pages["method.md"]
+    assert f"{ratio['lite_medsam@8']} ViT-B's, where the unpooled S/4 grid costs {ratio['lite_medsam@4']}" in pages["training.md"]
+    assert result["ratio_default_to_vit_b"] <= result["goal"]

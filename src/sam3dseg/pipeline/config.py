@@ -126,9 +126,9 @@ class TrainConfig:
     crop_depth: int = positive_int(16, "slices per training crop; shorter volumes are padded")
     flip_depth: bool = switch(True, "flip crops along depth (exact on cached features)")
     foreground_fraction: float = fraction(0.33, "share of crops placed on a voxel of a class the case holds (nnU-Net's 0.33)")
-    # auto (half the token grid, written into config.yaml and the model file as the number) since the
-    # equal-time bench on LiteMedSAM's and ViT-B's features (docs/training.md): crops with
-    # proportionally more steps beat whole planes; null, whole planes, was the default before.
+    # auto, half the token grid (written into config.yaml and the model file as the number): at equal time
+    # on LiteMedSAM's and ViT-B's features, crops with proportionally more steps beat whole planes
+    # (docs/training.md).
     crop_tokens: int | str | None = setting(
         AUTO_CROP, "auto, null or a positive integer",
         lambda v: v is None or v == AUTO_CROP or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
@@ -218,7 +218,7 @@ class CacheConfig:
         flag="--normalisation",
     )  # fmt: skip
     slice_batch: int = positive_int(SLICE_BATCH, "slices encoded at once", flag="--slice-batch")
-    # auto since bench/precision_dice.py: on real anatomy bf16 features cost no Dice (docs/performance.md, "Encoder precision")
+    # auto: on real anatomy bf16 features cost no Dice (bench/precision_dice.py; docs/performance.md, "Encoder precision")
     encoder_precision: str = one_of(
         "auto", PRECISION_CHOICES,
         "arithmetic of the encoder: auto (bf16 where the device computes it natively: CUDA GPUs, CPUs with "

@@ -121,7 +121,7 @@ class Sampling:
     flip: bool = True  # flip along depth with probability 1/2
     foreground_fraction: float = 0.0  # share of crops placed on a voxel of a class the case holds
     image: bool = False  # also crop the cached image (the decoder's image path)
-    tokens: int | None = None  # in-plane window of N × N tokens (16N × 16N pixels); None: whole planes
+    tokens: int | None = None  # in-plane window of N × N tokens (sN × sN pixels, s the encoder's stride: 16, or 4 for lite_medsam); None: whole planes
     views: int = 0  # augmented views per case to draw among, beside the original
 
 
