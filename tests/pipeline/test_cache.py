@@ -7,7 +7,9 @@ import pytest
 import torch
 from helpers import drop_images, free_port, make_cache, tiny_encoder
 
-from sam3dseg.pipeline.cache import EncoderInfo, load_case, read_manifest
+from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.pipeline.cache import load_case
+from sam3dseg.pipeline.manifest import CacheManifest
 from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.data.preprocess import PreprocessConfig
 
@@ -28,9 +30,9 @@ class CountingEncoder:
 
 def test_cache_contents(generated_dataset, tmp_path):
     make_cache(generated_dataset, tmp_path / "c")
-    manifest = read_manifest(tmp_path / "c")
-    assert manifest["cases"] == [f"case_{i:03d}" for i in range(6)]
-    assert manifest["feature_channels"] == 32 and manifest["encoder"]["image_size"] == 64
+    manifest = CacheManifest.read(tmp_path / "c")
+    assert manifest.cases == [f"case_{i:03d}" for i in range(6)]
+    assert manifest.feature_channels == 32 and manifest.encoder.image_size == 64
     case = load_case(tmp_path / "c", "case_000")
     d = case["label"].shape[0]
     assert case["features"].dtype == torch.float16 and case["features"].shape == (32, d, 4, 4)
@@ -91,11 +93,11 @@ def test_a_cache_never_mixes_precisions(generated_dataset, tmp_path):
     encoded again and the manifest names the one precision all cases share."""
     make_cache(generated_dataset, tmp_path / "c")
     assert len(make_cache(generated_dataset, tmp_path / "c", precision="int8")["encoded"]) == 6
-    assert read_manifest(tmp_path / "c")["encoder"]["precision"] == "int8"
+    assert CacheManifest.read(tmp_path / "c").encoder.precision == "int8"
     assert make_cache(generated_dataset, tmp_path / "c", precision="int8")["encoded"] == []
     assert len(make_cache(generated_dataset, tmp_path / "c", precision="bf16")["encoded"]) == 6
     assert len(make_cache(generated_dataset, tmp_path / "c")["encoded"]) == 6
-    info = EncoderInfo.from_dict(read_manifest(tmp_path / "c")["encoder"])
+    info = CacheManifest.read(tmp_path / "c").encoder
     assert info.precision == "fp32" and "precision" not in info.identity()  # fp32's key is the one older caches have
 
 
@@ -269,7 +271,7 @@ def test_torchrun_cache_shares_cases_out(generated_dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[rank 0] cache" in done.stdout and "[rank 1] cache" in done.stdout
     assert done.stdout.count("3 case(s) encoded") == 2
-    assert len(read_manifest(tmp_path / "c")["cases"]) == 6
+    assert len(CacheManifest.read(tmp_path / "c").cases) == 6
     assert len(list((tmp_path / "c" / "cases").glob("*.pt"))) == 6
 
 
@@ -303,17 +305,20 @@ def test_cache_yaml_repeats_the_run(generated_dataset, tmp_path, capsys):
     assert "6 case(s) encoded" in capsys.readouterr().out and load_cache_config(out / "cache.yaml").image_size == 48
 
 
-def test_cache_of_another_format_version_is_refused(generated_dataset, tmp_path):
+def test_a_cache_of_a_newer_format_version_is_refused_in_one_line(generated_dataset, tmp_path, capsys):
     import json
 
-    from sam3dseg.errors import UserError
+    from sam3dseg.cli import main
+    from sam3dseg.pipeline.manifest import MANIFEST_VERSION
 
     make_cache(generated_dataset, tmp_path / "c", image_size=32)
     path = tmp_path / "c" / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps({**manifest, "version": 2}), encoding="utf-8")
-    with pytest.raises(UserError, match="has cache format version 2; this sam3dseg reads version 1"):
-        read_manifest(tmp_path / "c")
+    assert manifest["version"] == MANIFEST_VERSION
+    path.write_text(json.dumps({**manifest, "version": MANIFEST_VERSION + 1}), encoding="utf-8")
+    assert main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"was written by a newer sam3dseg (cache format version {MANIFEST_VERSION + 1}" in err[0], err
 
 
 def test_every_problem_is_reported_before_any_encoding(generated_dataset, tmp_path, capsys, monkeypatch):
@@ -362,8 +367,8 @@ def test_views_are_the_augmented_cases_encoded(generated_dataset, tmp_path):
     augment = AugmentConfig(copies=2)
     summary = make_cache(ds, tmp_path / "c", augment=augment)
     assert summary["views_encoded"] == 4 and len(summary["encoded"]) == 2
-    manifest = read_manifest(tmp_path / "c")
-    assert manifest["views"] == 2 and manifest["augment"]["rotation"] == 30.0
+    manifest = CacheManifest.read(tmp_path / "c")
+    assert manifest.views == 2 and manifest.augment.rotation == 30.0
     case = load_dataset(ds).cases[1]
     volume, label, *_ = load_case_arrays(case, load_dataset(ds), PreprocessConfig(), 64)
     original = load_case(tmp_path / "c", case.name)
@@ -428,3 +433,28 @@ def test_negative_views_are_one_line_exit_2(generated_dataset, tmp_path, capsys)
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and lines == ["sam3dseg: error: augment.copies (--augmented-copies) must be an integer >= 0, got -1"]
     assert not (tmp_path / "c").exists()
+
+
+def test_the_plan_is_a_value_made_without_encoding(generated_dataset, tmp_path, monkeypatch):
+    """plan_cache says which cases build_cache will encode, from the keys alone: after one image changes, that case
+    is to encode and the rest are reused; nothing is encoded or written to find that out."""
+    from sam3dseg.data.augment import AugmentConfig
+    from sam3dseg.data.datasets import load_dataset
+    from sam3dseg.pipeline import cache as cache_module
+    from sam3dseg.pipeline.cache import plan_cache
+
+    ds = tmp_path / "ds"
+    shutil.copytree(generated_dataset, ds)
+    make_cache(ds, tmp_path / "c")
+    path = ds / "imagesTr" / "case_002_0000.nii.gz"
+    array, geometry = read_volume(path)
+    write_volume(array + 1, geometry, path)
+    monkeypatch.setattr(cache_module, "_encode", lambda *a, **k: pytest.fail("planning encoded"))
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*"))
+    info = CacheManifest.read(tmp_path / "c").encoder
+    plan = plan_cache(load_dataset(ds), tmp_path / "c", info, PreprocessConfig(), AugmentConfig())
+    assert [(w.case.name, w.original, w.views) for w in plan.work] == [("case_002", "encode", [])]
+    assert plan.reused == [f"case_{i:03d}" for i in range(6) if i != 2]
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*")) == before
+    half = plan_cache(load_dataset(ds), tmp_path / "c", info, PreprocessConfig(), AugmentConfig(), rank=1, world_size=2)
+    assert [w.case.name for w in half.work] == [] and half.reused == ["case_001", "case_003", "case_005"]

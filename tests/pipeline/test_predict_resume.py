@@ -43,7 +43,7 @@ def test_the_same_run_resumes_where_it_stopped(inputs, tmp_path):
 
 @pytest.mark.parametrize(
     "change, words",
-    [({"seed": 1}, "other model file(s)"), ({"window": 2}, "window [4] there, [2] now"), ({"flip_tta": True}, "flip_tta False there, True now")],
+    [({"seed": 1}, "other model file(s)"), ({"window": 2}, "window: [4] there, [2] now"), ({"flip_tta": True}, "flip_tta: False there, True now")],
 )
 def test_another_model_or_other_settings_are_refused_in_one_line(inputs, tmp_path, change, words):
     out = tmp_path / "out"
@@ -68,3 +68,23 @@ def test_segmentations_of_no_record_are_refused_and_overwrite_replaces(inputs, t
     assert json.loads((out / RECORD).read_text())["models"] == [tiny_model_file(seed=1).digest()]
     assert any("other.nii.gz" in line and "stay" in line for line in logged)  # not silent
     assert _predict(inputs, out, seed=1)["skipped"] == ["a", "b"]  # and that run now resumes
+
+
+def test_the_plan_is_a_value_made_before_any_volume_is_read(inputs, tmp_path, monkeypatch):
+    """plan_prediction lists what predict_folder will do, from the folder alone: every case of a new folder, then only
+    the one a killed run left out, each process its share; no volume is read and nothing written to plan."""
+    from sam3dseg.pipeline import predict as predict_module
+    from sam3dseg.pipeline.predict import plan_prediction
+
+    predictor = Predictor(tiny_model_file(), tiny_encoder())
+    out = tmp_path / "out"
+    fresh = plan_prediction(predictor, inputs, out, FolderOutputs(), log=None)
+    assert [(name, target.name) for name, _, target in fresh.todo] == [("a", "a.nii.gz"), ("b", "b.nii.gz")]
+    assert fresh.skipped == [] and fresh.record == predictor.record() and not out.exists()
+    _predict(inputs, out)
+    (out / "b.nii.gz").unlink()
+    monkeypatch.setattr(predict_module, "read_channels", lambda *a: pytest.fail("planning read a volume"))
+    resumed = plan_prediction(predictor, inputs, out, FolderOutputs(), log=None)
+    assert [name for name, *_ in resumed.todo] == ["b"] and resumed.skipped == ["a"]
+    second = plan_prediction(predictor, inputs, out, FolderOutputs(), share=(1, 2), log=None)
+    assert [name for name, *_ in second.todo] == ["b"] and second.skipped == [] and [n for n, _ in second.cases] == ["a", "b"]

@@ -12,12 +12,12 @@ from helpers import TINY_RUN, drop_images, free_port, make_cache
 
 from sam3dseg.cli import main
 import sam3dseg.pipeline.train as training
-from sam3dseg.common.settings import dump_yaml, to_dict
+from sam3dseg.common.settings import changed_settings, dump_yaml, to_dict
 from sam3dseg.errors import UserError
 from sam3dseg.model.losses import build_loss
 from sam3dseg.pipeline.config import RunConfig, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.train import _differences, train
+from sam3dseg.pipeline.train import train
 
 SMALL = [*TINY_RUN[1:], "train.steps_per_epoch=3", "train.batch_size=2"]  # epochs given per test
 
@@ -49,7 +49,7 @@ def test_learns_generated_data(trained_tiny):
     assert config.train.augmented_copies is None and state.config.train.augmented_copies == 0
     assert config.train.crop_tokens == "auto" and state.config.train.crop_tokens == 4
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) == to_dict(state.config)
-    assert _differences(to_dict(config), to_dict(state.config)) == {
+    assert changed_settings(to_dict(config), to_dict(state.config)) == {
         "decoder.grid_stride": ("auto", 16),
         "train.crop_tokens": ("auto", 4),
         "train.augmented_copies": (None, 0),
@@ -373,7 +373,7 @@ def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
     import shutil
 
     from sam3dseg.data.volumes import read_volume, write_volume
-    from sam3dseg.pipeline.cache import read_manifest
+    from sam3dseg.pipeline.manifest import CacheManifest
     from sam3dseg.pipeline.samples import CaseStore
 
     root = shutil.copytree(generated_dataset, tmp_path / "ds")
@@ -385,7 +385,7 @@ def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
         label[:, : label.shape[1] // 3] = 3  # a third of every slice unannotated
         write_volume(label, geometry, path)
     make_cache(root, tmp_path / "c", image_size=32)
-    assert read_manifest(tmp_path / "c")["ignore_label"] == 3
+    assert CacheManifest.read(tmp_path / "c").ignore_label == 3
     store = CaseStore(tmp_path / "c", ignore=3)
     assert set(store.locations("case_000")) == {1, 2}
     result = train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)

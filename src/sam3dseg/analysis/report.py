@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +166,44 @@ def _plot_dice_forms(df: dict[str, Any], out: Path) -> str:
 # --------------------------------------------------------------------------- verdicts
 
 
-def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(claim, measured, verdict, why) per claim, computed from the results."""
+@dataclass(frozen=True)
+class Threshold:
+    """When a measurement holds its claim: within ``tolerance`` of ``target`` (``near``), or at least / below it."""
+
+    target: float
+    tolerance: float = 0.0
+    kind: str = "near"  # near | at_least | below
+
+    def holds(self, value: float) -> bool:
+        if self.kind == "near":
+            return abs(value - self.target) < self.tolerance
+        return value >= self.target if self.kind == "at_least" else value < self.target
+
+
+# Every pass/fail rule of the report, in one table (tests/analysis/test_report.py checks each at its edge).
+THRESHOLDS = {
+    "conv FLOPs slope": Threshold(1.0, 0.05),  # O(HWD): log-log slope 1, a few % for the fixed head cost
+    "attention FLOPs slope": Threshold(2.0, 0.1),  # O(T²)
+    "conv memory slope": Threshold(1.0, 0.15),  # saved activations ∝ voxels; the workspace bends small sizes
+    "identity gradient bound": Threshold(1.0, kind="at_least"),  # σ_min(I + ∇φ) ≥ 1 would make it a bound
+    "concat parameter ratio": Threshold(1.5, kind="at_least"),  # "doubles": at least half as many again
+    "deep supervision difference": Threshold(1e-10, kind="below"),  # linear in float64: rounding only
+    "orthogonal cosine": Threshold(0.0, 0.2),  # |cos| < 0.2: the gradients add in quadrature
+}
+
+
+def _holds(name: str, value: float, yes: str = "holds", no: str = "does not hold") -> str:
+    return yes if THRESHOLDS[name].holds(value) else no
+
+
+Row = tuple[str, str, str, str]  # claim, measured, verdict, why
+
+
+def _complexity_rows(r: dict[str, Any]) -> list[Row]:
     c, slopes = r["complexity"], r["complexity"]["slopes"]
-    rows = []
-    s = slopes["flops/conv/forward"]
-    rows.append(("§2.2 conv decoder FLOPs are O(HWD)", f"log-log slope {s:.3f}",
-                 "holds" if abs(s - 1) < 0.05 else "does not hold", "every conv runs once per voxel of its level"))
+    s, rows = slopes["flops/conv/forward"], []
+    rows.append(("§2.2 conv decoder FLOPs are O(HWD)", f"log-log slope {s:.3f}", _holds("conv FLOPs slope", s),
+                 "every conv runs once per voxel of its level"))
     ratio3 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 3]
     ratio1 = [x["ratio"] for x in r["level_flops"] if x["shortcut_kernel"] == 1]
     rows.append(("§2.2 FLOPs_ℓ = H_ℓW_ℓD·k·C_ℓ², equal per level",
@@ -180,8 +212,8 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  f"holds with constant c = {statistics.mean(ratio3):.2f}",
                  "2 FLOPs per multiply-add × (½ + ¼ + ½) for W1, W2, W0 with C_ℓ+1 = C_ℓ/2; heads add 4K/(27C_ℓ)"))
     s = slopes["flops/attention/forward"]
-    rows.append(("§3 attention FLOPs T²d = O(H²W²D²)", f"log-log slope {s:.3f}",
-                 "holds" if abs(s - 2) < 0.1 else "does not hold", "QKᵀ and AV are T×T×d products at every level"))
+    rows.append(("§3 attention FLOPs T²d = O(H²W²D²)", f"log-log slope {s:.3f}", _holds("attention FLOPs slope", s),
+                 "QKᵀ and AV are T×T×d products at every level"))
     mem = {k: v for k, v in slopes.items() if k.startswith(("activations/", "memory/"))}
     if "activations/explicit/forward_backward" in mem:
         se, ss = mem["activations/explicit/forward_backward"], mem["activations/sdpa/forward_backward"]
@@ -190,56 +222,65 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      "holds for the explicit softmax only",
                      "fused SDPA kernels never store the T×T scores: O(T) memory at the same O(T²) FLOPs"))
         rows.append(("§3 conv decoder memory O(T)", f"saved-activation slope {sc:.2f}; peak RSS "
-                     + _law_text(c["memory_laws"].get("conv/forward_backward")),
-                     "holds" if abs(sc - 1) < 0.15 else "does not hold",
+                     + _law_text(c["memory_laws"].get("conv/forward_backward")), _holds("conv memory slope", sc),
                      "activations ∝ voxels; peak RSS adds a constant workspace"))
     oom = c["memory_laws"].get("explicit/forward_backward")
     if oom:
         v = oom["voxels_at_machine_memory"]
         rows.append(("size where attention runs out of memory", f"≈ {v:,.0f} voxels (e.g. 16×{(v / 16) ** 0.5:.0f}²) "
                      f"for {_mib(c['machine_memory_mib'])}", "measured law, extrapolated", "explicit softmax, fwd+bwd"))
+    return rows
+
+
+def _lipschitz_rows(r: dict[str, Any]) -> list[Row]:
     lip = r["lipschitz"]
     slack = [x["slack"] for x in lip]
-    holds = all(x["l1_bound"] >= x["spectral"] for x in lip)
-    rows.append(("§3 conv Lipschitz bound ‖W‖₁", f"‖W‖₁ / σ_max = {min(slack):.1f}–{max(slack):.0f}",
-                 "holds, loosely" if holds else "does not hold",
-                 "Young's inequality; IN layers are not covered (their constant is γ/σ of the input)"))
+    holds = all(x["l1_bound"] >= x["spectral"] for x in lip)  # a bound holds or it does not: no tolerance
+    return [("§3 conv Lipschitz bound ‖W‖₁", f"‖W‖₁ / σ_max = {min(slack):.1f}–{max(slack):.0f}",
+             "holds, loosely" if holds else "does not hold",
+             "Young's inequality; IN layers are not covered (their constant is γ/σ of the input)")]
+
+
+def _gradient_rows(r: dict[str, Any]) -> list[Row]:
     forms = r["gradient_forms"]["forms"]
-    ident = forms["identity"]
+    ident, proj, serial, cat = forms["identity"], forms["projection"], forms["serial"], forms["concat"]
     smin = min(_singular_values(ident))
-    rows.append(("§4 y = g + φ(g) ⇒ backward gradient ≥ 1", f"σ_min(I + ∇φ) = {smin:.2g}; mean gain "
-                 f"{statistics.mean(ident['gain_one_block']):.2f} over random directions",
-                 "does not hold as a bound" if smin < 1 else "holds",
-                 "I + ∇φ can be near-singular; what the identity adds is full rank and a mean gain above 1"))
-    proj = forms["projection"]
-    smin_p = min(_singular_values(proj))
-    rows.append(("§4 the same for the real block (projection W0, σ after ⊕)", f"σ_min = {smin_p:.2g}, "
-                 f"gain through 4 blocks {statistics.mean(proj['gain_four_blocks']):.2f}",
-                 "not applicable: no identity term", "the shortcut is IN(W0*g), and σ after ⊕ zeroes gradients"))
-    serial = forms["serial"]
     sv = _singular_values(serial)
-    rows.append(("§4 serial y = φ(g): gradient may be < 1 or > 1", f"singular values {min(sv):.2g}–{max(sv):.3g}; "
-                 f"gain through 4 blocks {min(serial['gain_four_blocks']):.2f}–{max(serial['gain_four_blocks']):.2f}",
-                 "holds per direction; no vanishing at init", "IN rescales every layer's output to unit variance"))
-    cat = forms["concat"]
     p_ratio = cat["parameters"] / ident["parameters"]
     m_ratio = cat["activation_bytes"] / ident["activation_bytes"]
-    rows.append(("§4 concat doubles parameters and memory", f"×{p_ratio:.3f} parameters, ×{m_ratio:.2f} activation "
-                 "memory (vs identity ⊕)", "does not hold" if p_ratio < 1.5 else "holds",
-                 "only the 1×1×1 fusion (2C·C) is added; the concatenated tensor is the extra memory"))
+    return [
+        ("§4 y = g + φ(g) ⇒ backward gradient ≥ 1", f"σ_min(I + ∇φ) = {smin:.2g}; mean gain "
+         f"{statistics.mean(ident['gain_one_block']):.2f} over random directions",
+         _holds("identity gradient bound", smin, no="does not hold as a bound"),
+         "I + ∇φ can be near-singular; what the identity adds is full rank and a mean gain above 1"),
+        ("§4 the same for the real block (projection W0, σ after ⊕)", f"σ_min = {min(_singular_values(proj)):.2g}, "
+         f"gain through 4 blocks {statistics.mean(proj['gain_four_blocks']):.2f}",
+         "not applicable: no identity term", "the shortcut is IN(W0*g), and σ after ⊕ zeroes gradients"),
+        ("§4 serial y = φ(g): gradient may be < 1 or > 1", f"singular values {min(sv):.2g}–{max(sv):.3g}; "
+         f"gain through 4 blocks {min(serial['gain_four_blocks']):.2f}–{max(serial['gain_four_blocks']):.2f}",
+         "holds per direction; no vanishing at init", "IN rescales every layer's output to unit variance"),
+        ("§4 concat doubles parameters and memory", f"×{p_ratio:.3f} parameters, ×{m_ratio:.2f} activation "
+         "memory (vs identity ⊕)", _holds("concat parameter ratio", p_ratio),
+         "only the 1×1×1 fusion (2C·C) is added; the concatenated tensor is the extra memory"),
+    ]
+
+
+def _supervision_rows(r: dict[str, Any]) -> list[Row]:
     ds = r["deep_supervision"]["seeds"]
     cosine = statistics.mean(s["cosine_final_auxiliary"] for s in ds)
     diff = max(s["max_abs_diff"] / s["max_abs_gradient"] for s in ds)
-    rows.append(("§5.2 ∇L_tot = Σ α_ℓ ∇L(ℓ)", f"max relative difference {diff:.1e} (float64)",
-                 "holds" if diff < 1e-10 else "does not hold", "differentiation is linear"))
     with_aux = statistics.mean(s["first_block_total"] for s in ds)
     final = statistics.mean(s["first_block_per_level"][3] for s in ds)
-    rows.append(("§5.2 auxiliary levels send direct gradient to lower blocks",
-                 f"‖∇‖ at block 1: {with_aux:.3g} with all levels, {final:.3g} from α₄L(4) alone",
-                 "holds" if with_aux > final else "does not hold",
-                 f"final and auxiliary gradients at block 1 have cosine {cosine:.2f}: "
-                 + ("nearly orthogonal, they add in quadrature" if abs(cosine) < 0.2
-                    else "partly aligned" if cosine > 0 else "partly opposed")))
+    added = ("nearly orthogonal, they add in quadrature" if THRESHOLDS["orthogonal cosine"].holds(cosine)
+             else "partly aligned" if cosine > 0 else "partly opposed")  # fmt: skip
+    rows = [
+        ("§5.2 ∇L_tot = Σ α_ℓ ∇L(ℓ)", f"max relative difference {diff:.1e} (float64)",
+         _holds("deep supervision difference", diff), "differentiation is linear"),
+        ("§5.2 auxiliary levels send direct gradient to lower blocks",
+         f"‖∇‖ at block 1: {with_aux:.3g} with all levels, {final:.3g} from α₄L(4) alone",
+         "holds" if with_aux > final else "does not hold",
+         f"final and auxiliary gradients at block 1 have cosine {cosine:.2f}: {added}"),
+    ]
     if "dice_forms" in r:
         df = r["dice_forms"]
         gap = max(abs(x["dice"] - x["cosine"]) for x in df["identity"])
@@ -253,6 +294,11 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      "with one-hot Ŷ both norms are √N, so the joint Dice is voxel accuracy (1 − f for "
                      "all background); the per-class form scores that 0"))
     return rows
+
+
+def _verdicts(r: dict[str, Any]) -> list[Row]:
+    """(claim, measured, verdict, why) per claim, computed from the results by the rules of :data:`THRESHOLDS`."""
+    return _complexity_rows(r) + _lipschitz_rows(r) + _gradient_rows(r) + _supervision_rows(r)
 
 
 def _law_text(law: dict[str, Any] | None) -> str:

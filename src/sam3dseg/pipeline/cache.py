@@ -3,7 +3,7 @@
 Layout of a cache folder::
 
     CACHE/cache.yaml           the settings of the run (CacheConfig): repeat it with --config
-    CACHE/manifest.json        format version, encoder, preprocessing, classes and the list of cases
+    CACHE/manifest.json        the record (pipeline/manifest.py: CacheManifest): encoder, preprocessing, classes, cases
                                (written last, once every case is on disk)
     CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/s, S/s), "label": uint8 (D', H', W'),
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
@@ -30,6 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,16 @@ from ..errors import UserError
 from ..model.decoder import image_path_input
 from ..model.encoder import SLICE_BATCH, Encoder, EncoderInfo, build_encoder, encode_volume, resolve_checkpoint
 from .config import CacheConfig
+from .manifest import CacheManifest
 
-CACHE_FORMAT = "sam3dseg-cache"
-CACHE_VERSION = 1
+# part of every case's key: a new number would encode every cached case again (the manifest has its own version)
+CASE_KEY_VERSION = 1
 
 
 def case_key(case: Case, preprocess: PreprocessConfig, encoder: EncoderInfo) -> str:
     """The hash a cached case is valid for."""
     parts = {
-        "version": CACHE_VERSION,
+        "version": CASE_KEY_VERSION,
         "images": [file_sha256(p) for p in case.images],
         "label": file_sha256(case.label) if case.label else None,
         "preprocess": to_dict(preprocess),
@@ -85,21 +87,6 @@ def load_case(cache: str | Path, name: str, mmap: bool = False, view: int = 0) -
     return load_tensors(case_path(cache, name, view), "cached case", hint=hint, mmap=mmap)
 
 
-def read_manifest(cache: str | Path) -> dict:
-    """A cache's ``manifest.json``, its marker and format version checked."""
-    path = Path(cache) / "manifest.json"
-    manifest = read_json(path, f"{cache} is not a sam3dseg cache (no manifest.json): run `sam3dseg cache` first")
-    if manifest.get("format") != CACHE_FORMAT:
-        raise UserError(f"{path} is not a sam3dseg cache manifest")
-    version = manifest.get("version")
-    if version != CACHE_VERSION:
-        raise UserError(
-            f"{path} has cache format version {version!r}; this sam3dseg reads version {CACHE_VERSION}: "
-            "run `sam3dseg cache` again into a new folder"
-        )
-    return manifest
-
-
 def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig, image_size: int):
     """Read, check and preprocess one case: ``(C, D', H', W')`` image, label or None, transform, and the
     file's spacing and intensity ranges (:func:`~sam3dseg.data.fingerprint.volume_stats`)."""
@@ -107,6 +94,52 @@ def load_case_arrays(case: Case, dataset: Dataset, preprocess: PreprocessConfig,
     volume, transform = preprocess_image(image, geometry, dataset.channel_names, preprocess, image_size)
     label = None if raw is None else preprocess_label(raw.astype(np.uint8), transform)
     return volume, label, transform, volume_stats(image, geometry)
+
+
+@dataclass(frozen=True)
+class CaseWork:
+    """What one case still needs: its key, the original's state and the augmented copies to encode."""
+
+    case: Case
+    key: str | None  # None: one of its files is missing (the dataset check names it)
+    original: str  # "encode", "add image" (cached by an older sam3dseg without it) or "done"
+    views: list[int]  # the copies (1..K) to encode
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What ``build_cache`` will do, decided before anything is read beyond the keys: a value to inspect."""
+
+    work: list[CaseWork]  # the cases with something to do, in order
+    reused: list[str]  # cases whose original is cached under the current key
+    monai_version: str  # part of the copies' keys ("" without copies)
+
+
+def plan_cache(
+    dataset: Dataset, out: str | Path, info: EncoderInfo, preprocess: PreprocessConfig, augment: AugmentConfig = AugmentConfig(),
+    rank: int = 0, world_size: int = 1,
+) -> CachePlan:
+    """The work rank ``rank`` of ``world_size`` has on ``dataset`` (cases r, r + world, ...) against what ``out``
+    already holds under each case's key. Hashes the input files; encodes nothing, writes nothing."""
+    out = Path(out)
+    monai_version = require_monai() if augment.copies else ""
+    work, reused = [], []
+    for case in dataset.cases[rank::world_size]:
+        if not all(p.exists() for p in (*case.images, *([case.label] if case.label else []))):
+            work.append(CaseWork(case, None, "encode", []))
+            continue
+        key = case_key(case, preprocess, info)
+        meta = _read_meta(case_path(out, case.name)) or {}
+        original = "encode" if meta.get("key") != key else "done" if meta.get("image") else "add image"
+        views = [
+            v for v in range(1, augment.copies + 1)
+            if case.label and (_read_meta(case_path(out, case.name, v)) or {}).get("key") != view_key(key, v, augment, monai_version)
+        ]  # fmt: skip
+        if original != "encode":
+            reused.append(case.name)
+        if original != "done" or views:
+            work.append(CaseWork(case, key, original, views))
+    return CachePlan(work, reused, monai_version)
 
 
 def build_cache(
@@ -124,7 +157,7 @@ def build_cache(
     on_checked: Callable[[], None] | None = None,
 ) -> dict:
     """Encode every case of ``dataset`` (and ``augment.copies`` views of each labelled case) not yet
-    cached under the current key.
+    cached under the current key: :func:`plan_cache`, the dataset check of the cases to encode, then the work.
 
     With ``world_size > 1`` rank r encodes cases r, r + world, ...; rank 0 writes the
     manifest. Returns a summary ``{"encoded": [...], "reused": [...], "views_encoded": n}``
@@ -134,49 +167,34 @@ def build_cache(
     from tqdm import tqdm
 
     out = Path(out)
-    monai_version = require_monai() if augment.copies else ""
-    encoded, reused, todo, views_encoded = [], [], [], 0
-    for case in dataset.cases[rank::world_size]:
-        if not all(p.exists() for p in (*case.images, *([case.label] if case.label else []))):
-            todo.append((case, None, "encode", []))  # require_valid names the missing file
-            continue
-        key = case_key(case, preprocess, info)
-        meta = _read_meta(case_path(out, case.name)) or {}
-        # the original: cached, cached by an older sam3dseg without the image (add it), or to encode
-        original = "encode" if meta.get("key") != key else "done" if meta.get("image") else "add image"
-        views = [
-            v for v in range(1, augment.copies + 1)
-            if case.label and (_read_meta(case_path(out, case.name, v)) or {}).get("key") != view_key(key, v, augment, monai_version)
-        ]  # fmt: skip
-        if original != "encode":
-            reused.append(case.name)
-        if original != "done" or views:
-            todo.append((case, key, original, views))
-    require_valid(dataset, [case for case, *_ in todo], progress)  # every problem, before any encoding
+    plan = plan_cache(dataset, out, info, preprocess, augment, rank, world_size)
+    require_valid(dataset, [w.case for w in plan.work], progress)  # every problem, before any encoding
     if on_checked:  # the first write: a dataset with problems leaves no folder behind
         on_checked()
-    bar = tqdm(todo, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
-    for case, key, original, views in bar:
-        volume, label, transform, stats = load_case_arrays(case, dataset, preprocess, info.image_size)
-        if original == "encode":
+    encoded, views_encoded = [], 0
+    bar = tqdm(plan.work, desc=f"cache[{rank}]" if world_size > 1 else "cache", unit="case", disable=not progress)
+    for w in bar:
+        volume, label, transform, stats = load_case_arrays(w.case, dataset, preprocess, info.image_size)
+        if w.original == "encode":
             features = _encode(encoder, volume, slice_batch, bar, "")
-            encoded.append(case.name)
-        elif original == "add image":
-            features = load_case(out, case.name)["features"]
-        if original != "done":
-            _write_case(out, case.name, 0, key, features, volume, label, transform, info.image_size, stats)
-        for v in views:
-            view_volume, view_label = augment_view(volume, label, view_seed(case.name, v), augment)
+            encoded.append(w.case.name)
+        elif w.original == "add image":
+            features = load_case(out, w.case.name)["features"]
+        if w.original != "done":
+            _write_case(out, w.case.name, 0, w.key, features, volume, label, transform, info.image_size, stats)
+        for v in w.views:
+            view_volume, view_label = augment_view(volume, label, view_seed(w.case.name, v), augment)
             features = _encode(encoder, view_volume, slice_batch, bar, f"view {v}/{augment.copies}: ")
-            _write_case(out, case.name, v, view_key(key, v, augment, monai_version), features, view_volume, view_label, transform, info.image_size)
+            key = view_key(w.key, v, augment, plan.monai_version)
+            _write_case(out, w.case.name, v, key, features, view_volume, view_label, transform, info.image_size)
             views_encoded += 1
         if on_case_done:
-            on_case_done(case.name)
+            on_case_done(w.case.name)
     if world_size > 1:
         barrier()  # every rank's cases are on disk before the manifest lists them
     if rank == 0:
         write_manifest(out, dataset, info, preprocess, augment)
-    return {"encoded": encoded, "reused": reused, "views_encoded": views_encoded}
+    return {"encoded": encoded, "reused": plan.reused, "views_encoded": views_encoded}
 
 
 def _encode(encoder: Encoder, volume: np.ndarray, slice_batch: int, bar, what: str) -> torch.Tensor:
@@ -214,23 +232,13 @@ def _read_meta(pt: Path) -> dict | None:
 
 
 def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: PreprocessConfig, augment: AugmentConfig) -> None:
-    manifest = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "dataset": str(dataset.root),
-        "class_names": dataset.class_names,
-        "ignore_label": dataset.ignore_label,  # nnU-Net's ignore label in the cached labels, or None
-        "channel_names": dataset.channel_names,
-        "encoder": info.to_dict(),
-        "preprocess": to_dict(preprocess),
-        "feature_channels": info.out_channels * len(dataset.channel_names),
-        "cases": [c.name for c in dataset.cases],
-        "views": augment.copies,  # of every labelled case; read as 0 from caches written before views
-        "augment": to_dict(augment),
-        # what the originals looked like (spacing, intensity ranges), for predict to compare new input with
-        "fingerprint": combine([m["data"] for c in dataset.cases if "data" in (m := _read_meta(case_path(out, c.name)) or {})]),
-    }
-    write_json(Path(out) / "manifest.json", manifest)
+    originals = [m["data"] for c in dataset.cases if "data" in (m := _read_meta(case_path(out, c.name)) or {})]
+    CacheManifest(
+        dataset=str(dataset.root), class_names=dataset.class_names, channel_names=dataset.channel_names, encoder=info,
+        preprocess=preprocess, feature_channels=info.out_channels * len(dataset.channel_names),
+        cases=[c.name for c in dataset.cases], ignore_label=dataset.ignore_label, views=augment.copies, augment=augment,
+        fingerprint=combine(originals),  # what the originals looked like, for predict to compare new input with
+    ).write(out)
 
 
 def run_cache(dataset: str | Path, out: str | Path, config: CacheConfig, progress: bool = True) -> dict:

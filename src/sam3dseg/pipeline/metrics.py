@@ -82,6 +82,11 @@ def mean_finite(values) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def class_means(per_case: list[list[float]], num_classes: int) -> list[float]:
+    """Each foreground class's mean over cases of its Dice (rows of :func:`dice_per_class`), NaN left out."""
+    return [mean_finite(row[k] for row in per_case) for k in range(num_classes - 1)]
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], num_classes: int, tolerance: float) -> list[dict]:
     """Metrics for classes 1..K-1 of two label volumes on the same grid, each with ``in_reference``
     (the reference holds the class) and ``found`` (the prediction overlaps it)."""

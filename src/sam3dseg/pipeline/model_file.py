@@ -7,7 +7,7 @@ encoder whose features it was trained on (:class:`~sam3dseg.model.encoder.Encode
 and, for resuming, the optimiser and schedule states and the history. On disk it
 is a dict of tensors and plain types (``torch.save``), loaded ``weights_only``::
 
-    {"format": "sam3dseg-model", "version": 4, "epoch", "decoder", "optimizer",
+    {"format": "sam3dseg-model", "version": 5, "epoch", "decoder", "optimizer",
      "scheduler", "config", "class_names", "channel_names", "preprocess", "encoder",
      "feature_channels", "history", "best_dice", "split", "postprocess", "fingerprint"}
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..common.files import load_tensors, save_tensors, tensors_sha256
+from ..common.files import load_tensors, save_tensors, tensors_sha256, upgrade
 from ..common.settings import from_dict, renamed, to_dict
 from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
@@ -176,19 +176,7 @@ class ModelFile:
 
 def migrate(state: dict, source: str = "model file") -> dict:
     """Bring a model-file dict of any version this code knows up to :data:`MODEL_VERSION`."""
-    version = state.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UserError(f"{source} has an unknown model format version {version!r}; this sam3dseg reads versions 1..{MODEL_VERSION}")
-    if version > MODEL_VERSION:
-        raise UserError(
-            f"{source} was written by a newer sam3dseg (model format version {version}; this one reads up to "
-            f"{MODEL_VERSION}): upgrade sam3dseg to use it"
-        )
-    while version < MODEL_VERSION:
-        state = _MIGRATIONS[version](state)
-        version += 1
-        state["version"] = version
-    return state
+    return upgrade(state, MODEL_VERSION, _MIGRATIONS, "model format", source)
 
 
 def load_model_file(path: str | Path) -> ModelFile:

@@ -27,7 +27,7 @@ from scipy import ndimage
 from ..common.files import atomic_output, write_json
 from ..common.runtime import Log, print_line
 from ..errors import UserError, summarise
-from .metrics import dice_per_class, mean_finite
+from .metrics import class_means, dice_per_class, mean_finite
 from .model_file import load_model_file
 
 
@@ -77,8 +77,7 @@ class Postprocess:
 
 
 def _class_means(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> list[float]:
-    per_case = [dice_per_class(pred, ref, num_classes) for pred, ref in pairs]
-    return [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
+    return class_means([dice_per_class(pred, ref, num_classes) for pred, ref in pairs], num_classes)
 
 
 def _rises(after: float, before: float) -> bool:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common.files import atomic_output, check_output_folder, jsonable, read_json, write_json
-from ..common.settings import to_dict
+from ..common.settings import changed_settings, describe_changes, to_dict
 from ..common.runtime import Log, barrier, is_main_process, print_line, resolve_device, world_size
 from ..data.fingerprint import differences
 from ..data.pictures import save_case_montage
@@ -192,15 +192,13 @@ def check_ensemble(records: list[ModelFile], sources: list[str]) -> None:
     """Models averaged together read one encoding of the volume: their encoder (name, size, architecture,
     checkpoint hash), preprocessing, image channels and classes must agree. One line names the first difference."""
     def identity(r: ModelFile) -> dict:  # the checkpoint's path may differ, its hash not
-        flat = {f"encoder.{k}": v for k, v in r.encoder.to_dict().items() if k != "checkpoint"}
-        return {**flat, **{f"preprocess.{k}": v for k, v in to_dict(r.preprocess).items()}, "channels": r.channel_names, "classes": r.class_names}
+        encoder = {k: v for k, v in r.encoder.to_dict().items() if k != "checkpoint"}
+        return {"encoder": encoder, "preprocess": to_dict(r.preprocess), "channels": r.channel_names, "classes": r.class_names}
 
-    base = identity(records[0])
     for record, source in zip(records[1:], sources[1:]):
-        other = identity(record)
-        for key in (k for k in base if base[k] != other[k]):
+        for key, (base, other) in changed_settings(identity(records[0]), identity(record)).items():
             raise UserError(
-                f"{source} differs from {sources[0]} in {key} ({other[key]} against {base[key]}): an ensemble shares one "
+                f"{source} differs from {sources[0]} in {key} ({other} against {base}): an ensemble shares one "
                 "encoding of each volume, so encoder, checkpoint, image size, preprocessing, channels and classes must agree"
             )
 
@@ -360,13 +358,12 @@ def _plain(record: dict) -> dict:
 
 
 def _record_difference(recorded: dict, record: dict) -> str:
-    """``another model`` or ``other settings (window 16 there, 8 now)``: the first way two records differ."""
+    """``another model`` or ``other settings (window: 16 there, 8 now)``: how two records differ."""
     if not isinstance(recorded, dict) or recorded.get("format") != record["format"]:
         return "another version of sam3dseg"
     if recorded.get("models") != record["models"]:
         return "other model file(s)"
-    differ = [f"{k} {recorded.get(k)} there, {v} now" for k, v in record.items() if recorded.get(k) != v]
-    return f"other settings ({'; '.join(differ)})"
+    return f"other settings ({describe_changes(changed_settings(recorded, record))})"
 
 
 def _write_case(
@@ -387,6 +384,66 @@ def _write_case(
     else:
         write_volume(label, geometry, target)
     return name
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """What :func:`predict_folder` will do, decided and checked before any volume is read: a value to inspect."""
+
+    out: Path
+    cases: list[tuple[str, list[Path]]]  # every input case (the folder's statistics table lists them)
+    todo: list[tuple[str, list[Path], Path]]  # this process's cases to predict: name, input files, segmentation
+    skipped: list[str]  # this process's cases this same run finished before
+    record: dict  # what makes the segmentations (Predictor.record), written as predict.json
+
+
+def plan_prediction(
+    predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs, share: tuple[int, int] = (0, 1),
+    log: Log | None = print_line,
+) -> PredictPlan:
+    """The cases under ``inputs`` and, of this process's share, those to predict into ``out`` (see
+    :func:`predict_folder`); refuses a request that cannot be met (DICOM SEG of files, another run's folder)."""
+    cases = collect_inputs(inputs, len(predictor.channel_names))
+    if outputs.output_type == "dicom-seg" and not all(paths[0].is_dir() for _, paths in cases):
+        first = next(paths[0] for _, paths in cases if not paths[0].is_dir())
+        raise UserError(f"--output-type dicom-seg needs DICOM series as input (a DICOM SEG references its source images); {first} is a file")
+    if outputs.output_type == "dicom-seg":
+        require_highdicom()
+    out = check_output_folder(out, "output folder")  # created with the first file written: a failed first case leaves nothing
+    record = predictor.record()
+    todo, skipped = _plan_cases(out, cases[share[0] :: share[1]], record, outputs, log)
+    return PredictPlan(out, cases, todo, skipped, record)
+
+
+def _check_like_training(predictor: Predictor, name: str, array: np.ndarray, geometry: Geometry, modality: str | None, log: Log | None) -> None:
+    """A case unlike the training data is warned of, or refused under ``--strict`` (before anything of it is written)."""
+    unlike = predictor.unlike_training(array, geometry, modality)
+    if unlike:
+        text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
+        if predictor.config.strict:
+            raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
+        if log is not None:
+            log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
+
+
+def _predict_case(predictor: Predictor, out: Path, name: str, array: np.ndarray, geometry: Geometry, outputs: FolderOutputs) -> np.ndarray:
+    """One read case's label map ``(z, y, x)``, with the files written beside the prediction itself (probabilities,
+    nnU-Net's npz, the montage)."""
+    if outputs.probabilities or outputs.npz:
+        probs = predict_probabilities(predictor, array, geometry)
+        label = probs.argmax(0).astype(np.uint8)
+        if outputs.probabilities:
+            with atomic_output(out / f"{name}_probabilities.npy") as tmp:
+                np.save(tmp, probs.astype(np.float16))
+        if outputs.npz:
+            write_nnunet_probabilities(out, name, probs, geometry)
+    else:
+        label, _ = predictor.predict_array(array, geometry)
+    label = predictor.finish(label)
+    if outputs.png:
+        first = array if array.ndim == 3 else array[0]
+        save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
+    return label
 
 
 def predict_folder(
@@ -411,16 +468,8 @@ def predict_folder(
     from tqdm import tqdm
 
     outputs = outputs or FolderOutputs()
-    cases = collect_inputs(inputs, len(predictor.channel_names))
-    if outputs.output_type == "dicom-seg" and not all(paths[0].is_dir() for _, paths in cases):
-        first = next(paths[0] for _, paths in cases if not paths[0].is_dir())
-        raise UserError(f"--output-type dicom-seg needs DICOM series as input (a DICOM SEG references its source images); {first} is a file")
-    if outputs.output_type == "dicom-seg":
-        require_highdicom()
-    out = check_output_folder(out, "output folder")  # created with the first file written: a failed first case leaves nothing
-    record = predictor.record()
-    todo, skipped = _plan_cases(out, cases[share[0] :: share[1]], record, outputs, log)
-    written: list[str] = []
+    plan = plan_prediction(predictor, inputs, out, outputs, share, log)
+    out, todo, written = plan.out, plan.todo, []
     # Reading the next case and writing the last one overlap the prediction of this one: one thread each,
     # one case ahead and one behind at most, so memory holds three cases whatever the folder's size.
     with ThreadPoolExecutor(1, "sam3dseg-read") as reader, ThreadPoolExecutor(1, "sam3dseg-write") as writer:
@@ -431,37 +480,19 @@ def predict_folder(
             array, geometry = reading.result()
             reading = reader.submit(read_channels, todo[i + 1][1]) if i + 1 < len(todo) else None
             array = array[0] if array.shape[0] == 1 else array
-            unlike = predictor.unlike_training(array, geometry, file_modality(paths[0]))
-            if unlike:
-                text = f"case {name} does not look like the model's training data: {'; '.join(unlike)}"
-                if predictor.config.strict:
-                    raise UserError(f"{text} (--strict refuses it; without it the case is predicted with a warning)")
-                if log is not None:
-                    log(f"warning: {text}; the segmentation may be poor (--strict refuses such cases)")
+            _check_like_training(predictor, name, array, geometry, file_modality(paths[0]), log)
             if i == 0:  # before this process's first file: what made what follows (a resumed run checks it)
-                write_json(out / RECORD, record)
+                write_json(out / RECORD, plan.record)
                 if outputs.viewer:
                     write_itksnap_labels(out, predictor.class_names)
-            if outputs.probabilities or outputs.npz:
-                probs = predict_probabilities(predictor, array, geometry)
-                label = probs.argmax(0).astype(np.uint8)
-                if outputs.probabilities:
-                    with atomic_output(out / f"{name}_probabilities.npy") as tmp:
-                        np.save(tmp, probs.astype(np.float16))
-                if outputs.npz:
-                    write_nnunet_probabilities(out, name, probs, geometry)
-            else:
-                label, _ = predictor.predict_array(array, geometry)
-            label = predictor.finish(label)
-            first = array if array.ndim == 3 else array[0]
-            if outputs.png:
-                save_case_montage(out / f"{name}.png", first, predictor.modality, geometry, label, None, predictor.class_names, name)
+            label = _predict_case(predictor, out, name, array, geometry, outputs)
             if writing is not None:
                 written.append(writing.result())
+            first = array if array.ndim == 3 else array[0]
             writing = writer.submit(_write_case, out, name, label, first, geometry, paths[0], target, outputs, predictor.class_names)
         if writing is not None:
             written.append(writing.result())
     barrier()  # every rank's cases are written before rank 0 gathers them (no-op in one process)
-    if outputs.statistics and is_main_process() and any((out / f"{name}{STATISTICS}").is_file() for name, _ in cases):
-        write_statistics_table(out, [name for name, _ in cases])  # the input's cases, by the folder's files
-    return {"written": written, "skipped": skipped, "out": out}
+    if outputs.statistics and is_main_process() and any((out / f"{name}{STATISTICS}").is_file() for name, _ in plan.cases):
+        write_statistics_table(out, [name for name, _ in plan.cases])  # the input's cases, by the folder's files
+    return {"written": written, "skipped": plan.skipped, "out": out}

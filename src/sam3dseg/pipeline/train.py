@@ -32,16 +32,15 @@ import torch.distributed as dist
 from ..common.files import write_csv, write_text
 from ..common.plots import save_curves
 from ..common.runtime import Log, barrier, init_distributed, print_line, resolve_device
-from ..common.settings import dump_yaml, from_dict, to_dict
-from ..data.preprocess import PreprocessConfig
+from ..common.settings import changed_settings, describe_changes, dump_yaml, to_dict
 from ..errors import UserError, summarise
 from ..model.decoder import SAM3DDecoder
 from ..model.encoder import EncoderInfo
 from ..model.losses import DeepSupervisionLoss, build_loss
-from .cache import read_manifest
 from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens, resolve_grid_stride
 from .folds import SPLITS_FILE, select_cases
-from .metrics import dice_per_class, drop_ignored, mean_finite
+from .manifest import CacheManifest
+from .metrics import class_means, dice_per_class, drop_ignored, mean_finite
 from .model_file import ModelFile, build_decoder, load_model_file
 from .postprocess import VALIDATION, decide, load_validation, prune_validation, record_decision, save_validation
 from .samples import Batch, CaseStore, Sampling, epoch_seed, sample_batch
@@ -72,7 +71,7 @@ def validate(
         per_case.append(dice_per_class(pred, label, num_classes))
         predictions[name] = (pred, label)
     decoder.train()
-    per_class = [mean_finite(c[k] for c in per_case) for k in range(num_classes - 1)]
+    per_class = class_means(per_case, num_classes)
     return {"dice_per_class": per_class, "dice": mean_finite(per_class), "predictions": predictions}
 
 
@@ -91,14 +90,14 @@ def _make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
 class _Data:
     """The cache as training sees it."""
 
-    manifest: dict
+    manifest: CacheManifest
     store: CaseStore
     train_names: list[str]
     val_names: list[str]
 
     @property
     def num_classes(self) -> int:
-        return len(self.manifest["class_names"])
+        return len(self.manifest.class_names)
 
     image: bool  # the decoder's image path reads the cached images
     views: int  # augmented views the cache holds per labelled case
@@ -107,47 +106,46 @@ class _Data:
     @property
     def ignore(self) -> int | None:
         """nnU-Net's ignore label in the cached labels (one past the classes), or None."""
-        return self.manifest.get("ignore_label")
+        return self.manifest.ignore_label
 
     @property
     def encoder(self) -> EncoderInfo:
-        return EncoderInfo.from_dict(self.manifest["encoder"])
+        return self.manifest.encoder
 
     @property
     def image_size(self) -> int:
-        return self.manifest["encoder"]["image_size"]
+        return self.manifest.encoder.image_size
 
     @classmethod
     def open(cls, cache: Path, t: TrainConfig, image: bool) -> _Data:
-        manifest = read_manifest(cache)
-        train_names, val_names, folds = select_cases(cache, manifest["cases"], t.fold, t.num_folds, t.val_fraction)
+        manifest = CacheManifest.read(cache)
+        train_names, val_names, folds = select_cases(cache, manifest.cases, t.fold, t.num_folds, t.val_fraction)
         if not train_names:
             raise UserError(f"cache {cache} has no training cases")
-        store = CaseStore(cache, ignore=manifest.get("ignore_label"))
-        views = manifest.get("views", 0)
+        store = CaseStore(cache, ignore=manifest.ignore_label)
         for name in train_names + val_names:
             if "label" not in store[name]:
                 raise UserError(f"cached case {name} has no label; training needs labelled cases")
             if image and "image" not in store[name]:
                 raise UserError(
                     f"cached case {name} has no image (cached by an older sam3dseg) and decoder.pixel_skip needs it: "
-                    f"run `sam3dseg cache --dataset {manifest['dataset']} --out {cache}` again (it adds the images "
+                    f"run `sam3dseg cache --dataset {manifest.dataset} --out {cache}` again (it adds the images "
                     "without encoding again), or train with decoder.pixel_skip=false"
                 )
-        return cls(manifest, store, train_names, val_names, image, views, folds)
+        return cls(manifest, store, train_names, val_names, image, manifest.views, folds)
 
     def model_file(self, config: RunConfig, decoder: SAM3DDecoder) -> ModelFile:
         m = self.manifest
         return ModelFile(
             config=config,
-            class_names=m["class_names"],
-            channel_names=m["channel_names"],
-            preprocess=from_dict(PreprocessConfig, m["preprocess"], "preprocess."),
-            encoder=EncoderInfo.from_dict(m["encoder"]),
-            feature_channels=m["feature_channels"],
+            class_names=m.class_names,
+            channel_names=m.channel_names,
+            preprocess=m.preprocess,
+            encoder=m.encoder,
+            feature_channels=m.feature_channels,
             decoder=decoder.state_dict(),
             split={"train": list(self.train_names), "val": list(self.val_names)},
-            fingerprint=m.get("fingerprint"),
+            fingerprint=m.fingerprint,
         )
 
 
@@ -174,18 +172,6 @@ def _dice_text(entry: dict, classes: list[str]) -> str:
     return f", val Dice {entry['val_dice']:.4f} ({', '.join(parts)})"
 
 
-def _differences(old: dict, new: dict, where: str = "") -> dict[str, tuple]:
-    """``{"section.key": (old, new)}`` for every setting that differs between two nested config dicts."""
-    out = {}
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.update(_differences(a, b, f"{where}{key}."))
-        elif a != b:
-            out[f"{where}{key}"] = (a, b)
-    return out
-
-
 def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: Log) -> bool:
     """Load ``path`` (``last.pt``) into the training state if it exists; True if it did.
 
@@ -195,15 +181,14 @@ def _resume(record: ModelFile, path: Path, decoder, optimizer, scheduler, say: L
     if not path.exists():
         return False
     state = load_model_file(path)
-    differ = _differences(to_dict(state.config), to_dict(record.config))
+    differ = changed_settings(to_dict(state.config), to_dict(record.config))
     before, now = differ.get("train.epochs", (0, 0))
     if set(differ) == {"train.epochs"} and now > before:
         say(f"continuing {path.parent} from epoch {state.epoch} to {now} (it was trained for {before}): "
             f"the learning-rate schedule is recomputed for {now} epochs")  # fmt: skip
     elif differ:
-        listed = "; ".join(f"{key}: {a} there, {b} now" for key, (a, b) in differ.items())
         raise UserError(
-            f"{path.parent} holds a run with another configuration ({listed}); "
+            f"{path.parent} holds a run with another configuration ({describe_changes(differ)}); "
             "use a new --out, or the run's own settings (its config.yaml) to resume it (more train.epochs continue it)"
         )
     decoder.load_state_dict(state.decoder)
@@ -368,7 +353,7 @@ def _build(out: Path, config: RunConfig, data: _Data, rank: int, world: int) -> 
     """The decoder (seeded by ``train.seed``), its optimiser, poly schedule and loss, and the record to save."""
     t = config.train
     device = resolve_device(t.device, world)
-    channels = (data.manifest["feature_channels"], len(data.manifest["channel_names"]))
+    channels = (data.manifest.feature_channels, len(data.manifest.channel_names))
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's global generator left as it was
         torch.manual_seed(t.seed)
         decoder = build_decoder(config.decoder, data.num_classes, *channels, data.encoder.stride).to(device)
