@@ -54,10 +54,15 @@ def test_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
             command = command.replace(written, small)
         assert main(shlex.split(command)[1:]) == 0, command
         output += capsys.readouterr().out.splitlines()
+    # each expected line matches an output line from its start, in the README's order: "liver …" must be a row of
+    # evaluate's table after its header, not the word in an epoch line
+    at = 0
     for line in expected:
         pieces = [re.escape(p.strip()) for p in line.split("…") if p.strip()]
-        pattern = re.compile(".*".join(pieces))
-        assert any(pattern.search(o) for o in output), f"README line not in the output: {line!r}\n" + "\n".join(output)
+        pattern = re.compile(r"\s*" + ".*".join(pieces))
+        found = next((i for i in range(at, len(output)) if pattern.match(output[i])), None)
+        assert found is not None, f"README line not in the output after line {at}: {line!r}\n" + "\n".join(output)
+        at = found + 1
 
 
 ROOT = Path(__file__).parents[1]
@@ -86,7 +91,7 @@ def test_the_readme_states_the_times_the_bench_measured():
     said = re.search(r"`sam3dseg demo` takes about (\w+) minutes .* `make demo` on a fresh clone about (\w+)", text, re.S)
     assert said, "the README's quick start states the demo's time"
     assert (NUMBERS[said.group(1)], NUMBERS[said.group(2)]) == (round(demo["demo_seconds"] / 60), round(demo["make_demo_seconds"] / 60))
-    assert demo["machine"]["cores"] == 2  # the README says "on a 2-core CPU"
+    assert f"on a {demo['machine']['cores']}-core CPU" in " ".join(text.split())  # the machine the file records
     quick = results["analyze"]["analyze_quick_seconds"]
     from sam3dseg.cli import EPILOG_ANALYZE
 

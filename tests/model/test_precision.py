@@ -178,18 +178,22 @@ def test_an_int8_encoder_cannot_be_set_back():
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu"])
-def test_linear_equals_the_layer_in_fp32_and_under_bf16_autocast(activation):
-    """``precision.linear`` (oneDNN on a CPU, GELU fused, bf16 weights made once) computes what the layer computes."""
+def test_linear_equals_the_layer_in_fp32_and_under_bf16_autocast(activation, monkeypatch):
+    """``precision.linear`` (oneDNN on a CPU, GELU fused, bf16 weights made once) computes what the layer computes, and
+    the fused kernel is what ran wherever this torch has it (in bf16: where this CPU has oneDNN's bf16 kernels)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 96).requires_grad_(False)
     x = torch.randn(5, 7, 64)
     act = F.gelu if activation == "gelu" else (lambda t: t)
-    assert (precision._onednn_operands(x, layer) is not None) == precision._ONEDNN  # fp32 on a CPU: oneDNN where torch has it
+    fused, real = [], precision._FUSED_LINEAR
+    monkeypatch.setattr(precision, "_FUSED_LINEAR", lambda *args: fused.append((args[0].dtype, args[3])) or real(*args))
     assert torch.allclose(precision.linear(x, layer, activation), act(layer(x)), atol=1e-5)
+    assert fused == ([(torch.float32, activation)] if precision._ONEDNN else [])  # fp32 on a CPU: oneDNN where torch has it
     with torch.autocast("cpu", torch.bfloat16):
         # bf16: oneDNN where this CPU has its bf16 kernels, the layer (emulated) where not (AVX2 only)
-        assert (precision._onednn_operands(x, layer) is not None) == (precision._ONEDNN and precision.cpu_bf16())
         got, want = precision.linear(x, layer, activation), act(layer(x))
+    bf16_fused = precision._ONEDNN and precision.cpu_bf16()
+    assert fused[1:] == ([(torch.bfloat16, activation)] if bf16_fused else [])
     assert got.dtype == want.dtype == torch.bfloat16
     assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
     layer.weight.mul_(2)  # weights loaded anew: the bf16 copy follows

@@ -29,6 +29,21 @@ def test_recipes_set_what_the_original_used():
         cache = load_cache_config(None, None, name)
         assert 16 * t.crop_tokens <= cache.image_size and cache.preprocess.target_spacing is not None
         assert load_recipe(name)["differs"] and load_recipe(name)["paper"]
+    # the settings reach what trains: the decoder, the loss and the optimiser built from a recipe are the original's
+    import torch
+
+    from sam3dseg.model.losses import build_loss
+    from sam3dseg.pipeline.model_file import build_decoder
+    from sam3dseg.pipeline.train import _make_optimizer
+
+    c = load_run_config(None, None, "synapse")
+    decoder = build_decoder(c.decoder, 14, 256, 1)
+    assert all(b.conv0.kernel_size == (1, 1, 1) and b.upsample == "nearest" for b in decoder.blocks)
+    assert all(isinstance(b.act, torch.nn.LeakyReLU) for b in decoder.blocks) and decoder.image_channels == 0
+    assert build_loss(c.loss).weights == (0.0, 1.0, 2.0, 4.0)  # 4:2:1 on three outputs, the coarsest not supervised
+    optimizer = _make_optimizer(decoder.parameters(), c)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD) and (group["lr"], group["momentum"], group["nesterov"]) == (0.01, 0.99, True)
     # explicit settings still win over the recipe
     assert load_run_config(None, ["train.epochs=3"], "synapse").train.epochs == 3
     assert load_cache_config(None, {"image_size": 256}, "synapse").image_size == 256

@@ -188,12 +188,26 @@ def test_a_fine_tuned_model_outlives_the_model_it_started_from(small_cache, gene
     assert not (tmp_path / "new").exists()
 
 
-def test_adamw_option_trains(small_cache, tmp_path):
-    config = load_run_config(None, ["train.epochs=1", "train.optimizer=adamw", "train.lr=0.001", *SMALL])
-    result = train(small_cache, tmp_path / "run", config, progress=False)
+@pytest.mark.parametrize(
+    "settings,group,state_key",
+    [
+        (["train.optimizer=adamw", "train.lr=0.002", "train.weight_decay=0.01"], {"lr": 0.002, "weight_decay": 0.01}, "exp_avg"),
+        (["train.optimizer=sgd", "train.lr=0.02", "train.momentum=0.9"], {"lr": 0.02, "momentum": 0.9, "nesterov": True}, "momentum_buffer"),
+    ],
+)  # fmt: skip
+def test_the_optimizer_is_the_one_asked_for_with_its_settings(small_cache, tmp_path, settings, group, state_key):
+    """The optimizer's saved state is that optimizer's (AdamW's moments, SGD's momentum buffer), its parameter group
+    holds the settings given (the initial learning rate before the poly decay), and the two train differently."""
+    config = load_run_config(None, ["train.epochs=1", *settings, *SMALL])
+    train(small_cache, tmp_path / "run", config, progress=False)
     state = load_model_file(tmp_path / "run" / "last.pt")
-    assert "exp_avg" in next(iter(state.optimizer["state"].values()))  # really AdamW
-    assert result["history"][0]["train_loss"] > 0
+    assert state_key in next(iter(state.optimizer["state"].values()))
+    saved = state.optimizer["param_groups"][0]
+    assert {k: saved["initial_lr"] if k == "lr" else saved[k] for k in group} == group
+    other = ["train.optimizer=sgd", "train.lr=0.002"] if "adamw" in settings[0] else ["train.optimizer=adamw", "train.lr=0.02"]
+    train(small_cache, tmp_path / "other", load_run_config(None, ["train.epochs=1", *other, *SMALL]), progress=False)
+    weights = load_model_file(tmp_path / "other" / "last.pt").decoder
+    assert any(not torch.equal(weights[k], state.decoder[k]) for k in weights)
 
 
 def test_config_yaml_and_overrides(tmp_path):

@@ -138,7 +138,7 @@ def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
         out = layer(x)
         return F.gelu(out) if activation == "gelu" else out
     x, weight, bias = operands
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, activation, [None], _ALGORITHM[activation])
+    out = _FUSED_LINEAR(x.reshape(-1, x.shape[-1]), weight, bias, activation, [None], _ALGORITHM[activation])
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -166,6 +166,7 @@ def _bf16_weights(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
 
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_FUSED_LINEAR = torch.ops.mkldnn._linear_pointwise if _ONEDNN else None  # oneDNN's linear, its activation fused
 # oneDNN's bf16 inner product exists only where it has bf16 kernels (not on an AVX2-only CPU: "could not create a
 # primitive descriptor"); there the layer itself runs under autocast, emulated.
 _ONEDNN_BF16 = _ONEDNN and cpu_bf16()
