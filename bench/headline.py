@@ -28,8 +28,8 @@ def _peer_row(path: Path) -> list[str]:
     scores = result["sam3dseg"]["scores"]["per_class"]
     place, kind = SETS[result["set"]]
     found = sum(s["dice"] > 0 for s in scores.values())
-    nnunet = result["nnunet"]
-    theirs = "no model" if nnunet.get("no_model") else f"{nnunet['scores']['mean_dice']:.3f}"
+    nnunet = result.get("nnunet")  # a budget the peer has not been run at yet has sam3dseg's part only
+    theirs = "not run at this budget yet" if nnunet is None else "no model" if nnunet.get("no_model") else f"{nnunet['scores']['mean_dice']:.3f}"
     cpu = result["machine"]["cpu"]
     return [
         f"{place}, {len(scores)} {kind}, {result['budget_s'] / 60:.0f} min of cache + train",

@@ -115,3 +115,17 @@ def test_the_train_step_ratios_are_the_benchs():
     assert f"a step {ratio['lite_medsam@8']} ViT-B's in `bench/train_speed.py`" in pages["method.md"]
     assert f"{ratio['lite_medsam@8']} ViT-B's, where the unpooled S/4 grid costs {ratio['lite_medsam@4']}" in pages["training.md"]
     assert result["ratio_default_to_vit_b"] <= result["goal"]
+
+
+def test_every_figure_names_a_bench_that_exists_and_its_file():
+    """docs/performance.md's table: each command's script exists, and each result file it names is there."""
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    table = text[text.index("| figure | command | result file |"):].split("\n\n")[0].splitlines()[2:]
+    assert len(table) >= 10
+    for row in table:
+        _, command, result = [c.strip() for c in row.strip("|").split("|")]
+        script = re.search(r"bench/(\w+)\.py", command)[1]
+        assert (ROOT / "bench" / f"{script}.py").is_file(), row
+        if result != "none yet":
+            files = sorted((ROOT / "bench" / "results").glob(re.search(r"bench/results/([^`]+)", result)[1].replace("{set}", "*").replace("{budget}", "*")))
+            assert files, row

