@@ -57,6 +57,7 @@ def test_written_and_read_back_is_the_same_record(tmp_path):
         ({"encoder": {"name": "vit_b"}}, "encoder is not a valid encoder record"),
         ({"preprocess": {"slicing_axis": "oblique"}}, "preprocess.slicing_axis (--slicing-axis) must be one of axial"),
         ({"augment": {"copies": -2}}, "augment.copies (--augmented-copies) must be an integer >= 0"),
+        ({"views": 1}, "views (1) must equal augment.copies (2)"),
     ],
 )
 def test_a_bad_manifest_is_one_line_naming_the_field(change, message, tmp_path):

@@ -236,7 +236,7 @@ def write_manifest(out: Path, dataset: Dataset, info: EncoderInfo, preprocess: P
     CacheManifest(
         dataset=str(dataset.root), class_names=dataset.class_names, channel_names=dataset.channel_names, encoder=info,
         preprocess=preprocess, feature_channels=info.out_channels * len(dataset.channel_names),
-        cases=[c.name for c in dataset.cases], ignore_label=dataset.ignore_label, views=augment.copies, augment=augment,
+        cases=[c.name for c in dataset.cases], ignore_label=dataset.ignore_label, augment=augment,
         fingerprint=combine(originals),  # what the originals looked like, for predict to compare new input with
     ).write(out)
 

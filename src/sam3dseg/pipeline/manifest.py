@@ -32,7 +32,7 @@ def _v1_to_v2(state: dict) -> dict:
     """Version 2 writes the fields version 1 left out when it was written before them."""
     state.setdefault("ignore_label", None)
     state.setdefault("views", 0)
-    state.setdefault("augment", to_dict(AugmentConfig()))
+    state.setdefault("augment", {**to_dict(AugmentConfig()), "copies": state["views"]})
     state.setdefault("fingerprint", None)
     return state
 
@@ -76,9 +76,13 @@ class CacheManifest:
     feature_channels: int
     cases: list[str]
     ignore_label: int | None = None  # nnU-Net's ignore label in the cached labels (one past the classes)
-    views: int = 0  # augmented copies of every labelled case
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     fingerprint: dict | None = None
+
+    @property
+    def views(self) -> int:
+        """Augmented copies of every labelled case (written as ``views`` too, for a reader that wants the count)."""
+        return self.augment.copies
 
     def to_dict(self) -> dict:
         return {
@@ -113,7 +117,9 @@ class CacheManifest:
             augment = from_dict(AugmentConfig, state["augment"], "augment.")
         except UserError as err:
             raise UserError(f"{path}: {err}") from None
+        if state["views"] != augment.copies:  # written from one number: two that differ mean a damaged file
+            raise UserError(f"{path}: views ({state['views']}) must equal augment.copies ({augment.copies}); run `sam3dseg cache` again into a new folder")
         return cls(
             state["dataset"], state["class_names"], state["channel_names"], encoder, preprocess, state["feature_channels"],
-            state["cases"], state["ignore_label"], state["views"], augment, state["fingerprint"],
+            state["cases"], state["ignore_label"], augment, state["fingerprint"],
         )  # fmt: skip
