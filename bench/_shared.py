@@ -14,6 +14,13 @@ import torch
 from sam3dseg.model.precision import cpu_name  # noqa: F401  (the benches' record of the CPU: one definition)
 
 
+def machine() -> dict[str, object]:
+    """What every result file records beside its figures: the CPU, the threads torch used, torch, the date."""
+    import datetime
+
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "when": datetime.date.today().isoformat()}
+
+
 def alternate(
     a: Callable[[torch.Tensor], torch.Tensor], b: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int,
     warm: torch.Tensor | None = None,
@@ -100,7 +107,7 @@ def bench_encoder(name: str, size: int, precision: str) -> torch.nn.Module:
     else seeded random ones, without the random-weights warning. Time does not depend on the values; the
     cosine between precisions does (real weights have larger activations)."""
     from sam3dseg.errors import UserError
-    from sam3dseg.model.encoder import ENCODERS, build_encoder, set_precision
+    from sam3dseg.model.registry import ENCODERS, build_encoder, set_precision
 
     entry = ENCODERS[name]
     try:

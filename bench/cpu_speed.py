@@ -93,6 +93,25 @@ def decoder_case(repeats: int) -> list[dict]:
              "share": model_rate / gemm_rate, "goal": DECODER_GOAL, "times": times}]  # fmt: skip
 
 
+def table(result: dict) -> str:
+    """docs/performance.md's precision table: each case's time a slice, speed and cosine against fp32, and its
+    share of the same run's GEMM rate in that precision."""
+    lines = [
+        "| encoder at its input | precision | s a slice | speed vs fp32 | per-token cosine to fp32 (mean / min) "
+        "| share of the same run's GEMM rate in that precision |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        share = f"{100 * r['share']:.0f} % of {r['gemm_gflops']:.0f} GFLOP/s"
+        if "s_per_slice" not in r:  # the decoder's training step
+            lines.append(f"| decoder forward + backward, 2 crops of 16 × 16² tokens | {r['precision']} | {r['s_per_step']:.2f} a step | | | {share} |")
+            continue
+        share += " (fp32's; no goal)" if r["goal"] is None else ""
+        lines.append(f"| {r['case']} (batch {r['batch']}) | {r['precision']} | {r['s_per_slice']:.2f} | ×{r['speedup_vs_fp32']:.2f} "
+                     f"| {r['cos_mean']:.5f} / {r['cos_min']:.5f} | {share} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each case")
@@ -112,6 +131,7 @@ def main() -> None:
         rows += new
     if args.json:
         write_json(args.json, {"machine": head, "rows": rows})
+    print(table({"rows": rows}))
     failed = [r for r in rows if r["goal"] is not None and r["share"] < r["goal"]]
     verdict([f"{r['case']} {r['precision']} {100 * r['share']:.0f} % of the GEMM rate < {100 * r['goal']:.0f} %" for r in failed],
             "every case reaches its share of the GEMM rate")

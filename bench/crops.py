@@ -47,6 +47,7 @@ import sys
 import time
 from pathlib import Path
 
+from _shared import machine
 from sam3dseg.analysis.memory_probe import in_forked_child, reset_peak, status_kib
 
 SIZES = (256, 512, 1024)
@@ -82,6 +83,16 @@ def _step(size: int, crop: int | None, depth: int, steps: int) -> dict:
     return {"size": size, "crop_tokens": crop, "seconds": statistics.median(times[1:]), "peak_mib": (status_kib("VmHWM") - before) / 1024}
 
 
+def table(result: dict) -> str:
+    """docs/performance.md's table: a training step's time and memory rise by image size, whole planes and crops."""
+    by = {(r["size"], r["crop_tokens"]): r for r in result["rows"]}
+    lines = [f"| image size | token grid | train step, {result['depth']} slices, whole planes | with `crop_tokens={CROP}` |", "|---|---|---|---|"]
+    for size in SIZES:
+        cells = [f"{by[size, c]['seconds']:.2f} s, +{by[size, c]['peak_mib']:.0f} MiB" for c in (None, CROP)]
+        lines.append(f"| {size} | {size // 16} × {size // 16} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4, help="slices per crop (default 4)")
@@ -110,7 +121,8 @@ def main() -> None:
     if args.json:
         from sam3dseg.common.files import write_json
 
-        write_json(args.json, {"rows": rows, "depth": args.depth})
+        write_json(args.json, {**machine(), "rows": rows, "depth": args.depth})
+    print(table({"rows": rows, "depth": args.depth}))
     if failed:
         print("GOAL MISSED: " + "; ".join(failed))
         sys.exit(1)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _shared import alternate, verdict  # noqa: E402
+from _shared import alternate, machine, verdict  # noqa: E402
 from sam_reference import official_encoder, randomize_  # noqa: E402
 
-from sam3dseg.model.encoder import ENCODERS  # noqa: E402
+from sam3dseg.model.registry import ENCODERS  # noqa: E402
 from sam3dseg.model.vit import SAMImageEncoder  # noqa: E402
 from sam3dseg.common.files import write_json  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, {**machine(), "results": results})
     verdict([f"ours slower at {r['image_size']}²" for r in results if r["speedup"] < 1.0]
             + [f"outputs differ by {r['max_abs_diff']:.1e} at {r['image_size']}²" for r in results if r["max_abs_diff"] > 1e-4],
             "ours is not slower at any size measured and matches to 1e-4")

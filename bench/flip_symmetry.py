@@ -29,9 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _shared import machine
 from sam3dseg.common.files import write_json
 from sam3dseg.data.synthetic import make_case
-from sam3dseg.model.encoder import build_encoder, encode_slices
+from sam3dseg.model.encoder import encode_slices
+from sam3dseg.model.registry import build_encoder
 
 
 def _slices(size: int, height: int, count: int) -> torch.Tensor:
@@ -78,7 +80,7 @@ def main() -> None:
     weights = args.checkpoint or "random weights"
     print(f"ViT-B at {size}² ({grid} × {grid} tokens), {weights}, {args.slices} slices")
     if args.json:
-        write_json(args.json, {"rows": rows, "image_size": size, "checkpoint": str(args.checkpoint)})
+        write_json(args.json, {**machine(), "rows": rows, "image_size": size, "checkpoint": str(args.checkpoint)})
 
 
 if __name__ == "__main__":

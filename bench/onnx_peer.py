@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sam_reference import official_encoder, randomize_  # noqa: E402
 
 from sam3dseg.common.files import write_json  # noqa: E402
-from sam3dseg.model.encoder import ENCODERS  # noqa: E402
+from sam3dseg.model.registry import ENCODERS  # noqa: E402
 from sam3dseg.model.vit import SAMImageEncoder  # noqa: E402
 
 

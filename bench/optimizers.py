@@ -25,7 +25,7 @@ from helpers import make_cache  # noqa: E402
 from sam3dseg.common.files import write_json  # noqa: E402
 from sam3dseg.data.synthetic import write_dataset  # noqa: E402
 from sam3dseg.pipeline.config import load_run_config  # noqa: E402
-from sam3dseg.pipeline.train import train  # noqa: E402
+from sam3dseg.pipeline.training.train import run_train  # noqa: E402
 
 CANDIDATES = {
     "adamw lr=1e-3": ["train.optimizer=adamw", "train.lr=1e-3"],
@@ -52,7 +52,7 @@ def main() -> None:
         common = [f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"]
         for name, overrides in CANDIDATES.items():
             start = time.perf_counter()
-            run = train(tmp / "cache", tmp / name.replace(" ", "_"), load_run_config(None, common + overrides), progress=False, log=None)
+            run = run_train(tmp / "cache", tmp / name.replace(" ", "_"), load_run_config(None, common + overrides), progress=False, log=None)
             history = run["history"]
             reached = next((h["epoch"] for h in history if h["val_dice"] >= args.threshold), None)
             results[name] = {

@@ -23,7 +23,7 @@ template, nine subcortical structures) and the same wall time ``--budget``:
   TotalSegmentator trains nnU-Net).
 
 Both predict the test cases (imagesTs), timed per case, and both are scored by
-:func:`sam3dseg.pipeline.evaluate.evaluate_folders` against labelsTs: Dice and HD95 per structure.
+:func:`sam3dseg.pipeline.evaluation.evaluate.run_evaluate` against labelsTs: Dice and HD95 per structure.
 Results go to ``--json`` (default ``bench/results/peer_nnunet_{set}_{budget}s.json``) with the machine,
 the budget, the seeds and each system's time line; docs/results.md quotes their tables, and the README's results table (bench/headline.py) is made from them.
 
@@ -131,9 +131,9 @@ def make_dataset(name: str, work: Path, log: Path) -> Path:
 
 def score(pred: Path, data: Path, out: Path) -> dict:
     """Dice and HD95 per structure and their means, by sam3dseg's evaluation (one code path for both systems)."""
-    from sam3dseg.pipeline.evaluate import evaluate_folders, hd95_text
+    from sam3dseg.pipeline.evaluation.evaluate import hd95_text, run_evaluate
 
-    summary = evaluate_folders(pred, data / "labelsTs", out, data / "dataset.json", log=None)
+    summary = run_evaluate(pred, data / "labelsTs", out, data / "dataset.json", log=None)
     per = {name: {"dice": e["dice"], "hd95": hd95_text(e, 1)} for name, e in summary["per_class"].items()}
     mean_hd95 = summary["mean_hd95"]
     return {"mean_dice": summary["mean_dice"], "mean_hd95": None if mean_hd95 != mean_hd95 else mean_hd95, "per_class": per}

@@ -24,11 +24,21 @@ from _shared import cpu_name
 from sam3dseg.common.files import write_json
 from sam3dseg.demo import DemoConfig, build_dataset
 from sam3dseg.model.precision import PRECISIONS, cpu_bf16, describe_cpu, native_bf16
-from sam3dseg.pipeline.cache import run_cache
+from sam3dseg.pipeline.caching.cache import run_cache
 from sam3dseg.pipeline.config import CacheConfig, PredictConfig, load_run_config
-from sam3dseg.pipeline.evaluate import evaluate_folders
-from sam3dseg.pipeline.predict import FolderOutputs, load_predictor, predict_folder
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.evaluation.evaluate import run_evaluate
+from sam3dseg.pipeline.inference.predict import FolderOutputs, run_predict
+from sam3dseg.pipeline.inference.predictor import load_predictor
+from sam3dseg.pipeline.training.train import run_train
+
+
+def table(result: dict) -> str:
+    """docs/performance.md's table: the test mean Dice, and the smallest structure's, of each pair of the
+    precision a model was trained on and the one its features were predicted from."""
+    lines = ["| model trained on | predicting from | test mean Dice | accumbens |", "|---|---|---|---|"]
+    for r in result["runs"]:
+        lines.append(f"| {r['trained_on']} features | {r['predicted_from']} | {r['mean_dice']:.3f} | {r['per_class']['accumbens']:.3f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -58,14 +68,14 @@ def main() -> None:
     for trained in args.trained:
         run = args.out / f"run_{trained}"
         if not (run / "best.pt").is_file():
-            train(args.out / f"cache_{trained}", run, load_run_config(None, settings), log=None)
+            run_train(args.out / f"cache_{trained}", run, load_run_config(None, settings), log=None)
         for features in computable if trained == "fp32" else [trained]:
             predictor = load_predictor(run / "best.pt", None, PredictConfig(encoder_precision=features))
             preds = args.out / f"pred_{trained}_{features}"
             start = time.perf_counter()
-            predict_folder(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=None)
+            run_predict(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=None)
             seconds = time.perf_counter() - start
-            scores = evaluate_folders(preds, data / "labelsTs", args.out / f"eval_{trained}_{features}", data / "dataset.json", progress=False, log=None)
+            scores = run_evaluate(preds, data / "labelsTs", args.out / f"eval_{trained}_{features}", data / "dataset.json", progress=False, log=None)
             row = {"trained_on": trained, "predicted_from": features, "mean_dice": scores["mean_dice"], "predict_s": seconds,
                    "per_class": {k: v["dice"] for k, v in scores["per_class"].items()}}  # fmt: skip
             report["runs"].append(row)
@@ -73,6 +83,7 @@ def main() -> None:
                   + " ".join(f"{k} {v:.3f}" for k, v in row["per_class"].items()), flush=True)  # fmt: skip
     if args.json:
         write_json(args.json, report)
+    print(table(report))
     base = next(r["mean_dice"] for r in report["runs"] if r["trained_on"] == r["predicted_from"] == "fp32")
     costly = [r for r in report["runs"] if base - r["mean_dice"] > args.tolerance]
     print(f"{report['cpu']}, {torch.get_num_threads()} threads; encoding the dataset: "

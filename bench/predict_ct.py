@@ -31,7 +31,7 @@ from _shared import cpu_name, verdict
 from sam3dseg.common.files import write_json
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.volumes import Geometry, write_volume
-from sam3dseg.model.encoder import EncoderInfo, build_encoder, resolve_checkpoint
+from sam3dseg.model.registry import EncoderInfo, build_encoder, resolve_checkpoint
 from sam3dseg.pipeline.config import load_run_config
 from sam3dseg.pipeline.model_file import ModelFile, build_decoder
 
@@ -87,7 +87,7 @@ def stages(model: Path, ct: Path, out: Path) -> dict[str, float]:
     from sam3dseg.data.preprocess import preprocess_image, unreorient
     from sam3dseg.data.volumes import read_channels
     from sam3dseg.model.decoder import image_path_input
-    from sam3dseg.pipeline.predict import Encoded, _stream_to_grid, load_predictor
+    from sam3dseg.pipeline.inference.predictor import Encoded, _stream_to_grid, load_predictor
 
     predictor = load_predictor(model)
     times, start = {}, time.perf_counter()
@@ -110,6 +110,19 @@ def stages(model: Path, ct: Path, out: Path) -> dict[str, float]:
     write_volume(np.ascontiguousarray(label), geometry, out / "ct.nii.gz")
     lap("write")
     return times
+
+
+def table(result: dict) -> str:
+    """docs/performance.md's table: each encoder and precision end to end, its peak memory, where fp32's time goes."""
+    lines = ["| encoder | `--encoder-precision` | seconds | peak memory | where the fp32 time goes |", "|---|---|---|---|---|"]
+    encoders = [r["encoder"] for r in result["results"]]
+    for r in sorted(result["results"], key=lambda r: (encoders.index(r["encoder"]), r["precision"] != "fp32")):
+        stages = r["stages_fp32"]
+        where = (f"encode {stages['encode']:.0f} s, decode {stages['decode']:.0f} s, read + preprocess + write "
+                 f"{stages['read'] + stages['preprocess'] + stages['write']:.1f} s") if r["precision"] == "fp32" else ""  # fmt: skip
+        row = f"| `{r['encoder']}` at {r['image_size']}² | {r['precision']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.1f} GiB |"
+        lines.append(f"{row} {where} |" if where else f"{row} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -145,6 +158,8 @@ def main() -> None:
                         "stages_fp32": split[name]})  # fmt: skip
     if args.json:
         write_json(args.json, {"cpu": cpu_name(), "volume": "512 x 512 x 100 CT", "results": results})
+    if all("stages_fp32" in r for r in results):
+        print(table({"results": results}))
     failed = [r for r in results if r["goal_s"] is not None and r["seconds"] > r["goal_s"]]
     verdict([f"{r['encoder']} {r['seconds']:.0f} s > {r['goal_s']:.0f} s" for r in failed], "every encoder predicts the CT within its goal")
 

@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sam3dseg.common.files import write_json
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.volumes import Geometry
-from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.registry import EncoderInfo
 from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
 from sam3dseg.pipeline.config import PredictConfig, load_run_config
+from sam3dseg.pipeline.inference.predict import predict_probabilities
+from sam3dseg.pipeline.inference.predictor import Predictor
 from sam3dseg.pipeline.model_file import ModelFile, build_decoder
-from sam3dseg.pipeline.predict import Predictor, predict_probabilities
-from sam3dseg.common.files import write_json
 
 
 def _child(mode: str, depth: int, size: int) -> dict:

@@ -77,7 +77,7 @@ from helpers import make_cache  # noqa: E402
 from sam3dseg.common.files import write_json
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.pipeline.config import DecoderConfig, LossConfig, TrainConfig, load_run_config
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.training.train import run_train
 
 VARIANTS = {
     "joint": ["loss.dice=joint", "train.foreground_fraction=0", "decoder.pixel_skip=false"],
@@ -156,7 +156,7 @@ def _train_seconds(cache: Path, out: Path, overrides: list[str], steps: int, epo
     """Train ``epochs`` × ``steps``, validating once at the end; (optimiser seconds, held-out Dice per class)."""
     config = load_run_config(None, [*overrides, f"train.epochs={epochs}", f"train.steps_per_epoch={steps}",
                                     f"train.val_interval={epochs}"])  # fmt: skip
-    history = train(cache, out, config, progress=False, log=None)["history"]
+    history = run_train(cache, out, config, progress=False, log=None)["history"]
     return sum(h["train_seconds"] for h in history), history[-1]["val_dice_per_class"]
 
 
@@ -168,7 +168,7 @@ def _seconds_per_step(cache: Path, out: Path, overrides: list[str]) -> float:
 def equal_time(args: argparse.Namespace) -> None:
     """--equal-time: encoder × dataset × variant × seed, each variant given the same optimiser seconds."""
     from sam3dseg.data.augment import AugmentConfig
-    from sam3dseg.pipeline.cache import run_cache
+    from sam3dseg.pipeline.caching.cache import run_cache
     from sam3dseg.pipeline.config import CacheConfig
 
     variants = {v: TIME_VARIANTS[v] for v in args.variants}
@@ -185,7 +185,7 @@ def equal_time(args: argparse.Namespace) -> None:
                     cache = work / dataset / f"cache_{encoder}_{norm}"
                     views = 2 if any("VIEWS" in o for o in variants.values()) and norm == "auto" else 0
                     start = time.perf_counter()
-                    built = run_cache(data, cache, CacheConfig(encoder=encoder, image_size=size, normalisation=norm,
+                    run_cache(data, cache, CacheConfig(encoder=encoder, image_size=size, normalisation=norm,
                                                                augment=AugmentConfig(copies=views)), progress=False)  # fmt: skip
                     print(f"{dataset:>7} {encoder}: cache ({norm} normalisation, {views} views) in "
                           f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
@@ -288,7 +288,7 @@ def main() -> None:
                         "decoder.channels=[32,32,16,16]",
                     ])  # fmt: skip
                     out = Path(tmp) / dataset / f"run_{''.join(c if c.isalnum() else '_' for c in variant)}_{seed}"
-                    history = train(cache, out, config, progress=False, log=None)["history"]
+                    history = run_train(cache, out, config, progress=False, log=None)["history"]
                     runs.append(history[-1]["val_dice_per_class"])
                     mean = statistics.fmean(x for x in runs[-1] if x == x)
                     print(f"{dataset:>7} {variant:<26} seed {seed}: held-out Dice {mean:.3f} "

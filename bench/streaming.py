@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _shared import machine
 from sam3dseg.analysis.memory_probe import in_forked_child, status_kib
 
 
@@ -51,7 +52,7 @@ def _write_cases(folder: Path, count: int, size: int, depth: int) -> dict:
 def _draw(folder: str, count: int, size: int, batches: int) -> dict:
     import torch
 
-    from sam3dseg.pipeline.samples import CaseStore, Sampling, sample_batch
+    from sam3dseg.pipeline.training.samples import CaseStore, Sampling, sample_batch
 
     store = CaseStore(folder)
     names = [f"case_{i:03d}" for i in range(count)]
@@ -93,7 +94,7 @@ def main() -> None:
     if args.json:
         from sam3dseg.common.files import write_json
 
-        write_json(args.json, {"rows": rows, "case_mib": case_mib})
+        write_json(args.json, {**machine(), "rows": rows, "case_mib": case_mib})
     if hundred > 1.2 * ten + 16:
         print(f"GOAL MISSED: anonymous memory grows from {ten:.1f} MiB (10 cases) to {hundred:.1f} MiB (100 cases)")
         sys.exit(1)

@@ -41,16 +41,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _shared import machine
+from sam3dseg.common.files import write_json
 from sam3dseg.data.datasets import load_dataset
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.model.decoder import SAM3DDecoder
-from sam3dseg.model.encoder import EncoderInfo, build_encoder, resolve_checkpoint
 from sam3dseg.model.losses import DeepSupervisionLoss, per_class_dice_loss
-from sam3dseg.pipeline.cache import build_cache, load_case
-from sam3dseg.pipeline.manifest import CacheManifest
+from sam3dseg.model.registry import EncoderInfo, build_encoder, resolve_checkpoint
+from sam3dseg.pipeline.caching.cache import build_cache, load_case
+from sam3dseg.pipeline.caching.manifest import CacheManifest
 
 DESIGNS = ("keep-first", "keep-last", "pool-16")
+LABELS = {
+    "keep-first": "keep-first (default: blocks 1–2 at S/4, 3–4 upsample)",
+    "keep-last": "keep-last (blocks 1–2 upsample, 3–4 at S)",
+    "pool-16": "pool-16 (features pooled to S/16, the method's decoder)",
+}
 SIZE = 64
 
 
@@ -111,11 +118,23 @@ def run(design: str, cases: list[dict], val: list[dict], classes: int, steps: in
     return {"dice": statistics.mean(dice), "s_per_step": per_step}
 
 
+def table(result: dict) -> str:
+    """docs/performance.md's table: each design's held-out Dice (mean ± deviation over seeds), FLOPs and step time."""
+    lines = [f"| design | held-out Dice ({result['seeds']} seeds) | decoder GFLOP per slice (forward, {result['size']}²) | s per step |",
+             "|---|---|---|---|"]  # fmt: skip
+    for design, runs in result["runs"].items():
+        dice = [r["dice"] for r in runs]
+        step = statistics.mean(r["s_per_step"] for r in runs)
+        lines.append(f"| {LABELS[design]} | {statistics.mean(dice):.3f} ± {statistics.pstdev(dice):.3f} | {result['gflop_per_slice'][design]:.2f} | {step:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS, help="the designs to run (the exit check needs keep-first)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,15 +145,19 @@ def main() -> None:
         manifest = CacheManifest.read(Path(tmp) / "cache")
         loaded = [load_case(Path(tmp) / "cache", n) for n in manifest.cases]
         classes = len(manifest.class_names)
-        results = {}
+        results, gflops = {}, {}
         for design in args.designs:
             runs = [run(design, loaded[:8], loaded[8:], classes, args.steps, seed) for seed in range(args.seeds)]
             flops = sum(_decoder(design, classes).level_flops(1, *(((4, 4) if design == "pool-16" else (16, 16)))))
             results[design] = runs
+            gflops[design] = flops / 1e9
             dice = [r["dice"] for r in runs]
             print(f"{design:<11} held-out Dice {statistics.mean(dice):.3f} ± {statistics.pstdev(dice):.3f} "
                   f"({', '.join(f'{v:.3f}' for v in dice)}), {statistics.mean(r['s_per_step'] for r in runs):.3f} s/step, "
                   f"{flops / 1e9:.2f} GFLOP per slice forward", flush=True)  # fmt: skip
+    if args.json:
+        write_json(args.json, {**machine(), "steps": args.steps, "seeds": args.seeds, "size": SIZE, "runs": results, "gflop_per_slice": gflops})
+    print(table({"seeds": args.seeds, "size": SIZE, "runs": results, "gflop_per_slice": gflops}))
     if "keep-first" not in results:
         return
     best = max(statistics.mean(r["dice"] for r in v) for v in results.values())

@@ -88,11 +88,12 @@ def costs() -> dict:
     from sam3dseg.data.preprocess import PreprocessConfig
     from sam3dseg.data.synthetic import write_dataset
     from sam3dseg.data.volumes import read_channels
-    from sam3dseg.model.encoder import EncoderInfo, build_encoder
-    from sam3dseg.pipeline.cache import build_cache
+    from sam3dseg.model.registry import EncoderInfo, build_encoder
+    from sam3dseg.pipeline.caching.cache import build_cache
     from sam3dseg.pipeline.config import load_run_config
-    from sam3dseg.pipeline.predict import FolderOutputs, load_predictor, predict_folder
-    from sam3dseg.pipeline.train import train
+    from sam3dseg.pipeline.inference.predict import FolderOutputs, run_predict
+    from sam3dseg.pipeline.inference.predictor import load_predictor
+    from sam3dseg.pipeline.training.train import run_train
 
     record = {"machine": machine(), "encoder": "vit_b at 256, random weights"}
     encoder = build_encoder("vit_b", 256, None)
@@ -115,7 +116,7 @@ def costs() -> dict:
         runs = []
         for seed in range(3):
             settings = ["train.epochs=1", "train.steps_per_epoch=2", f"train.seed={seed}"]
-            train(tmp / "cache0", tmp / f"run{seed}", load_run_config(None, settings), progress=False, log=None)
+            run_train(tmp / "cache0", tmp / f"run{seed}", load_run_config(None, settings), progress=False, log=None)
             runs.append(tmp / f"run{seed}" / "best.pt")
         one, three = load_predictor(runs[0]), load_predictor(runs)
         inputs = tmp / "ds" / "imagesTr"
@@ -128,7 +129,7 @@ def costs() -> dict:
             encode.append(time.perf_counter() - start)
             for predictor, times in ((one, t1), (three, t3)):
                 start = time.perf_counter()
-                predict_folder(predictor, inputs, tmp / "pred", FolderOutputs(overwrite=True), progress=False)
+                run_predict(predictor, inputs, tmp / "pred", FolderOutputs(overwrite=True), progress=False)
                 times.append(time.perf_counter() - start)
         decoder = max(min(t1) - min(encode), 0.0)
         expected = min(t1) + 2 * decoder

@@ -33,11 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _shared import alternate, cpu_name  # noqa: E402
+from _shared import alternate, cpu_name, machine  # noqa: E402
 from tinyvit_reference import reference_tinyvit  # noqa: E402
 
 from sam3dseg.common.files import write_json  # noqa: E402
-from sam3dseg.model.encoder import build_encoder, encode_slices, resolve_checkpoint  # noqa: E402
+from sam3dseg.model.encoder import encode_slices  # noqa: E402
+from sam3dseg.model.registry import resolve_checkpoint  # noqa: E402
+from sam3dseg.model.registry import build_encoder
 
 GOAL = 1.5
 
@@ -75,6 +77,18 @@ def per_slice(repeats: int, slices: int = 2) -> list[dict]:
         print(f"{name} at {size}²: {rows[-1]['s_per_slice']:.2f} s per slice, {grid} × {grid} tokens, "
               f"fp16 features {rows[-1]['disk_kib_per_slice']:.0f} KiB per slice", flush=True)  # fmt: skip
     return rows
+
+
+def _size(kib: float) -> str:
+    return f"{kib:.0f} KiB" if kib < 1024 else f"{kib / 1024:.1f} MiB"
+
+
+def per_slice_table(result: dict) -> str:
+    """docs/performance.md's "Numbers to plan with": each encoder at its size, seconds and cached features a slice."""
+    lines = ["| encoder at its size | token grid | encode per slice | fp16 features per slice (cache disk) |", "|---|---|---|---|"]
+    for r in result["per_slice"]:
+        lines.append(f"| `{r['encoder']}` at {r['image_size']} | {r['grid']} × {r['grid']} | {r['s_per_slice']:.2f} s | {_size(r['disk_kib_per_slice'])} |")
+    return "\n".join(lines)
 
 
 def _area_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -132,13 +146,15 @@ def main() -> None:
         f"(median of {args.repeats}), speed-up ×{r['speedup']:.2f}, max |diff| {r['max_abs_diff']:.1e}",
         flush=True,
     )
-    results = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "reference": r}
+    results = {**machine(), "reference": r}
     if args.per_slice:
         results["per_slice"] = per_slice(max(1, args.repeats // 2))
     if args.resize:
         results["resize"] = resize_filters()
     if args.json:
         write_json(args.json, results)
+    if args.per_slice:
+        print(per_slice_table(results))
     if r["speedup"] < 1.0 or r["max_abs_diff"] > 1e-4:
         print(f"FAIL: ours ×{r['speedup']:.2f} against the reference, max |diff| {r['max_abs_diff']:.1e} (must be >= ×1.0 and <= 1e-4)")
         sys.exit(1)

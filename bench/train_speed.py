@@ -13,7 +13,7 @@ supervision, AdamW, gradient clipping) for:
 
 The features are random (a step's cost does not depend on their values), stored as ``sam3dseg cache``
 stores them (fp16, with the uint8 image of the image path) and drawn by the training sampler
-(:func:`~sam3dseg.pipeline.samples.sample_batch`), so reading the crop from disk is timed too. Each mode
+(:func:`~sam3dseg.pipeline.training.samples.sample_batch`), so reading the crop from disk is timed too. Each mode
 runs in its own process, the modes alternated over ``--rounds`` (A B C D A B C D); the figure is the
 median step. Exits 1 when the default (``grid_stride`` auto) is slower than ``--goal`` × ViT-B's step.
 
@@ -38,7 +38,7 @@ from sam3dseg.common.files import save_tensors, write_json
 from sam3dseg.model.losses import LossConfig, build_loss
 from sam3dseg.pipeline.config import AUTO_GRID, DecoderConfig, TrainConfig, resolve_crop_tokens, resolve_grid_stride
 from sam3dseg.pipeline.model_file import build_decoder
-from sam3dseg.pipeline.samples import CaseStore, Sampling, sample_batch
+from sam3dseg.pipeline.training.samples import CaseStore, Sampling, sample_batch
 
 SIZE = 256
 MODES = {"vit_b": (16, 16), "lite_medsam@4": (4, 4), "lite_medsam@8": (4, 8), "lite_medsam@16": (4, 16)}  # (encoder stride, grid stride)

@@ -32,11 +32,13 @@ from pathlib import Path
 
 import torch
 
+from _shared import machine
 from sam3dseg.common.files import save_tensors, write_json
 from sam3dseg.model.decoder import SAM3DDecoder
-from sam3dseg.model.encoder import build_encoder, encode_volume, to_encoder_input
+from sam3dseg.model.encoder import encode_volume, to_encoder_input
 from sam3dseg.model.losses import deep_supervision_loss
-from sam3dseg.pipeline.samples import CaseStore, Sampling, sample_batch
+from sam3dseg.model.registry import build_encoder
+from sam3dseg.pipeline.training.samples import CaseStore, Sampling, sample_batch
 
 
 def _child(mode: str, args: argparse.Namespace) -> dict:
@@ -129,7 +131,7 @@ def main() -> None:
     print(f"speed-up of training on cached features: ×{ratio:.2f} against our encoder on the fly, "
           f"×{ratio_official:.2f} against the official one (the original SAM3D); goal ≥ {args.goal:g}")
     if args.json:
-        result = {"runs": runs, "summary": summary, "speedup": ratio, "speedup_official": ratio_official}
+        result = {**machine(), "runs": runs, "summary": summary, "speedup": ratio, "speedup_official": ratio_official}
         write_json(args.json, result)
     if ratio < args.goal:
         print(f"BELOW GOAL: ×{ratio:.2f} < ×{args.goal:g} (the decoder's own step bounds it; docs/performance.md, 'Speed')")

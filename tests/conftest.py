@@ -1,8 +1,15 @@
+import os
+
 import pytest
 import torch
 from helpers import make_cache
 
 from sam3dseg.model.vit import EncoderSpec
+
+# Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each takes its share of
+# threads, so two workers on two cores do not each start two and contend.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +39,7 @@ def trained_tiny(tmp_path_factory):
     """
     from sam3dseg.data.synthetic import write_dataset
     from sam3dseg.pipeline.config import load_run_config
-    from sam3dseg.pipeline.train import train
+    from sam3dseg.pipeline.training.train import run_train
 
     root = tmp_path_factory.mktemp("trained")
     ds = write_dataset(root / "ds", 10, "nnunet", seed=1)
@@ -40,7 +47,7 @@ def trained_tiny(tmp_path_factory):
     config = load_run_config(
         None, ["train.epochs=3", "train.steps_per_epoch=15", "train.crop_depth=8", "decoder.channels=[32,32,16,16]"]
     )
-    result = train(root / "cache", root / "run", config, progress=False)
+    result = run_train(root / "cache", root / "run", config, progress=False)
     return {"dataset": ds, "cache": root / "cache", "run": root / "run", "result": result, "config": config}
 
 

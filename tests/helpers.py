@@ -10,7 +10,7 @@ import json
 import torch
 
 from sam3dseg.data.preprocess import PreprocessConfig
-from sam3dseg.model.encoder import EncoderInfo
+from sam3dseg.model.registry import EncoderInfo
 from sam3dseg.model.vit import EncoderSpec, SAMImageEncoder
 from sam3dseg.pipeline.config import load_run_config
 from sam3dseg.pipeline.model_file import ModelFile, build_decoder
@@ -32,8 +32,8 @@ def tiny_encoder(image_size: int = 64, seed: int = 0) -> SAMImageEncoder:
 def make_cache(dataset_dir, cache_dir, image_size: int = 64, seed: int = 0, preprocess=None, precision: str = "fp32", **kwargs):
     """Encode a dataset folder with the tiny encoder (in ``precision``); returns the build summary."""
     from sam3dseg.data.datasets import load_dataset
-    from sam3dseg.model.encoder import set_precision
-    from sam3dseg.pipeline.cache import build_cache
+    from sam3dseg.model.registry import set_precision
+    from sam3dseg.pipeline.caching.cache import build_cache
 
     enc = set_precision(tiny_encoder(image_size, seed), precision)
     info = EncoderInfo.of(enc, None)

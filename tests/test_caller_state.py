@@ -7,7 +7,7 @@ import torch
 from helpers import TINY_RUN, make_cache
 
 from sam3dseg.pipeline.config import load_run_config
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.training.train import run_train
 
 
 def test_training_leaves_the_global_generator_alone(generated_dataset, tmp_path):
@@ -15,7 +15,7 @@ def test_training_leaves_the_global_generator_alone(generated_dataset, tmp_path)
     torch.manual_seed(1234)
     expected = torch.rand(3)
     torch.manual_seed(1234)
-    train(tmp_path / "c", tmp_path / "r", load_run_config(None, TINY_RUN), progress=False, log=None)
+    run_train(tmp_path / "c", tmp_path / "r", load_run_config(None, TINY_RUN), progress=False, log=None)
     assert torch.equal(torch.rand(3), expected)
 
 

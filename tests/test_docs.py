@@ -129,3 +129,43 @@ def test_every_figure_names_a_bench_that_exists_and_its_file():
         if result != "none yet":
             files = sorted((ROOT / "bench" / "results").glob(re.search(r"bench/results/([^`]+)", result)[1].replace("{set}", "*").replace("{budget}", "*")))
             assert files, row
+
+
+# Tables a bench renders from its result file (its ``table(result)``), and the page that quotes each verbatim.
+TABLES = [
+    ("cpu_speed", "cpu_speed.json", "performance.md"),
+    ("predict_ct", "predict_ct.json", "performance.md"),
+    ("precision_dice", "precision_dice.json", "performance.md"),
+]
+
+
+def _result(name: str) -> dict:
+    return json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("bench, result, page", TABLES)
+def test_each_table_is_its_benchs(bench, result, page):
+    """A figure in a table is its result file's: the page holds the bench's table of that file verbatim (the CT's
+    read + preprocess + write once said 0.7 s where the file's stages sum to 0.6)."""
+    made = _load(ROOT / "bench" / f"{bench}.py", bench).table(_result(result))
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    assert made in text, f"docs/{page} differs from bench/results/{result}: run bench/{bench}.py's table and paste it"
+    assert f"`bench/results/{result}`" in text  # the page names its source
+
+
+def test_the_onnx_and_gpu_prose_quote_their_files():
+    """The ONNX Runtime comparison and the GPU figures in docs/performance.md are onnx_peer.json's and gpu.json's."""
+    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    onnx = {r["image_size"]: r for r in _result("onnx_peer.json")["results"]}
+    for size in (512, 1024):
+        r = onnx[size]
+        assert f"×{r['speedup']:.2f}" in prose and f"{r['ours_median_s']:.2f} s against {r['onnxruntime_median_s']:.2f} s" in prose, size
+    assert f"ONNX Runtime {onnx[512]['onnxruntime'].rsplit('.', 1)[0]}" in prose
+    gpu = _result("gpu.json")
+    s = {(e["encoder"], e["image_size"], e["precision"]): e.get("s_per_slice") for e in gpu["encoders"]}
+    assert f"On an {gpu['gpu']}" in prose
+    assert (f"ViT-B at 1024² takes {s['vit_b', 1024, 'fp32']:.3f} s a slice in fp32 (TF32 off), {s['vit_b', 1024, 'bf16']:.3f} s in "
+            f"bf16 (×{s['vit_b', 1024, 'fp32'] / s['vit_b', 1024, 'bf16']:.1f}) and {s['vit_b', 1024, 'int8']:.3f} s in int8") in prose
+    at512 = " / ".join(f"{1000 * s['vit_b', 512, p]:.1f}" for p in ("fp32", "bf16", "int8"))
+    assert f"at 512², {at512} ms" in prose
+    assert f"LiteMedSAM at 256², {1000 * s['lite_medsam', 256, 'fp32']:.1f} ms fp32 and {1000 * s['lite_medsam', 256, 'bf16']:.1f} ms bf16" in prose

@@ -80,9 +80,65 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_training_and_prediction_never_import_each_other():
     graph = _imports()
-    assert "sam3dseg.pipeline.train" not in _reachable(graph, "sam3dseg.pipeline.predict")
-    assert "sam3dseg.pipeline.predict" not in _reachable(graph, "sam3dseg.pipeline.train")
+    training = {m for m in graph if m.startswith("sam3dseg.pipeline.training")}
+    inference = {m for m in graph if m.startswith("sam3dseg.pipeline.inference")}
+    assert training and inference
+    for start in inference:
+        assert not training & _reachable(graph, start), start
+    for start in training:
+        assert not inference & _reachable(graph, start), start
     assert not any("sam3dseg.cli" in targets for m, targets in graph.items() if m != "sam3dseg.__main__")
+
+
+# The stages of pipeline/, one subpackage each, and the entry point each defines (run_<stage>), in flow order;
+# beside them only modules that several stages share.
+STAGES = {
+    "planning": "run_plan",
+    "caching": "run_cache",
+    "training": "run_train",
+    "postprocessing": "run_postprocess",
+    "inference": "run_predict",
+    "evaluation": "run_evaluate",
+}
+SHARED = {"config", "model_file", "windows", "metrics"}
+
+
+def _defined(package: Path) -> dict[str, str]:
+    """``{top-level function name: module file}`` of the modules under ``package``."""
+    found = {}
+    for path in package.rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef):
+                found[node.name] = path.name
+    return found
+
+
+def test_pipeline_shows_the_stages_each_with_one_entry_point():
+    pipeline = PACKAGE / "pipeline"
+    packages = {p.name for p in pipeline.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in pipeline.glob("*.py")} - {"__init__"}
+    assert packages == set(STAGES) and modules == SHARED, (packages, modules)
+    for stage, entry in STAGES.items():
+        defined = _defined(pipeline / stage)
+        assert entry in defined, f"pipeline/{stage} has no {entry}"
+        entries = sorted(n for n in defined if n.startswith("run_"))
+        assert entries == [entry], f"pipeline/{stage}: one entry point named run_*, found {entries}"
+        assert entry in (pipeline / stage / "__init__.py").read_text(encoding="utf-8")  # its docstring names it
+    assert not [n for n in _defined(pipeline) if n.startswith("run_") and n not in STAGES.values()]
+
+
+def test_shared_modules_are_used_by_several_stages():
+    graph = _imports()
+    for module in SHARED:
+        users = {m.split(".")[2] for m, targets in graph.items() if f"sam3dseg.pipeline.{module}" in targets and m.count(".") >= 3}
+        assert len(users & set(STAGES)) >= 2, f"pipeline/{module}.py serves {sorted(users)}: move it beside its stage"
+
+
+def test_the_model_computes_and_never_searches_disks():
+    """model/ reads a checkpoint by the path it is given; finding a recorded file again is the pipeline's."""
+    for path in (PACKAGE / "model").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert ".is_file()" not in text and ".exists()" not in text and "UserError(f\"{source}" not in text, path.name
 
 
 def test_no_import_cycle():
@@ -142,3 +198,13 @@ def test_benchmark_starts(script, bench_help):
     """``bench/X.py --help`` runs: a benchmark cannot rot unseen when the package moves."""
     code, out, error = bench_help[script]
     assert code == 0 and "usage:" in out, error[-2000:]
+
+
+def test_no_function_is_over_sixty_lines():
+    """A function a reader cannot see whole on one screen is doing more than one job (the house's rule)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -121,7 +121,7 @@ def test_the_speed_section_states_what_cpu_speed_measured():
 def test_the_encoder_table_is_the_registry():
     """Every row of the README's encoder table states the registry's stride, default size and normalisation, and
     every registered encoder has a row."""
-    from sam3dseg.model.encoder import ENCODERS
+    from sam3dseg.model.registry import ENCODERS
 
     text = README.read_text(encoding="utf-8")
     table = text[text.index("| name | architecture | stride |"):].split("\n\n")[0].splitlines()[2:]

@@ -13,8 +13,9 @@ from sam3dseg.cli import main
 from sam3dseg.data.volumes import Geometry, read_volume, write_volume
 from sam3dseg.errors import UserError, summarise
 from sam3dseg.pipeline.config import PredictConfig
+from sam3dseg.pipeline.inference.predict import run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.predict import Predictor, predict_folder
 
 
 def _errors(capsys) -> list[str]:
@@ -142,7 +143,7 @@ def test_predict_failing_on_its_first_case_creates_no_folder(bad, generated_data
 
         sitk.WriteImage(sitk.GetImageFromArray(image[0]), str(tmp_path / "in.nii.gz"))
     with pytest.raises(UserError, match="NaN/Inf" if bad == "nan" else "2-D image"):
-        predict_folder(Predictor(tiny_model_file(), tiny_encoder()), tmp_path / "in.nii.gz", tmp_path / "out" / "deeper", progress=False)
+        run_predict(Predictor(tiny_model_file(), tiny_encoder()), tmp_path / "in.nii.gz", tmp_path / "out" / "deeper", progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -167,7 +168,7 @@ def test_predict_warns_in_one_line_naming_what_differs(tmp_path):
     hu, geometry = _ct_case()
     write_volume(hu, geometry, tmp_path / "ct.nii.gz")
     said = []
-    predict_folder(Predictor(_mr_model(), tiny_encoder()), tmp_path / "ct.nii.gz", tmp_path / "out", progress=False, log=said.append)
+    run_predict(Predictor(_mr_model(), tiny_encoder()), tmp_path / "ct.nii.gz", tmp_path / "out", progress=False, log=said.append)
     warnings = [line for line in said if line.startswith("warning: case ct does not look like")]
     assert len(warnings) == 1 and len(said) == 1
     assert "MR intensities -1000.." in warnings[0] and "training 0..800" in warnings[0]
@@ -175,7 +176,7 @@ def test_predict_warns_in_one_line_naming_what_differs(tmp_path):
     assert (tmp_path / "out" / "ct.nii.gz").is_file()  # still predicted
 
     with pytest.raises(UserError, match="case ct does not look like .*--strict refuses it"):
-        predict_folder(Predictor(_mr_model(), tiny_encoder(), PredictConfig(strict=True)), tmp_path / "ct.nii.gz", tmp_path / "strict", progress=False)
+        run_predict(Predictor(_mr_model(), tiny_encoder(), PredictConfig(strict=True)), tmp_path / "ct.nii.gz", tmp_path / "strict", progress=False)
     assert not (tmp_path / "strict").exists()
 
 
@@ -184,7 +185,7 @@ def test_predict_is_silent_on_data_like_the_training_data(tmp_path):
     mr = rng.uniform(0, 780, (12, 40, 40)).astype(np.float32)
     write_volume(mr, Geometry((1.1, 0.9, 1.2), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "mr.nii.gz")
     said = []
-    predict_folder(Predictor(_mr_model(), tiny_encoder(), PredictConfig(strict=True)), tmp_path / "mr.nii.gz", tmp_path / "out",
+    run_predict(Predictor(_mr_model(), tiny_encoder(), PredictConfig(strict=True)), tmp_path / "mr.nii.gz", tmp_path / "out",
                    progress=False, log=said.append)  # fmt: skip
     assert said == [] and (tmp_path / "out" / "mr.nii.gz").is_file()
 
@@ -201,7 +202,7 @@ def test_the_modality_a_file_states_is_compared(tmp_path):
     assert file_modality(tmp_path / "ct.mha") == "CT" and file_modality(tmp_path / "plain.mha") is None
     predictor = Predictor(tiny_model_file(), tiny_encoder(), PredictConfig(strict=True))  # no fingerprint
     with pytest.raises(UserError, match="the file says CT, the model was trained on MR"):
-        predict_folder(predictor, tmp_path / "ct.mha", tmp_path / "out", progress=False)
+        run_predict(predictor, tmp_path / "ct.mha", tmp_path / "out", progress=False)
 
 
 @pytest.mark.slow
@@ -246,7 +247,7 @@ def test_summarise_keeps_the_first_sentence_and_whole_words():
 
 def test_without_monai_the_error_comes_before_any_warning(generated_dataset, tmp_path, capsys, monkeypatch):
     """`cache --views K` without MONAI ends at the door: no RANDOM-weights warning first, no folder."""
-    import sam3dseg.pipeline.cache as cache
+    import sam3dseg.pipeline.caching.cache as cache
 
     def missing() -> str:
         raise UserError("augmented views (--views above 0) need MONAI: pip install 'sam3dseg[views]'")

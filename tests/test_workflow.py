@@ -9,11 +9,12 @@ from helpers import make_cache, tiny_encoder
 
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.pipeline.config import PredictConfig, load_run_config
-from sam3dseg.pipeline.evaluate import evaluate_folders
+from sam3dseg.pipeline.evaluation.evaluate import run_evaluate
+from sam3dseg.pipeline.inference.predict import run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.postprocess import postprocess_runs
-from sam3dseg.pipeline.predict import Predictor, predict_folder
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.postprocessing.postprocess import run_postprocess
+from sam3dseg.pipeline.training.train import run_train
 
 
 @pytest.mark.slow
@@ -37,20 +38,20 @@ def test_three_folds_postprocessing_ensemble_evaluate(tmp_path):
     for k, run in enumerate(runs):
         config = load_run_config(None, [f"train.fold={k}", "train.num_folds=3", "train.epochs=3", "train.steps_per_epoch=15",
                                         "train.crop_depth=8", "decoder.channels=[32,32,16,16]"])  # fmt: skip
-        stages[f"fold {k} validation"] = train(tmp_path / "cache", run, config, progress=False, log=None)["best_dice"]
+        stages[f"fold {k} validation"] = run_train(tmp_path / "cache", run, config, progress=False, log=None)["best_dice"]
     assert sorted(n for r in runs for n in load_model_file(r / "best.pt").split["val"]) == [f"case_{i:03d}" for i in range(9)]
 
-    decision = postprocess_runs(runs, log=lambda _: None)
+    decision = run_postprocess(runs, log=lambda _: None)
     stages["post-processing (all folds)"] = f"{decision.to_dict()}"
     members = [load_model_file(r / "best.pt") for r in runs]
     for k, member in enumerate(members):
         out = tmp_path / f"pred_{k}"
-        predict_folder(Predictor(member, tiny_encoder(64)), test / "images", out, progress=False)
-        stages[f"fold {k} alone, test"] = evaluate_folders(out, test / "labels", out, progress=False, log=None)["mean_dice"]
+        run_predict(Predictor(member, tiny_encoder(64)), test / "images", out, progress=False)
+        stages[f"fold {k} alone, test"] = run_evaluate(out, test / "labels", out, progress=False, log=None)["mean_dice"]
     for name, post in (("ensemble, test, raw", False), ("ensemble, test, post-processed", True)):
         out = tmp_path / name.replace(", ", "_").replace(" ", "_")
-        predict_folder(Predictor(members, tiny_encoder(64), PredictConfig(postprocess=post)), test / "images", out, progress=False)
-        stages[name] = evaluate_folders(out, test / "labels", out, progress=False, log=None)["mean_dice"]
+        run_predict(Predictor(members, tiny_encoder(64), PredictConfig(postprocess=post)), test / "images", out, progress=False)
+        stages[name] = run_evaluate(out, test / "labels", out, progress=False, log=None)["mean_dice"]
     for stage, value in stages.items():
         print(f"{stage:<34} {value if isinstance(value, str) else f'{value:.4f}'}")
     alone = [stages[f"fold {k} alone, test"] for k in range(3)]

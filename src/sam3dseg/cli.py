@@ -18,23 +18,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .common.runtime import init_distributed, is_main_process
 from .common.files import DATA_WHEELS, check_output_folder, install_data_wheels, read_json
+from .common.runtime import init_distributed, is_main_process
 from .common.settings import format_settings, load_settings
 from .data.anatomy import ABDOMEN, STRUCTURES, AnatomyConfig, write_anatomy_dataset
 from .data.augment import AugmentConfig
-from .data.preprocess import PreprocessConfig
 from .data.datasets import load_dataset, require_valid
+from .data.preprocess import PreprocessConfig
 from .demo import DemoConfig, run_demo
 from .errors import UserError
-from .pipeline.cache import run_cache
+from .pipeline.caching.cache import run_cache
 from .pipeline.config import CacheConfig, EvaluateConfig, PlanConfig, PredictConfig, RunConfig, TrainConfig, recipe_and_plan
-from .pipeline.evaluate import evaluate_folders
-from .pipeline.plan import run_plan
-from .pipeline.postprocess import postprocess_runs
-from .pipeline.recipes import RECIPES, describe_recipes
-from .pipeline.predict import OUTPUT_TYPES, FolderOutputs, load_predictor, predict_folder, process_share
-from .pipeline.train import train
+from .pipeline.evaluation.evaluate import run_evaluate
+from .pipeline.inference.predict import OUTPUT_TYPES, FolderOutputs, process_share, run_predict
+from .pipeline.inference.predictor import load_predictor
+from .pipeline.planning.plan import run_plan
+from .pipeline.planning.recipes import RECIPES, describe_recipes
+from .pipeline.postprocessing.postprocess import run_postprocess
+from .pipeline.training.train import run_train
 
 EPILOG_CACHE = """\
 Every case is preprocessed (reoriented so slices run along --slicing-axis, intensities
@@ -499,7 +500,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     config = resolve_settings(args)
-    summary = train(args.cache, args.out, config, progress=not args.quiet)
+    summary = run_train(args.cache, args.out, config, progress=not args.quiet)
     if is_main_process():
         if summary["val_cases"]:
             print(f"run {args.out}: best validation Dice {summary['best_dice']:.4f}; model in {args.out / 'best.pt'}")
@@ -526,7 +527,7 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def _cmd_postprocess(args: argparse.Namespace) -> None:
-    postprocess_runs(args.runs)
+    run_postprocess(args.runs)
 
 
 def _fold(text: str) -> int | str | None:
@@ -551,7 +552,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     rank, world = init_distributed()  # under torchrun: the ranks share the cases, each loads the model once
     predictor = load_predictor(args.model, args.checkpoint, config)
     share = process_share(args.part, rank, world)
-    result = predict_folder(predictor, args.input, args.out, outputs, progress=not args.quiet, share=share)
+    result = run_predict(predictor, args.input, args.out, outputs, progress=not args.quiet, share=share)
     skipped = f", {len(result['skipped'])} already done by this same run (resumed)" if result["skipped"] else ""
     who = f"[rank {rank}] " * (world > 1) + (f"part {args.part[0] + 1}/{args.part[1]}: " if args.part[1] > 1 else "")
     print(f"{who}predicted {len(result['written'])} case(s) into {result['out']}{skipped}")
@@ -561,9 +562,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = resolve_settings(args)
     if args.images is not None and not (config.png or config.html):
         raise UserError("--images is drawn on by --png and --html: give one of them too, or leave --images out")
-    summary = evaluate_folders(args.pred, args.ref, args.out or args.pred, args.labels, config, args.images, progress=not args.quiet)
+    summary = run_evaluate(args.pred, args.ref, args.out or args.pred, args.labels, config, args.images, progress=not args.quiet)
     if args.raw is not None:
-        raw = evaluate_folders(args.raw, args.ref, args.raw, args.labels, replace(config, png=False, html=False), progress=False, log=None)
+        raw = run_evaluate(args.raw, args.ref, args.raw, args.labels, replace(config, png=False, html=False), progress=False, log=None)
         per_class = ", ".join(f"{n} {raw['per_class'][n]['dice']:.4f} -> {e['dice']:.4f}" for n, e in summary["per_class"].items())
         print(f"post-processing: mean Dice {raw['mean_dice']:.4f} without ({args.raw}), {summary['mean_dice']:.4f} with; {per_class}")
 

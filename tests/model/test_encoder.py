@@ -8,18 +8,10 @@ import torch
 import torch.nn.functional as F
 from sam_reference import official_encoder, randomize_
 
-from sam3dseg.model.encoder import (
-    ENCODERS,
-    PIXEL_MEAN,
-    PIXEL_STD,
-    SAMImageEncoder,
-    build_encoder,
-    count_parameters,
-    encode_slices,
-    load_checkpoint,
-    to_encoder_input,
-)
 from sam3dseg.errors import CheckpointError, UserError
+from sam3dseg.model.encoder import PIXEL_MEAN, PIXEL_STD, count_parameters, encode_slices, to_encoder_input
+from sam3dseg.model.vit import SAMImageEncoder
+from sam3dseg.model.registry import ENCODERS, build_encoder, load_checkpoint
 
 
 def _official_like(spec, img_size):

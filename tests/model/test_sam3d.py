@@ -8,7 +8,8 @@ import torch
 from sam_reference import randomize_
 
 from sam3dseg import SAM3D, SAM3DDecoder, deep_supervision_loss
-from sam3dseg.model.encoder import SAMImageEncoder, to_encoder_input
+from sam3dseg.model.encoder import to_encoder_input
+from sam3dseg.model.vit import SAMImageEncoder
 
 
 @pytest.fixture

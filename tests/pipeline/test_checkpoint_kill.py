@@ -10,8 +10,8 @@ from helpers import TINY_RUN, make_cache
 
 from sam3dseg.pipeline.config import load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.postprocess import load_validation, validation_folder
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.postprocessing.postprocess import load_validation, validation_folder
+from sam3dseg.pipeline.training.train import run_train
 
 SETTINGS = [*TINY_RUN, "train.steps_per_epoch=4", "decoder.pixel_skip=false"]
 
@@ -45,9 +45,9 @@ def reference(generated_dataset, tmp_path_factory):
     """One epoch trained, and the same run continued to a second, uninterrupted; the second epoch must improve."""
     root = tmp_path_factory.mktemp("kill")
     make_cache(generated_dataset, root / "cache", image_size=32)
-    train(root / "cache", root / "one", _config(1), progress=False, log=None)
+    run_train(root / "cache", root / "one", _config(1), progress=False, log=None)
     shutil.copytree(root / "one", root / "two")
-    train(root / "cache", root / "two", _config(2), progress=False, log=None)
+    run_train(root / "cache", root / "two", _config(2), progress=False, log=None)
     history = load_model_file(root / "two" / "last.pt").history
     assert history[1]["val_dice"] > history[0]["val_dice"]  # the save under test writes a new best.pt
     return root
@@ -72,13 +72,13 @@ def test_a_kill_at_each_write_leaves_the_checkpoints_consistent(reference, monke
 
         monkeypatch.setattr(os, "replace", replace)
         try:
-            train(root / "cache", run, _config(2), progress=False, log=None)
+            run_train(root / "cache", run, _config(2), progress=False, log=None)
             finished = True
         except Killed:
             finished = False
         monkeypatch.setattr(os, "replace", real)
         _consistent(run, len(final.split["val"]))
-        train(root / "cache", run, _config(2), progress=False, log=None)  # resumed
+        run_train(root / "cache", run, _config(2), progress=False, log=None)  # resumed
         _consistent(run, len(final.split["val"]))
         best = load_model_file(run / "best.pt")
         assert best.epoch == final.epoch and best.best_dice == final.best_dice

@@ -10,7 +10,7 @@ from helpers import TINY_RUN, make_cache
 from sam3dseg.cli import main
 from sam3dseg.model import precision
 from sam3dseg.model.precision import resolve_precision
-from sam3dseg.pipeline import cache as cache_module
+from sam3dseg.pipeline.caching import cache as cache_module
 from sam3dseg.pipeline.model_file import load_model_file
 
 

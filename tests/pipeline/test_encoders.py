@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sam3dseg.cli import main
-from sam3dseg.pipeline.manifest import CacheManifest
+from sam3dseg.pipeline.caching.manifest import CacheManifest
 from sam3dseg.pipeline.model_file import load_model_file
 
 
@@ -81,8 +81,8 @@ def test_normalisation_enters_the_cache_key(generated_dataset):
     """The same encoder fed SAM's mean/std instead of min-max gives other features: another key, no mixing."""
     from sam3dseg.data.datasets import load_dataset
     from sam3dseg.data.preprocess import PreprocessConfig
-    from sam3dseg.model.encoder import EncoderInfo, build_encoder, resolve_checkpoint
-    from sam3dseg.pipeline.cache import case_key
+    from sam3dseg.model.registry import EncoderInfo, build_encoder, resolve_checkpoint
+    from sam3dseg.pipeline.caching.cache import case_key
 
     case = load_dataset(generated_dataset).cases[0]
     ckpt = resolve_checkpoint("lite_medsam", None)

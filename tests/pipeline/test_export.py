@@ -15,8 +15,9 @@ from sam3dseg.common.plots import class_rgb
 from sam3dseg.data.dicom import write_dicom_series
 from sam3dseg.data.volumes import Geometry, read_volume, write_volume
 from sam3dseg.pipeline.config import PredictConfig
-from sam3dseg.pipeline.export import anatomy_code, dicom_series_files, structure_statistics
-from sam3dseg.pipeline.predict import FolderOutputs, Predictor, predict_folder
+from sam3dseg.pipeline.inference.export import anatomy_code, dicom_series_files, structure_statistics
+from sam3dseg.pipeline.inference.predict import FolderOutputs, run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 
 NAMES = ["background", "a", "b"]  # tiny_model_file's classes
 POSED = Geometry((0.8, 0.9, 2.5), (12.0, -30.0, 40.0), tuple(sitk.VersorTransform((0.3, 0.2, 1.0), 0.4).GetMatrix()))
@@ -76,7 +77,7 @@ def nifti_inputs(tmp_path):
 def test_masks_statistics_and_viewer_files(nifti_inputs, tmp_path):
     out = tmp_path / "out"
     outputs = FolderOutputs(masks=True, statistics=True, viewer=True)
-    assert sorted(predict_folder(_predictor(), nifti_inputs, out, outputs, progress=False)["written"]) == ["p1", "p2"]
+    assert sorted(run_predict(_predictor(), nifti_inputs, out, outputs, progress=False)["written"]) == ["p1", "p2"]
     label, geometry = read_volume(out / "p1.nii.gz")
     assert set(np.unique(label)) == {0, 1, 2}
     # one mask per structure, on the label's grid, summing back to the label map
@@ -107,9 +108,9 @@ def test_masks_statistics_and_viewer_files(nifti_inputs, tmp_path):
     assert [(int(r[0]), tuple(map(int, r[1:4])), " ".join(r[7:]).strip('"')) for r in rows] == [
         (0, (0, 0, 0), "Clear Label"), (1, class_rgb(1), "a"), (2, class_rgb(2), "b")]  # fmt: skip
     # a rerun resumes: every file asked for is there; without the masks folder, the case is predicted again
-    assert predict_folder(_predictor(), nifti_inputs, out, outputs, progress=False)["skipped"] == ["p1", "p2"]
+    assert run_predict(_predictor(), nifti_inputs, out, outputs, progress=False)["skipped"] == ["p1", "p2"]
     shutil.rmtree(out / "p2")
-    assert predict_folder(_predictor(), nifti_inputs, out, outputs, progress=False)["written"] == ["p2"]
+    assert run_predict(_predictor(), nifti_inputs, out, outputs, progress=False)["written"] == ["p2"]
 
 
 def _dciodvfy_errors(path) -> list[str]:
@@ -141,8 +142,8 @@ def _check_seg(seg_path, series, label, names):
 def test_dicom_seg_of_a_ct_series(tmp_path, capsys):
     series = write_dicom_series(_volume(0), POSED, tmp_path / "in" / "ct1")
     predictor = _predictor()
-    predict_folder(predictor, series, tmp_path / "nifti", progress=False, log=None)
-    written = predict_folder(predictor, series, tmp_path / "seg", FolderOutputs(output_type="dicom-seg"), progress=False, log=None)
+    run_predict(predictor, series, tmp_path / "nifti", progress=False, log=None)
+    written = run_predict(predictor, series, tmp_path / "seg", FolderOutputs(output_type="dicom-seg"), progress=False, log=None)
     assert written["written"] == ["ct1"] and (tmp_path / "seg" / "ct1.dcm").is_file()
     label, geometry = read_volume(tmp_path / "nifti" / "ct1.nii.gz")
     assert geometry.matches(POSED) and set(np.unique(label)) == {0, 1, 2}
@@ -150,7 +151,7 @@ def test_dicom_seg_of_a_ct_series(tmp_path, capsys):
     # a file is no DICOM series: one line, exit 2, nothing written
     write_volume(_volume(1), POSED, tmp_path / "file" / "x.nii.gz")
     with pytest.raises(Exception, match="needs DICOM series as input") as err:
-        predict_folder(predictor, tmp_path / "file", tmp_path / "seg2", FolderOutputs(output_type="dicom-seg"), progress=False)
+        run_predict(predictor, tmp_path / "file", tmp_path / "seg2", FolderOutputs(output_type="dicom-seg"), progress=False)
     assert type(err.value).__name__ == "UserError" and not (tmp_path / "seg2").exists()
 
 
@@ -176,8 +177,8 @@ def test_dicom_seg_of_the_real_ct(tmp_path):
     flipped = Geometry(geometry.spacing, last, tuple((np.reshape(geometry.direction, (3, 3)) @ np.diag([1.0, 1.0, -1.0])).ravel()))
     assert np.array_equal(back, crop[::-1]) and back_geometry.matches(flipped)
     predictor = _predictor()
-    predict_folder(predictor, series, tmp_path / "nifti", progress=False, log=None)
-    predict_folder(predictor, series, tmp_path / "seg", FolderOutputs(output_type="dicom-seg"), progress=False, log=None)
+    run_predict(predictor, series, tmp_path / "nifti", progress=False, log=None)
+    run_predict(predictor, series, tmp_path / "seg", FolderOutputs(output_type="dicom-seg"), progress=False, log=None)
     label, _ = read_volume(tmp_path / "nifti" / "lidc.nii.gz")
     _check_seg(tmp_path / "seg" / "lidc.dcm", series, label, NAMES)
 

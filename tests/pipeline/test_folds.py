@@ -9,9 +9,9 @@ from helpers import TINY_RUN, make_cache
 from sam3dseg.cli import main
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import load_run_config
-from sam3dseg.pipeline.folds import make_splits, select_cases
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.training.folds import make_splits, select_cases
+from sam3dseg.pipeline.training.train import run_train
 
 SMALL = TINY_RUN
 NAMES = [f"case_{i:03d}" for i in range(6)]
@@ -42,7 +42,7 @@ def cache(generated_dataset, tmp_path_factory):
 
 
 def test_a_fold_writes_the_splits_once_and_trains_on_them(cache, tmp_path):
-    result = train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1", "train.num_folds=3"]), progress=False)
+    result = run_train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1", "train.num_folds=3"]), progress=False)
     splits = json.loads((cache / "splits_final.json").read_text(encoding="utf-8"))
     assert splits == make_splits(NAMES, 3)
     assert (result["train_cases"], result["val_cases"]) == (splits[1]["train"], splits[1]["val"])
@@ -57,7 +57,7 @@ def test_a_users_splits_are_honoured(cache, tmp_path):
     mine = [{"train": NAMES[2:], "val": NAMES[:2]}, {"train": ["case_005", "case_000"], "val": ["case_003"]}]
     (cache / "splits_final.json").write_text(json.dumps(mine), encoding="utf-8")
     said = []
-    result = train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1"]), progress=False, log=said.append)
+    result = run_train(cache, tmp_path / "f1", load_run_config(None, [*SMALL, "train.fold=1"]), progress=False, log=said.append)
     assert result["train_cases"] == ["case_000", "case_005"] and result["val_cases"] == ["case_003"]
     # the file's 2 folds are the run's, recorded and said (train.num_folds=5, the default, shapes only a new file)
     assert load_model_file(tmp_path / "f1" / "best.pt").config.train.num_folds == 2

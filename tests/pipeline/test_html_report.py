@@ -9,7 +9,7 @@ import pytest
 
 from sam3dseg.cli import main
 from sam3dseg.data.volumes import read_volume, write_volume
-from sam3dseg.pipeline.html_report import REPORT, niivue_module_text
+from sam3dseg.pipeline.evaluation.html_report import REPORT, niivue_module_text
 
 
 def _browser() -> str:

@@ -7,7 +7,8 @@ from helpers import tiny_encoder, tiny_model_file
 
 from sam3dseg.data.volumes import Geometry, write_volume
 from sam3dseg.errors import UserError
-from sam3dseg.pipeline.predict import Predictor, collect_inputs, predict_folder
+from sam3dseg.pipeline.inference.predict import collect_inputs, run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 
 
 def _folder(root, names):
@@ -61,6 +62,6 @@ def test_amos_folder_predicts_one_segmentation_per_scan(tmp_path):
     geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     for name in ("amos_0001", "amos_0002"):
         write_volume(rng.uniform(0, 100, (6, 24, 24)).astype(np.float32), geometry, tmp_path / "in" / f"{name}.nii.gz")
-    result = predict_folder(Predictor(tiny_model_file(), tiny_encoder()), tmp_path / "in", tmp_path / "out", progress=False)
+    result = run_predict(Predictor(tiny_model_file(), tiny_encoder()), tmp_path / "in", tmp_path / "out", progress=False)
     assert sorted(result["written"]) == ["amos_0001", "amos_0002"]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["amos_0001.nii.gz", "amos_0002.nii.gz"]

@@ -8,7 +8,7 @@ import pytest
 
 from sam3dseg.data.augment import AugmentConfig
 from sam3dseg.errors import UserError
-from sam3dseg.pipeline.manifest import MANIFEST_VERSION, CacheManifest
+from sam3dseg.pipeline.caching.manifest import MANIFEST_VERSION, CacheManifest
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -8,7 +8,7 @@ import pytest
 
 from sam3dseg.cli import main
 from sam3dseg.data.volumes import Geometry, write_volume
-from sam3dseg.pipeline.evaluate import evaluate_folders
+from sam3dseg.pipeline.evaluation.evaluate import run_evaluate
 from sam3dseg.pipeline.metrics import class_metrics, summarise
 
 
@@ -113,7 +113,7 @@ def test_summary_json_is_in_nnunets_layout(tmp_path):
         cases[name] = (pred, ref)
         write_volume(ref, GEOMETRY, tmp_path / "ref" / f"{name}.nii.gz")
         write_volume(pred, GEOMETRY, tmp_path / "pred" / f"{name}.nii.gz")
-    ours = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", progress=False, log=None)
+    ours = run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", progress=False, log=None)
     nnunet = json.loads((tmp_path / "pred" / "summary.json").read_text(encoding="utf-8"))
     assert set(nnunet) == {"foreground_mean", "mean", "metric_per_case"} and set(nnunet["mean"]) == {"1", "2"}
     for entry, name in zip(nnunet["metric_per_case"], ("a", "b")):
@@ -146,7 +146,7 @@ def test_the_ignore_label_counts_for_no_class(tmp_path):
     write_volume(pred, GEOMETRY, tmp_path / "pred" / "a.nii.gz")
     labels = tmp_path / "dataset.json"
     labels.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}}), encoding="utf-8")
-    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", labels, progress=False, log=None)
+    summary = run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "pred", labels, progress=False, log=None)
     assert set(summary["per_class"]) == {"a", "b"}
     assert (ref[:, 4:] == 1).any() and (ref[:, 4:] == 2).any()
     assert summary["per_class"]["a"]["dice"] == summary["per_class"]["b"]["dice"] == 1.0  # exact outside the ignored part
@@ -223,7 +223,7 @@ def test_summary_flags_a_class_never_found(tmp_path, capsys):
 def test_a_never_found_class_reads_inf_in_every_table():
     """The evaluate table and the demo's summary show a class every case missed as HD95 `inf` (what
     metrics.csv holds per case), a class no case holds as `n/a`, never `nan`."""
-    from sam3dseg.pipeline.evaluate import hd95_text
+    from sam3dseg.pipeline.evaluation.evaluate import hd95_text
 
     assert hd95_text({"hd95": float("nan"), "hd95_infinite": 2}) == "inf"
     assert hd95_text({"hd95": float("nan"), "hd95_infinite": 0}) == "n/a"

@@ -11,8 +11,8 @@ from sam3dseg.data.synthetic import make_case
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline import model_file
 from sam3dseg.pipeline.config import PredictConfig
+from sam3dseg.pipeline.inference.predictor import Predictor
 from sam3dseg.pipeline.model_file import MODEL_VERSION, ModelFile, load_model_file
-from sam3dseg.pipeline.predict import Predictor
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -52,9 +52,9 @@ def test_a_file_written_by_version_3_predicts_bit_identically_and_its_cache_keys
     from sam3dseg.data.datasets import load_dataset
     from sam3dseg.data.preprocess import PreprocessConfig
     from sam3dseg.data.synthetic import write_dataset
-    from sam3dseg.model.encoder import EncoderInfo
-    from sam3dseg.pipeline.cache import case_key
-    from sam3dseg.pipeline.predict import predict_probabilities
+    from sam3dseg.model.registry import EncoderInfo
+    from sam3dseg.pipeline.caching.cache import case_key
+    from sam3dseg.pipeline.inference.predict import predict_probabilities
 
     record = load_model_file(FIXTURES / "model_v3.pt")
     assert record.encoder.stride == 16 and record.encoder.normalisation == "sam" and record.config.decoder.pixel_skip

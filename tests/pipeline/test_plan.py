@@ -9,7 +9,7 @@ import yaml
 from sam3dseg.cli import main
 from sam3dseg.data.volumes import Geometry, write_volume
 from sam3dseg.pipeline.config import load_cache_config, load_run_config
-from sam3dseg.pipeline.plan import target_spacing
+from sam3dseg.pipeline.planning.plan import target_spacing
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
@@ -75,7 +75,7 @@ def test_mr_plans_percentiles_and_anisotropic_spacing_takes_the_10th_percentile(
 
 def test_crop_and_batch_fit_the_machines_memory():
     """Batch 2 and 16 slices while a step's estimated memory fits in half the machine's; batch 1, then fewer slices."""
-    from sam3dseg.pipeline.plan import fit_to_memory
+    from sam3dseg.pipeline.planning.plan import fit_to_memory
 
     assert fit_to_memory(16, 1024, 11, 24.0) == (2, 16, 3.2)  # 16 slices × 2 × 0.1 GiB with crops
     assert fit_to_memory(16, 1024, None, 24.0) == (1, 16, 9.6)  # whole 1024² planes: 0.6 GiB a slice
@@ -85,7 +85,7 @@ def test_crop_and_batch_fit_the_machines_memory():
 
 def test_plan_follows_the_encoder(tmp_path):
     """The image size is capped at the size the encoder was trained at, and the token crop is 176 px in its tokens."""
-    from sam3dseg.pipeline.plan import make_plan
+    from sam3dseg.pipeline.planning.plan import make_plan
 
     fp = {"spacings": [[1.0, 1.0, 1.0]] * 3, "sizes": [[40, 512, 512]] * 3, "slicing_axis": "axial", "channels": ["MR"], "foreground_intensities": {}}
     vit, lite = make_plan(fp, 24.0), make_plan(fp, 24.0, encoder="lite_medsam")

@@ -9,10 +9,10 @@ from helpers import TINY_RUN, make_cache, tiny_encoder, tiny_model_file
 
 from sam3dseg.cli import main
 from sam3dseg.pipeline.config import PredictConfig, load_run_config
+from sam3dseg.pipeline.inference.predictor import Predictor
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.postprocess import Postprocess, decide, keep_largest, load_validation, save_validation
-from sam3dseg.pipeline.predict import Predictor
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.postprocessing.postprocess import Postprocess, decide, keep_largest, load_validation, save_validation
+from sam3dseg.pipeline.training.train import run_train
 
 CLASSES = ["background", "liver", "kidney"]
 
@@ -88,7 +88,7 @@ def two_folds(generated_dataset, tmp_path_factory):
     make_cache(generated_dataset, root / "cache", image_size=32)
     small = [*TINY_RUN, "train.num_folds=3"]
     for fold in (0, 1):
-        train(root / "cache", root / f"f{fold}", load_run_config(None, [*small, f"train.fold={fold}"]), progress=False, log=None)
+        run_train(root / "cache", root / f"f{fold}", load_run_config(None, [*small, f"train.fold={fold}"]), progress=False, log=None)
     return root
 
 

@@ -13,9 +13,10 @@ from sam3dseg.data.synthetic import make_case
 from sam3dseg.data.volumes import read_volume, write_volume
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import PredictConfig
+from sam3dseg.pipeline.inference.predict import predict_probabilities
+from sam3dseg.pipeline.inference.predictor import Encoded, Predictor
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.postprocess import Postprocess
-from sam3dseg.pipeline.predict import Encoded, Predictor, predict_probabilities
+from sam3dseg.pipeline.postprocessing.postprocess import Postprocess
 from sam3dseg.pipeline.windows import gaussian_weights, window_starts
 
 
@@ -169,7 +170,7 @@ def test_volume_with_other_channel_count_is_refused():
 
 
 def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_path):
-    from sam3dseg.pipeline.predict import collect_inputs
+    from sam3dseg.pipeline.inference.predict import collect_inputs
 
     image = generated_dataset / "imagesTr" / "case_003_0000.nii.gz"
     assert collect_inputs(image, 1) == [("case_003", [image])]
@@ -178,9 +179,9 @@ def test_one_file_and_a_folder_give_the_same_case_name(generated_dataset, tmp_pa
     # and evaluate takes what a single-file prediction wrote
     import shutil
 
-    from sam3dseg.pipeline.predict import predict_folder
+    from sam3dseg.pipeline.inference.predict import run_predict
 
-    predict_folder(Predictor(tiny_model_file(), tiny_encoder()), image, tmp_path / "pred", progress=False)
+    run_predict(Predictor(tiny_model_file(), tiny_encoder()), image, tmp_path / "pred", progress=False)
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case_003.nii.gz", "predict.json"]
     (tmp_path / "ref").mkdir()
     shutil.copy(generated_dataset / "labelsTr" / "case_003.nii.gz", tmp_path / "ref")
@@ -222,7 +223,7 @@ def test_an_ensemble_averages_probabilities_and_encodes_once(tta, monkeypatch):
 
 
 def test_ensemble_members_must_share_one_encoding(tmp_path, capsys):
-    from sam3dseg.pipeline.postprocess import Postprocess
+    from sam3dseg.pipeline.postprocessing.postprocess import Postprocess
 
     paths = {}
     for name, record in {"a": tiny_model_file(seed=1), "b": tiny_model_file(seed=2), "size": tiny_model_file(image_size=32),
@@ -287,7 +288,7 @@ def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset
     cases whatever the folder's size. A case that cannot be read stops the run after the cases before it are written."""
     import threading
 
-    import sam3dseg.pipeline.predict as predict
+    import sam3dseg.pipeline.inference.predict as predict
 
     events, lock = [], threading.Lock()
     read, write = predict.read_channels, predict.write_volume
@@ -307,7 +308,7 @@ def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset
     monkeypatch.setattr(predict, "read_channels", reading)
     monkeypatch.setattr(predict, "write_volume", writing)
     with pytest.raises(UserError, match="case_004"):
-        predict.predict_folder(Predictor(tiny_model_file(), tiny_encoder()), generated_dataset / "imagesTr", tmp_path / "pred", progress=False)
+        predict.run_predict(Predictor(tiny_model_file(), tiny_encoder()), generated_dataset / "imagesTr", tmp_path / "pred", progress=False)
     names = [f"case_00{i}" for i in range(6)]
     reads = [e[1] for e in events if e[0] == "read"]
     assert reads == names[: len(reads)] and "case_004" in reads
@@ -321,7 +322,7 @@ def test_reading_and_writing_overlap_one_case_ahead_and_behind(generated_dataset
 
 def test_the_caches_precision_reaches_the_model_file_and_predict(generated_dataset, tmp_path, capsys):
     from sam3dseg.model.precision import Int8Linear
-    from sam3dseg.pipeline.predict import load_predictor
+    from sam3dseg.pipeline.inference.predictor import load_predictor
 
     cache, run = tmp_path / "c", tmp_path / "run"
     args = ["cache", "--dataset", str(generated_dataset), "--out", str(cache), "--image-size", "32", "--quiet"]

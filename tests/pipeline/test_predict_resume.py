@@ -10,7 +10,8 @@ from helpers import tiny_encoder, tiny_model_file
 from sam3dseg.data.volumes import Geometry, write_volume
 from sam3dseg.errors import UserError
 from sam3dseg.pipeline.config import PredictConfig
-from sam3dseg.pipeline.predict import RECORD, FolderOutputs, Predictor, predict_folder
+from sam3dseg.pipeline.inference.predict import RECORD, FolderOutputs, run_predict
+from sam3dseg.pipeline.inference.predictor import Predictor
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def inputs(tmp_path):
 
 def _predict(inputs, out, seed=0, outputs=None, logged=None, **config):
     predictor = Predictor(tiny_model_file(seed=seed), tiny_encoder(), PredictConfig(**config))
-    return predict_folder(predictor, inputs, out, outputs, progress=False, log=(logged.append if logged is not None else None))
+    return run_predict(predictor, inputs, out, outputs, progress=False, log=(logged.append if logged is not None else None))
 
 
 def test_the_same_run_resumes_where_it_stopped(inputs, tmp_path):
@@ -71,10 +72,10 @@ def test_segmentations_of_no_record_are_refused_and_overwrite_replaces(inputs, t
 
 
 def test_the_plan_is_a_value_made_before_any_volume_is_read(inputs, tmp_path, monkeypatch):
-    """plan_prediction lists what predict_folder will do, from the folder alone: every case of a new folder, then only
+    """plan_prediction lists what run_predict will do, from the folder alone: every case of a new folder, then only
     the one a killed run left out, each process its share; no volume is read and nothing written to plan."""
-    from sam3dseg.pipeline import predict as predict_module
-    from sam3dseg.pipeline.predict import plan_prediction
+    from sam3dseg.pipeline.inference import predict as predict_module
+    from sam3dseg.pipeline.inference.predict import plan_prediction
 
     predictor = Predictor(tiny_model_file(), tiny_encoder())
     out = tmp_path / "out"

@@ -28,9 +28,9 @@ def anatomy(tmp_path_factory):
 
 
 def _held_out_dice(data, root, encoder: str) -> list[float]:
-    from sam3dseg.pipeline.cache import run_cache
+    from sam3dseg.pipeline.caching.cache import run_cache
     from sam3dseg.pipeline.config import CacheConfig, load_run_config
-    from sam3dseg.pipeline.train import train
+    from sam3dseg.pipeline.training.train import run_train
 
     run_cache(data, root / f"cache_{encoder}", CacheConfig(encoder=encoder, image_size=64), progress=False)
     # the default recipe, the same steps: AdamW, crops of half the token grid (32 pixels at 64² for both:
@@ -41,7 +41,7 @@ def _held_out_dice(data, root, encoder: str) -> list[float]:
     # test compares the features, not the decoder's grid
     grid = {"lite_medsam": "decoder.grid_stride=4"}.get(encoder, "decoder.grid_stride=auto")
     config = load_run_config(None, [f"train.{s}" for s in settings] + [grid])
-    history = train(root / f"cache_{encoder}", root / f"run_{encoder}", config, progress=False, log=None)["history"]
+    history = run_train(root / f"cache_{encoder}", root / f"run_{encoder}", config, progress=False, log=None)["history"]
     return history[-1]["val_dice_per_class"]
 
 

@@ -7,8 +7,8 @@ from sam3dseg.cli import main
 from sam3dseg.data.synthetic import write_dataset
 from sam3dseg.pipeline.config import load_cache_config, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.recipes import RECIPES, load_recipe
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.planning.recipes import RECIPES, load_recipe
+from sam3dseg.pipeline.training.train import run_train
 
 CHANNELS = {"synapse": ("CT", 1), "acdc": ("MR", 1), "brats": ("MR", 4), "lung": ("CT", 1)}
 
@@ -34,7 +34,7 @@ def test_recipes_set_what_the_original_used():
 
     from sam3dseg.model.losses import build_loss
     from sam3dseg.pipeline.model_file import build_decoder
-    from sam3dseg.pipeline.train import _make_optimizer
+    from sam3dseg.pipeline.training.train import _make_optimizer
 
     c = load_run_config(None, None, "synapse")
     decoder = build_decoder(c.decoder, 14, 256, 1)
@@ -57,7 +57,7 @@ def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path, monkeypat
     has the recipe's shape, its loss is a finite positive number, and the model file records the recipe."""
     import math
 
-    import sam3dseg.pipeline.train as training
+    import sam3dseg.pipeline.training.train as training
 
     modality, channels = CHANNELS[name]
     recipe = load_run_config(None, None, name)
@@ -68,7 +68,7 @@ def test_each_recipe_trains_a_step_on_data_of_its_kind(name, tmp_path, monkeypat
     monkeypatch.setattr(training._Stepper, "step", lambda self, batch: shapes.append(tuple(batch.features.shape)) or step(self, batch))
     config = load_run_config(None, [*TINY_RUN, "train.steps_per_epoch=1", "train.fold=all",
                                     f"train.crop_depth={recipe.train.crop_depth}"], name)  # fmt: skip
-    result = train(tmp_path / "cache", tmp_path / "run", config, progress=False, log=None)
+    result = run_train(tmp_path / "cache", tmp_path / "run", config, progress=False, log=None)
     t = recipe.train
     assert shapes == [(t.batch_size, 32 * channels, t.crop_depth, t.crop_tokens, t.crop_tokens)]
     loss = result["history"][0]["train_loss"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sam3dseg.common.files import save_tensors
-from sam3dseg.pipeline.samples import MAX_LOCATIONS, CaseStore, Sampling, class_locations, sample_batch
+from sam3dseg.pipeline.training.samples import MAX_LOCATIONS, CaseStore, Sampling, class_locations, sample_batch
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_token_crops_keep_features_labels_and_image_aligned(coded_cache, fractio
 
 def test_a_one_token_shift_is_caught(coded_cache):
     """The alignment check above is sharp: labels cut one token off do not match."""
-    from sam3dseg.pipeline.samples import crop_tokens
+    from sam3dseg.pipeline.training.samples import crop_tokens
 
     case = coded_cache["coded"]
     f = crop_tokens(case["features"], (1, 2), 3, 6)

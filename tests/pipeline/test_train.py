@@ -11,13 +11,13 @@ import yaml
 from helpers import TINY_RUN, drop_images, free_port, make_cache
 
 from sam3dseg.cli import main
-import sam3dseg.pipeline.train as training
+import sam3dseg.pipeline.training.train as training
 from sam3dseg.common.settings import changed_settings, dump_yaml, to_dict
 from sam3dseg.errors import UserError
 from sam3dseg.model.losses import build_loss
 from sam3dseg.pipeline.config import RunConfig, load_run_config
 from sam3dseg.pipeline.model_file import load_model_file
-from sam3dseg.pipeline.train import train
+from sam3dseg.pipeline.training.train import run_train
 
 SMALL = [*TINY_RUN[1:], "train.steps_per_epoch=3", "train.batch_size=2"]  # epochs given per test
 
@@ -86,7 +86,7 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
             "decoder.channels=[32,32,16,16]", "train.optimizer=sgd", "train.lr=1e-2", "train.crop_tokens=null"]  # fmt: skip
     dice = {}
     for name, extra in (("default", []), ("joint", ["loss.dice=joint"])):
-        result = train(tmp_path / "cache", tmp_path / name, load_run_config(None, [*same, *extra]), progress=False)
+        result = run_train(tmp_path / "cache", tmp_path / name, load_run_config(None, [*same, *extra]), progress=False)
         dice[name] = result["history"][-1]["val_dice"]
     assert dice["default"] >= dice["joint"] + 0.2, dice
 
@@ -97,12 +97,12 @@ def test_default_recipe_finds_small_structures_the_write_up_form_misses(tmp_path
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeypatch, extra):
     config = load_run_config(None, ["train.epochs=3", *SMALL, *extra])
-    whole = train(small_cache, tmp_path / "whole", config, progress=False)
+    whole = run_train(small_cache, tmp_path / "whole", config, progress=False)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         _interrupt_after(patch, 5)  # mid epoch 2
-        train(small_cache, tmp_path / "resumed", config, progress=False)
+        run_train(small_cache, tmp_path / "resumed", config, progress=False)
     assert load_model_file(tmp_path / "resumed" / "last.pt").epoch == 1
-    resumed = train(small_cache, tmp_path / "resumed", config, progress=False)
+    resumed = run_train(small_cache, tmp_path / "resumed", config, progress=False)
     a = load_model_file(tmp_path / "whole" / "last.pt").decoder
     b = load_model_file(tmp_path / "resumed" / "last.pt").decoder
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -110,10 +110,10 @@ def test_kill_and_resume_reaches_the_same_weights(small_cache, tmp_path, monkeyp
 
 
 def test_resume_refuses_another_configuration(small_cache, tmp_path):
-    train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    run_train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
     other = ["train.epochs=1", "train.lr=0.5", "loss.dice=joint", *SMALL]
     with pytest.raises(UserError, match="another configuration") as err:
-        train(small_cache, tmp_path / "run", load_run_config(None, other), progress=False)
+        run_train(small_cache, tmp_path / "run", load_run_config(None, other), progress=False)
     assert "loss.dice: per_class there, joint now; train.lr: 0.001 there, 0.5 now" in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -122,29 +122,29 @@ def test_more_epochs_continue_a_finished_run(small_cache, tmp_path):
     """A finished run given more epochs continues from its last weights, with the poly schedule of the new
     total (lr after the last step: 0 for the new total, as for a run planned that long); other changes are refused."""
     lines = []
-    first = train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=lines.append)
+    first = run_train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=lines.append)
     weights = load_model_file(tmp_path / "run" / "last.pt").decoder
     lines.clear()
-    result = train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=3", *SMALL]), progress=False, log=lines.append)
+    result = run_train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=3", *SMALL]), progress=False, log=lines.append)
     assert lines[0] == f"continuing {tmp_path / 'run'} from epoch 1 to 3 (it was trained for 1): the learning-rate schedule is recomputed for 3 epochs"
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3] and result["history"][0] == first["history"][0]
     lrs = [h["lr"] for h in result["history"]]
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.001 * (1 - 2 / 3) ** 0.9) and lrs[2] == 0.0  # epoch 1 ended its own schedule
     assert not all(torch.equal(weights[k], v) for k, v in load_model_file(tmp_path / "run" / "last.pt").decoder.items())
     with pytest.raises(UserError, match="train.epochs: 3 there, 2 now"):  # fewer is not "more"
-        train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=2", *SMALL]), progress=False)
+        run_train(small_cache, tmp_path / "run", load_run_config(None, ["train.epochs=2", *SMALL]), progress=False)
 
 
 def test_init_from_starts_from_the_source_weights(small_cache, tmp_path, monkeypatch):
     """The first step's loss equals the source model's loss on the same batch; a model of other classes or
     channels is refused."""
-    train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    run_train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
     source = load_model_file(tmp_path / "source" / "best.pt")
     seen = []
     step = training._Stepper.step
     monkeypatch.setattr(training._Stepper, "step", lambda self, batch: seen.append((batch, step(self, batch))) or seen[-1][1])
     config = load_run_config(None, ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", "train.seed=7", *SMALL])
-    train(small_cache, tmp_path / "tuned", config, progress=False)
+    run_train(small_cache, tmp_path / "tuned", config, progress=False)
     batch, loss = seen[0]
     decoder = source.build_decoder()
     outputs = decoder(batch.features, *(() if batch.images is None else (batch.images,)))
@@ -157,10 +157,10 @@ def test_init_from_starts_from_the_source_weights(small_cache, tmp_path, monkeyp
         change(other)
         other.save(tmp_path / "other.pt")
         with pytest.raises(UserError, match=message):
-            train(small_cache, tmp_path / "bad", load_run_config(None, ["train.epochs=1", f"train.init_from={tmp_path / 'other.pt'}", *SMALL]), progress=False)
+            run_train(small_cache, tmp_path / "bad", load_run_config(None, ["train.epochs=1", f"train.init_from={tmp_path / 'other.pt'}", *SMALL]), progress=False)
     wider = ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", *SMALL, "decoder.channels=[16,8,8,8]"]
     with pytest.raises(UserError, match="has another decoder shape"):
-        train(small_cache, tmp_path / "wider", load_run_config(None, wider), progress=False)
+        run_train(small_cache, tmp_path / "wider", load_run_config(None, wider), progress=False)
 
 
 def test_a_fine_tuned_model_outlives_the_model_it_started_from(small_cache, generated_dataset, tmp_path):
@@ -168,23 +168,24 @@ def test_a_fine_tuned_model_outlives_the_model_it_started_from(small_cache, gene
     model files still load, predict and resume; only starting a new run from a missing file is refused."""
     from helpers import tiny_encoder
 
-    from sam3dseg.pipeline.predict import Predictor, predict_folder
+    from sam3dseg.pipeline.inference.predict import run_predict
+    from sam3dseg.pipeline.inference.predictor import Predictor
 
-    train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
+    run_train(small_cache, tmp_path / "source", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
     tuned = ["train.epochs=1", f"train.init_from={tmp_path / 'source' / 'best.pt'}", *SMALL]
-    train(small_cache, tmp_path / "tuned", load_run_config(None, tuned), progress=False, log=None)
+    run_train(small_cache, tmp_path / "tuned", load_run_config(None, tuned), progress=False, log=None)
     import shutil
 
     shutil.rmtree(tmp_path / "source")
     record = load_model_file(tmp_path / "tuned" / "best.pt")
     assert record.config.train.init_from == str(tmp_path / "source" / "best.pt")
     image = generated_dataset / "imagesTr" / "case_000_0000.nii.gz"
-    predict_folder(Predictor(record, tiny_encoder(32)), image, tmp_path / "pred", progress=False)
+    run_predict(Predictor(record, tiny_encoder(32)), image, tmp_path / "pred", progress=False)
     assert (tmp_path / "pred" / "case_000.nii.gz").is_file()
     more = load_run_config(None, [*tuned[1:], "train.epochs=2"])  # resuming needs the run, not its source
-    assert train(small_cache, tmp_path / "tuned", more, progress=False, log=None)["history"][-1]["epoch"] == 2
+    assert run_train(small_cache, tmp_path / "tuned", more, progress=False, log=None)["history"][-1]["epoch"] == 2
     with pytest.raises(UserError, match=r"train.init_from=.*source/best.pt: no such model file"):
-        train(small_cache, tmp_path / "new", load_run_config(None, tuned), progress=False, log=None)
+        run_train(small_cache, tmp_path / "new", load_run_config(None, tuned), progress=False, log=None)
     assert not (tmp_path / "new").exists()
 
 
@@ -199,13 +200,13 @@ def test_the_optimizer_is_the_one_asked_for_with_its_settings(small_cache, tmp_p
     """The optimizer's saved state is that optimizer's (AdamW's moments, SGD's momentum buffer), its parameter group
     holds the settings given (the initial learning rate before the poly decay), and the two train differently."""
     config = load_run_config(None, ["train.epochs=1", *settings, *SMALL])
-    train(small_cache, tmp_path / "run", config, progress=False)
+    run_train(small_cache, tmp_path / "run", config, progress=False)
     state = load_model_file(tmp_path / "run" / "last.pt")
     assert state_key in next(iter(state.optimizer["state"].values()))
     saved = state.optimizer["param_groups"][0]
     assert {k: saved["initial_lr"] if k == "lr" else saved[k] for k in group} == group
     other = ["train.optimizer=sgd", "train.lr=0.002"] if "adamw" in settings[0] else ["train.optimizer=adamw", "train.lr=0.02"]
-    train(small_cache, tmp_path / "other", load_run_config(None, ["train.epochs=1", *other, *SMALL]), progress=False)
+    run_train(small_cache, tmp_path / "other", load_run_config(None, ["train.epochs=1", *other, *SMALL]), progress=False)
     weights = load_model_file(tmp_path / "other" / "last.pt").decoder
     assert any(not torch.equal(weights[k], state.decoder[k]) for k in weights)
 
@@ -256,7 +257,7 @@ def test_two_process_ddp_matches_one_process(small_cache, tmp_path):
     # SGD: updates are linear in the gradient, so the comparison is tight. (Adam divides by
     # sqrt(v): where a gradient is ~0, all-reduce rounding can move a weight by up to lr.)
     overrides = ["train.epochs=2", "train.val_interval=5", "train.optimizer=sgd", "train.lr=0.01", *SMALL]
-    single = train(small_cache, tmp_path / "single", load_run_config(None, overrides), progress=False)
+    single = run_train(small_cache, tmp_path / "single", load_run_config(None, overrides), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -281,8 +282,8 @@ def test_validation_decodes_as_predict_does(small_cache, image_path):
     from sam3dseg.pipeline.config import DecoderConfig, PredictConfig
     from sam3dseg.pipeline.metrics import dice_per_class
     from sam3dseg.pipeline.model_file import build_decoder
-    from sam3dseg.pipeline.samples import CaseStore
-    from sam3dseg.pipeline.train import validate
+    from sam3dseg.pipeline.training.samples import CaseStore
+    from sam3dseg.pipeline.training.train import validate
     from sam3dseg.pipeline.windows import WindowDecoder
 
     store = CaseStore(small_cache)
@@ -308,7 +309,7 @@ def test_validation_shows_every_class(small_cache, tmp_path, capsys):
     """log.csv, the epoch line and the curves carry the Dice per class; a class never found is called out."""
     import csv
 
-    from sam3dseg.pipeline.train import _dice_text
+    from sam3dseg.pipeline.training.train import _dice_text
 
     code = main(["train", "--cache", str(small_cache), "--out", str(tmp_path / "run"), "train.epochs=2", *SMALL])
     assert code == 0
@@ -366,7 +367,7 @@ def test_training_draws_among_the_views_the_cache_holds(generated_dataset, tmp_p
     read = []
     load = training.CaseStore.__getitem__
     monkeypatch.setattr(training.CaseStore, "__getitem__", lambda store, item: read.append(item) or load(store, item))
-    train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+    run_train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
     assert load_model_file(tmp_path / "run" / "last.pt").config.train.augmented_copies == 1
     assert {item[1] for item in read if isinstance(item, tuple)} == {0, 1}  # the original and the view, both drawn
     assert "augmented_copies: 1" in (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")
@@ -377,7 +378,7 @@ def test_training_draws_among_the_views_the_cache_holds(generated_dataset, tmp_p
 
     make_cache(generated_dataset, tmp_path / "c", image_size=32, augment=AugmentConfig(copies=2))
     with pytest.raises(UserError, match="train.augmented_copies: 1 there, 2 now"):
-        train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
+        run_train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False)
 
 
 def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
@@ -387,8 +388,8 @@ def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
     import shutil
 
     from sam3dseg.data.volumes import read_volume, write_volume
-    from sam3dseg.pipeline.manifest import CacheManifest
-    from sam3dseg.pipeline.samples import CaseStore
+    from sam3dseg.pipeline.caching.manifest import CacheManifest
+    from sam3dseg.pipeline.training.samples import CaseStore
 
     root = shutil.copytree(generated_dataset, tmp_path / "ds")
     meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
@@ -402,7 +403,7 @@ def test_training_leaves_the_ignore_label_out(generated_dataset, tmp_path):
     assert CacheManifest.read(tmp_path / "c").ignore_label == 3
     store = CaseStore(tmp_path / "c", ignore=3)
     assert set(store.locations("case_000")) == {1, 2}
-    result = train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
+    result = run_train(tmp_path / "c", tmp_path / "run", load_run_config(None, ["train.epochs=1", *SMALL]), progress=False, log=None)
     record = load_model_file(tmp_path / "run" / "best.pt")
     assert record.class_names == ["background", "class1", "class2"] and record.build_decoder().num_classes == 3
     assert all(v == v for v in result["history"][0]["val_dice_per_class"]) and result["history"][0]["train_loss"] > 0

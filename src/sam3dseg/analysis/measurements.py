@@ -165,8 +165,8 @@ def _machine_memory_mib() -> float:
 CROPS = ((16, 256), (16, 1024))
 
 
-def measure_complexity(config: AnalysisConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """FLOPs over the depth × size grid and peak memory over the memory sweeps, with slopes."""
+def _flop_grid(config: AnalysisConfig) -> list[dict[str, Any]]:
+    """FLOPs of both decoders (counted on the meta device) at every depth × size of the grid."""
     flops = []
     for kind in ("conv", "explicit"):
         with torch.device("meta"):
@@ -179,15 +179,12 @@ def measure_complexity(config: AnalysisConfig, log: Callable[[str], None] = prin
                 if config.flop_backward:
                     row["forward_backward"] = count_flops(model, depth, size, True)
                 flops.append(row)
-    slopes: dict[str, float] = {}
-    for name in ("conv", "attention"):
-        rows = [r for r in flops if r["decoder"] == name]
-        for mode in ("forward", "forward_backward")[: 1 + config.flop_backward]:
-            slopes[f"flops/{name}/{mode}"] = fit_slope([r["voxels"] for r in rows], [r[mode] for r in rows])
-    log("FLOP slopes: " + ", ".join(f"{k} {v:.3f}" for k, v in slopes.items()))
+    return flops
 
+
+def _memory_probes(config: AnalysisConfig, modes: tuple[bool, ...]) -> list[dict[str, Any]]:
+    """The peak-memory runs to make: each decoder kind at its sweep of sizes and depths, in each mode."""
     probes = []
-    modes = (True,) if config.memory_backward_only else (False, True)
     for kind in KINDS:
         (depth, sizes), (size, depths) = config.conv_memory if kind == "conv" else config.attention_memory
         points = [(depth, s) for s in sizes]
@@ -195,6 +192,21 @@ def measure_complexity(config: AnalysisConfig, log: Callable[[str], None] = prin
         for backward in modes:
             for d, s in points:
                 probes.append({"decoder": kind, "depth": d, "size": s, "backward": backward, "dim": config.attention_dim})
+    return probes
+
+
+def measure_complexity(config: AnalysisConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """FLOPs over the depth × size grid and peak memory over the memory sweeps, with slopes."""
+    flops = _flop_grid(config)
+    slopes: dict[str, float] = {}
+    for name in ("conv", "attention"):
+        rows = [r for r in flops if r["decoder"] == name]
+        for mode in ("forward", "forward_backward")[: 1 + config.flop_backward]:
+            slopes[f"flops/{name}/{mode}"] = fit_slope([r["voxels"] for r in rows], [r[mode] for r in rows])
+    log("FLOP slopes: " + ", ".join(f"{k} {v:.3f}" for k, v in slopes.items()))
+
+    modes = (True,) if config.memory_backward_only else (False, True)
+    probes = _memory_probes(config, modes)
     log(f"peak memory: {len(probes)} configurations, each in its own process")
     memory = measure_peak_memory(probes, on_result=lambda r: log(_probe_line(r)))
     for row in memory:

@@ -381,6 +381,23 @@ def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "| decoder | pass | D | H | peak RSS | saved activations | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
+    lines += _memory_rows(c)
+    lines += _memory_reach(c)
+    lines += [
+        "",
+        "The attention figures are extrapolations of the measured law: the runs that would exhaust the "
+        "machine were not made (a shared machine's OOM killer picks its own victim). On CPU `flop_counter` does "
+        "not see the fused SDPA kernel at all (it reports 0 FLOPs for it), which is why FLOPs are counted on meta "
+        "tensors; and SDPA only takes its fused O(T)-memory path when the feature dimension is contiguous, "
+        "otherwise it silently falls back to the math path and stores the T×T scores like the explicit form.",
+        "",
+    ]
+    return lines
+
+
+def _memory_rows(c: dict[str, Any]) -> list[str]:
+    """The measured runs, one table row each (a run that failed shows its error)."""
+    lines = []
     for m in sorted(c["memory"], key=lambda m: (m["decoder"], m["backward"], m["voxels"])):
         if "peak_mib" not in m:
             lines.append(f"| {m['decoder']} | {'fwd+bwd' if m['backward'] else 'fwd'} | {m['depth']} | {m['size']} | "
@@ -389,7 +406,12 @@ def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         saved = f"{m['saved_mib']:.1f} MiB" if "saved_mib" in m else "–"
         lines.append(f"| {m['decoder']} | {'fwd+bwd' if m['backward'] else 'fwd'} | {m['depth']} | {m['size']} | "
                      f"{m['peak_mib']:.1f} MiB | {saved} | {m['seconds']:.2f} |")
-    lines += [
+    return lines
+
+
+def _memory_reach(c: dict[str, Any]) -> list[str]:
+    """Each decoder's fitted memory law and the volume at which it would fill this machine's memory."""
+    lines = [
         "",
         f"**Where memory runs out.** Peak RSS fitted as `a + b·V (+ c·V²)` (non-negative least squares) and "
         f"extrapolated to this machine's {_mib(c['machine_memory_mib'])}:",
@@ -415,15 +437,6 @@ def _complexity_section(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
             "convolutions' workspace, whose size depends on the algorithm oneDNN picks for each shape "
             "(the forward+backward peaks and the saved activations do grow linearly).",
         ]
-    lines += [
-        "",
-        "The attention figures are extrapolations of the measured law: the runs that would exhaust the "
-        "machine were not made (a shared machine's OOM killer picks its own victim). On CPU `flop_counter` does "
-        "not see the fused SDPA kernel at all (it reports 0 FLOPs for it), which is why FLOPs are counted on meta "
-        "tensors; and SDPA only takes its fused O(T)-memory path when the feature dimension is contiguous, "
-        "otherwise it silently falls back to the math path and stores the T×T scores like the explicit form.",
-        "",
-    ]
     return lines
 
 

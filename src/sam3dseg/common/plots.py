@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .files import atomic_output
+
+if TYPE_CHECKING:  # matplotlib loads on first use
+    from matplotlib.axes import Axes
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
@@ -92,6 +96,23 @@ def _zoom(labels: list[np.ndarray], shape: tuple[int, int]) -> tuple[slice, slic
     return slice(*box[0]), slice(*box[1])
 
 
+def _draw_labels(ax: Axes, p: np.ndarray, r: np.ndarray | None, num_classes: int, aspect: float) -> None:
+    """One panel's labels ``(y, x)``: each class of the prediction ``p`` filled (translucent) with a solid edge, of the
+    reference ``r`` a dashed line over a white one, in the class's colour."""
+    from matplotlib.colors import to_rgba
+
+    for k in range(1, num_classes):
+        colour = COLOURS[(k - 1) % len(COLOURS)]
+        if (p == k).any():
+            fill = np.zeros((*p.shape, 4))
+            fill[p == k] = to_rgba(colour, 0.35)
+            ax.imshow(fill, interpolation="nearest", aspect=aspect)
+            ax.contour(p == k, levels=[0.5], colors=[colour], linewidths=1.2)
+        if r is not None and (r == k).any():
+            ax.contour(r == k, levels=[0.5], colors=["white"], linewidths=2.6)
+            ax.contour(r == k, levels=[0.5], colors=[colour], linewidths=2.0, linestyles=[(0, (3, 2))])
+
+
 def save_montage(
     path: str | Path,
     image: np.ndarray | None,
@@ -123,7 +144,6 @@ def save_montage(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    path = Path(path)
     labels = [pred] + ([ref] if ref is not None else [])
     num_classes = int(max(a.max() for a in labels)) + 1
     names = class_names or [f"class {k}" for k in range(num_classes)]
@@ -137,18 +157,7 @@ def save_montage(
             ax.imshow(image[z][rows, cols], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
         else:
             ax.imshow(np.zeros(pred[z][rows, cols].shape), cmap="gray", vmin=0, vmax=1, aspect=aspect)
-        p = pred[z][rows, cols]
-        r = ref[z][rows, cols] if ref is not None else None
-        for k in range(1, num_classes):
-            colour = COLOURS[(k - 1) % len(COLOURS)]
-            if (p == k).any():
-                fill = np.zeros((*p.shape, 4))
-                fill[p == k] = to_rgba(colour, 0.35)
-                ax.imshow(fill, interpolation="nearest", aspect=aspect)
-                ax.contour(p == k, levels=[0.5], colors=[colour], linewidths=1.2)
-            if r is not None and (r == k).any():
-                ax.contour(r == k, levels=[0.5], colors=["white"], linewidths=2.6)
-                ax.contour(r == k, levels=[0.5], colors=[colour], linewidths=2.0, linestyles=[(0, (3, 2))])
+        _draw_labels(ax, pred[z][rows, cols], ref[z][rows, cols] if ref is not None else None, num_classes, aspect)
         ax.set_title(f"slice {z}", fontsize=9)
         ax.axis("off")
     handles = [Patch(facecolor=to_rgba(COLOURS[(k - 1) % len(COLOURS)], 0.35), edgecolor=COLOURS[(k - 1) % len(COLOURS)], label=names[k])

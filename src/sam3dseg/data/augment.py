@@ -3,7 +3,7 @@
 The cache makes training fast by encoding every slice once, so the encoder never sees an
 augmented image during training. A *view* brings augmentation back at a fixed cost: K
 copies of each labelled case, each changed in-plane by one random map, are encoded
-beside the original, and training draws among them (:mod:`sam3dseg.pipeline.samples`).
+beside the original, and training draws among them (:mod:`sam3dseg.pipeline.training.samples`).
 
 A view is nnU-Net's training augmentation (as the original SAM3D used it, read from its
 code) applied to the preprocessed volume ``(C, D, H, W)``, grey values in ``[0, 255]``:

@@ -1,6 +1,6 @@
 """Writing a volume as a DICOM image series (pydicom): a scanner-like CT or MR series to try the DICOM path on.
 
-``sam3dseg predict`` reads DICOM series (SimpleITK) and writes DICOM SEG (:mod:`sam3dseg.pipeline.export`);
+``sam3dseg predict`` reads DICOM series (SimpleITK) and writes DICOM SEG (:mod:`sam3dseg.pipeline.inference.export`);
 this writes the series a SEG refers to from any volume, e.g. the real CT of ``sam3dseg anatomy --source ct``
 (tests, and users without a PACS at hand). Needs the ``dicom`` extra (pydicom).
 """

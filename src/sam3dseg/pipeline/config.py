@@ -21,27 +21,19 @@ import torch
 
 from ..common.runtime import DEVICE_PATTERN
 from ..common.settings import (
-    check_settings,
-    fraction,
-    load_settings,
-    non_negative_int,
-    non_negative_number,
-    one_of,
-    positive_int,
-    positive_number,
-    refuse_unused,
-    setting,
-    switch,
+    check_settings, fraction, load_settings, non_negative_int, non_negative_number, one_of, positive_int, positive_number,
+    refuse_unused, setting, switch,
 )
 from ..data.augment import AugmentConfig
 from ..data.preprocess import SLICING_AXES, PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import ACTIVATIONS, SHORTCUT_KERNELS, UPSAMPLES
-from ..model.encoder import ENCODERS, NORMALISATIONS, SLICE_BATCH
-from ..model.precision import PRECISION_CHOICES, resolve_precision
+from ..model.encoder import NORMALISATIONS, SLICE_BATCH
 from ..model.losses import LossConfig
-from .plan import read_plan
-from .recipes import load_recipe
+from ..model.precision import PRECISION_CHOICES, resolve_precision
+from ..model.registry import ENCODERS
+from .planning.plan import read_plan
+from .planning.recipes import load_recipe
 
 AUTO_CROP = "auto"  # train.crop_tokens: half the token grid
 

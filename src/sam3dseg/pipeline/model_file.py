@@ -36,7 +36,7 @@ from ..common.settings import from_dict, renamed, to_dict
 from ..data.preprocess import PreprocessConfig
 from ..errors import UserError
 from ..model.decoder import SAM3DDecoder
-from ..model.encoder import EncoderInfo
+from ..model.registry import EncoderInfo
 from .config import DecoderConfig, RunConfig, resolve_grid_stride
 
 MODEL_FORMAT = "sam3dseg-model"
@@ -106,7 +106,7 @@ class ModelFile:
     optimizer: dict | None = None  # for resuming
     scheduler: dict | None = None
     split: dict[str, list[str]] | None = None  # {"train": [...], "val": [...]}: the cases of the run (train.fold)
-    postprocess: dict | None = None  # the decision of pipeline.postprocess (Postprocess.to_dict), once made
+    postprocess: dict | None = None  # the decision of pipeline.postprocessing (Postprocess.to_dict), once made
     fingerprint: dict | None = None  # the training data's spacing and intensity ranges (data.fingerprint.combine)
 
     def build_decoder(self) -> SAM3DDecoder:

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import write_csv, write_json, write_text
-from ..common.runtime import Log, print_line
-from ..data.datasets import read_channel_names, read_class_names
-from ..data.pictures import save_case_montage
-from ..data.volumes import Geometry, case_name, image_suffix, read_volume
-from ..errors import UserError
-from .config import EvaluateConfig
+from ...common.files import write_csv, write_json, write_text
+from ...common.runtime import Log, print_line
+from ...data.datasets import read_channel_names, read_class_names
+from ...data.pictures import save_case_montage
+from ...data.volumes import Geometry, case_name, image_suffix, read_volume
+from ...errors import UserError
+from ..config import EvaluateConfig
+from ..metrics import case_metrics, drop_ignored, hd95_text, nnunet_counts, nnunet_summary, summarise
 from .html_report import REPORT, case_entry, write_html_report
-from .metrics import case_metrics, drop_ignored, hd95_text, nnunet_counts, nnunet_summary, summarise
 
 
 def _pairs(pred_dir: Path, ref_dir: Path, strict: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -81,7 +81,56 @@ def _first_channel(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return first
 
 
-def evaluate_folders(
+def _classes(labels: str | Path | None, pairs: list[tuple[str, Path, Path]]) -> tuple[list[str], int | None]:
+    """The class names (``labels``' dataset.json, else ``class{k}`` up to the largest label the files hold: one
+    extra pass) and nnU-Net's ignore label (None without one)."""
+    if labels:
+        return read_class_names(labels)
+    top = max(max(int(read_volume(p)[0].max()), int(read_volume(r)[0].max())) for _, p, r in pairs)
+    return ["background"] + [f"class{k}" for k in range(1, top + 1)], None
+
+
+def _score(
+    pairs: list[tuple[str, Path, Path]], class_names: list[str], ignore: int | None, labels: str | Path | None,
+    tolerance: float, progress: bool,
+) -> tuple[list[dict], list[dict]]:
+    """Each case's metrics per class (rows of ``metrics.csv``) and nnU-Net's counts per case (its summary.json)."""
+    from tqdm import tqdm
+
+    rows, nnunet_cases = [], []
+    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+        pred, ref, geometry, counted = _read_pair(pred_path, ref_path, ignore)
+        top = max(int(pred.max()), int(ref.max()))
+        if top >= len(class_names):
+            raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
+        spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
+        for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
+            rows.append({"case": case, "class": name, **m})
+        counts = nnunet_counts(pred, ref, len(class_names), counted)
+        nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
+    return rows, nnunet_cases
+
+
+def _draw(
+    out_dir: Path, title: str, pairs: list[tuple[str, Path, Path]], shown: dict[str, Path], labels: str | Path | None,
+    ignore: int | None, class_names: list[str], summary: dict, rows: list[dict], config: EvaluateConfig,
+) -> None:
+    """The montages (``config.png``) and the HTML report (``config.html``), drawn once every case has scored (each case
+    read again rather than held: a failure writes nothing, memory stays one case beside the page's encoded volumes)."""
+    modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
+    viewed = []
+    for case, pred_path, ref_path in pairs if config.png or config.html else ():
+        pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
+        image = _first_channel(shown[case], pred.shape) if case in shown else None
+        if config.png:
+            save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, class_names, case)
+        if config.html:
+            viewed.append(case_entry(case, pred, ref, geometry, image, modality))
+    if config.html:
+        write_html_report(out_dir / REPORT, title, summary, rows, class_names, viewed)
+
+
+def run_evaluate(
     pred_dir: str | Path,
     ref_dir: str | Path,
     out_dir: str | Path,
@@ -102,49 +151,18 @@ def evaluate_folders(
     :func:`~sam3dseg.data.pictures.save_case_montage`'s rule for the modality ``labels`` names. Returns the summary (per-class means, overall means,
     per class how many cases hold it and in how many the prediction found it).
     """
-    from tqdm import tqdm
-
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     config = config or EvaluateConfig()
-    tolerance, png, strict = config.nsd_tolerance, config.png, config.strict
-    pairs, missing = _pairs(pred_dir, ref_dir, strict)
+    pairs, missing = _pairs(pred_dir, ref_dir, config.strict)
     if images is not None and not Path(images).is_dir():
         raise UserError(f"folder of images not found: {images}")
-    shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if (png or config.html) and images is not None else {}
-    modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
-    ignore = None
-    if labels:
-        class_names, ignore = read_class_names(labels)
-    else:  # the classes are whatever the files hold: one extra pass to find the largest label
-        top = max(max(int(read_volume(p)[0].max()), int(read_volume(r)[0].max())) for _, p, r in pairs)
-        class_names = ["background"] + [f"class{k}" for k in range(1, top + 1)]
-
-    rows, nnunet_cases = [], []
-    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        pred, ref, geometry, counted = _read_pair(pred_path, ref_path, ignore)
-        top = max(int(pred.max()), int(ref.max()))
-        if top >= len(class_names):
-            raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
-        spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
-        for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
-            rows.append({"case": case, "class": name, **m})
-        counts = nnunet_counts(pred, ref, len(class_names), counted)
-        nnunet_cases.append({"metrics": counts, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
-    # drawn once every case has scored (read again rather than held: a failure writes nothing, memory stays one case)
-    for case, pred_path, ref_path in pairs if png else ():
-        pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
-        image = _first_channel(shown[case], pred.shape) if case in shown else None
-        save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, class_names, case)
+    shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if (config.png or config.html) and images is not None else {}
+    class_names, ignore = _classes(labels, pairs)
+    rows, nnunet_cases = _score(pairs, class_names, ignore, labels, config.nsd_tolerance, progress)
     summary = summarise(rows, class_names)
-    summary["nsd_tolerance_mm"] = tolerance
+    summary["nsd_tolerance_mm"] = config.nsd_tolerance
     summary["missing_predictions"] = missing
-    if config.html:
-        viewed = []
-        for case, pred_path, ref_path in pairs:  # read again, one case in memory beside the page's encoded volumes
-            pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
-            image = _first_channel(shown[case], pred.shape) if case in shown else None
-            viewed.append(case_entry(case, pred, ref, geometry, image, modality))
-        write_html_report(out_dir / REPORT, f"sam3dseg evaluation of {pred_dir.name}", summary, rows, class_names, viewed)
+    _draw(out_dir, f"sam3dseg evaluation of {pred_dir.name}", pairs, shown, labels, ignore, class_names, summary, rows, config)
 
     write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
     write_json(out_dir / "sam3dseg_summary.json", summary)
@@ -173,4 +191,4 @@ def format_table(summary: dict, cases: int) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_folders", "format_table", "hd95_text"]
+__all__ = ["run_evaluate", "format_table", "hd95_text"]

@@ -14,7 +14,7 @@ from importlib import resources
 
 import yaml
 
-from ..errors import UserError
+from ...errors import UserError
 
 RECIPES = ("synapse", "acdc", "brats", "lung")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import read_json, write_json
-from ..errors import UserError
+from ...common.files import read_json, write_json
+from ...errors import UserError
 
 SPLITS_FILE = "splits_final.json"
 SPLIT_SEED = 12345  # nnU-Net's

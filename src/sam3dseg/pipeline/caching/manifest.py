@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.files import read_json, upgrade, write_json
-from ..common.settings import from_dict, to_dict
-from ..data.augment import AugmentConfig
-from ..data.preprocess import PreprocessConfig
-from ..errors import UserError
-from ..model.encoder import EncoderInfo
+from ...common.files import read_json, upgrade, write_json
+from ...common.settings import from_dict, to_dict
+from ...data.augment import AugmentConfig
+from ...data.preprocess import PreprocessConfig
+from ...errors import UserError
+from ...model.registry import EncoderInfo
 
 MANIFEST_FORMAT = "sam3dseg-cache"
 MANIFEST_VERSION = 2

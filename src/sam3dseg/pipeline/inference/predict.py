@@ -1,218 +1,45 @@
-"""Predict new volumes: encode slices, decode in overlapping depth windows, map back exactly.
+"""The inference stage: segment every case of a folder (:func:`run_predict`), planned, then executed.
 
-For one volume: preprocess as recorded in the model file, encode every slice with
-the frozen encoder, run the decoder over depth windows whose finest-level softmax
-outputs are blended with a Gaussian weight along depth, and stream the blended
-model-grid slices back onto the file's grid (bilinear in-plane, linear along depth,
-the one model-to-file map, :func:`sam3dseg.data.preprocess.to_file_grid`),
-taking the argmax there. Only the slices that a window still covers are held at
-model resolution, so memory does not grow with the number of slices beyond the
-features and the uint8 result.
+For one volume (:class:`~sam3dseg.pipeline.inference.predictor.Predictor`): preprocess as recorded in the
+model file, encode every slice with the frozen encoder, run the decoder over depth windows whose
+finest-level softmax outputs are blended with a Gaussian weight along depth, and stream the blended
+model-grid slices back onto the file's grid (bilinear in-plane, linear along depth, the one
+model-to-file map, :func:`sam3dseg.data.preprocess.to_file_grid`), taking the argmax there. Only the
+slices that a window still covers are held at model resolution, so memory does not grow with the
+number of slices beyond the features and the uint8 result.
+
+For a folder: :func:`plan_prediction` finds the cases and those a killed run finished, and refuses what
+cannot be met, before any volume is read (a :class:`PredictPlan`); :func:`run_predict` executes it, reading
+the next case and writing the last one while this one is predicted. What is written beside each
+segmentation for other tools is :mod:`~sam3dseg.pipeline.inference.export`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from ..common.files import atomic_output, check_output_folder, jsonable, read_json, write_json
-from ..common.settings import changed_settings, describe_changes, to_dict
-from ..common.runtime import Log, barrier, is_main_process, print_line, resolve_device, world_size
-from ..data.fingerprint import differences
-from ..data.pictures import save_case_montage
-from ..data.preprocess import Transform, preprocess_image, restore_probabilities, to_file_grid, unreorient
-from ..data.volumes import (
-    SUFFIXES, Geometry, case_name, channel_gaps, channel_groups, file_modality, image_suffix, read_channels, split_channel, write_volume,
+from ...common.files import atomic_output, check_output_folder, read_json, write_json
+from ...common.runtime import Log, barrier, is_main_process, print_line
+from ...common.settings import changed_settings, describe_changes
+from ...data.pictures import save_case_montage
+from ...data.preprocess import restore_probabilities
+from ...data.volumes import (
+    SUFFIXES, Geometry, case_name, channel_gaps, channel_groups, file_modality, image_suffix, read_channels, split_channel,
+    write_volume,
 )
-from ..errors import UserError
-from ..model.decoder import image_path_input
-from ..model.encoder import Encoder, encode_volume
-from ..model.precision import resolve_precision
-from .config import PredictConfig
+from ...errors import UserError
 from .export import (
-    STATISTICS, require_highdicom, structure_statistics, write_case_statistics, write_dicom_seg, write_itksnap_labels, write_masks,
-    write_slicer_segmentation, write_statistics_table,
+    STATISTICS, require_highdicom, structure_statistics, write_case_statistics, write_dicom_seg, write_itksnap_labels,
+    write_masks, write_slicer_segmentation, write_statistics_table,
 )
-from .model_file import ModelFile, load_model_file
-from .postprocess import Postprocess
-from .windows import WindowDecoder
-
-logger = logging.getLogger(__name__)  # for the Predictor, which has no log of its own
+from .predictor import Predictor
 
 RECORD = "predict.json"  # OUT/predict.json: what made the folder's segmentations (Predictor.record)
-RECORD_FORMAT = "sam3dseg-predictions-1"
-
-
-class Encoded(NamedTuple):
-    """What the decoder reads of one volume, on the device."""
-
-    features: Tensor  # (256·C, D', S/s, S/s), s the encoder's stride
-    image: Tensor | None  # (C, D', S/2, S/2) uint8 with the image path, else None
-
-
-class Predictor:
-    """Trained decoders (one model, or an ensemble) with their frozen encoder and recorded preprocessing."""
-
-    def __init__(self, models: ModelFile | list[ModelFile], encoder: Encoder, config: PredictConfig | None = None) -> None:
-        """
-        Args:
-            models: a model file (:func:`~sam3dseg.pipeline.model_file.load_model_file`), or several
-                that share encoder, preprocessing, channels and classes (:func:`check_ensemble`):
-                their class probabilities are averaged, the volume encoded once.
-            encoder: the encoder the models were trained on (see :func:`load_predictor`).
-            config: window, overlap, test-time augmentation, post-processing, device.
-        """
-        models = models if isinstance(models, list) else [models]
-        config = config or PredictConfig()
-        self.device = resolve_device(config.device, world_size())  # under torchrun: each rank its own GPU
-        self.config = config
-        first = models[0]
-        self.class_names = first.class_names
-        self.channel_names = first.channel_names
-        self.preprocess = first.preprocess
-        self.image_size = first.encoder.image_size
-        self.encoder = encoder.to(self.device)
-        self.members = [
-            WindowDecoder(m.build_decoder().to(self.device).eval(), config.window or m.config.train.crop_depth, config.overlap, config.flip_tta)
-            for m in models
-        ]  # fmt: skip
-        self.postprocess = _shared_postprocess(models) if config.postprocess else None
-        self.model_digests = [m.digest() for m in models]
-        self.fingerprint = first.fingerprint
-        # what the first channel is, for pictures: a model that read it through a CT window was trained on CT
-        self.modality = "CT" if self.preprocess.intensity == "ct" else self.channel_names[0]
-
-    def record(self) -> dict:
-        """What this predictor's segmentations depend on, its defaults resolved: the models (by digest), the
-        windows, overlap, test-time flips, post-processing and encoder precision (``OUT/predict.json``)."""
-        return _plain({
-            "format": RECORD_FORMAT,
-            "models": list(self.model_digests),
-            "window": [m.window for m in self.members],
-            "overlap": self.config.overlap,
-            "flip_tta": self.config.flip_tta,
-            "postprocess": None if self.postprocess is None else self.postprocess.to_dict(),
-            "encoder_precision": getattr(self.encoder, "precision", "fp32"),
-        })
-
-    def unlike_training(self, array: np.ndarray, geometry: Geometry, modality: str | None = None) -> list[str]:
-        """How a read volume ``(z, y, x)`` or ``(C, z, y, x)`` differs from the first model's training data
-        (:func:`~sam3dseg.data.fingerprint.differences`); empty when it looks alike."""
-        channels = array[None] if array.ndim == 3 else array
-        return differences(self.fingerprint, self.channel_names, self.preprocess, channels, geometry, modality)
-
-    def finish(self, label: np.ndarray) -> np.ndarray:
-        """A predicted label volume with the models' post-processing applied (if they have one and it is on)."""
-        return self.postprocess.apply(label, len(self.class_names)) if self.postprocess else label
-
-    @torch.no_grad()
-    def encode(self, volume: np.ndarray) -> Tensor:
-        """``(C, D', H', W')`` grey values -> features ``(256·C, D', S/s, S/s)`` on the device."""
-        return encode_volume(self.encoder, torch.from_numpy(volume), self.config.slice_batch)
-
-    def model_slices(self, encoded: Encoded, valid_hw: tuple[int, int]) -> Iterator[Tensor]:
-        """Each model-grid slice's class probabilities ``(K, H', W')``, in order (:class:`WindowDecoder`),
-        averaged over the models of an ensemble."""
-        streams = [m.slices(encoded.features, valid_hw, encoded.image if m.decoder.image_channels else None) for m in self.members]
-        if len(streams) == 1:
-            return streams[0]
-        return (sum(slices) / len(slices) for slices in zip(*streams))
-
-    @torch.no_grad()
-    def features(self, array: np.ndarray, geometry: Geometry) -> tuple[Encoded, Transform]:
-        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> what the decoder reads, on the device, and the transform back."""
-        channels = 1 if array.ndim == 3 else array.shape[0]
-        if channels != len(self.channel_names):
-            raise UserError(
-                f"the volume has {channels} channel(s) but the model was trained on {len(self.channel_names)} "
-                f"({', '.join(self.channel_names)})"
-            )
-        volume, t = preprocess_image(array, geometry, self.channel_names, self.preprocess, self.image_size)
-        needs_image = any(m.decoder.image_channels for m in self.members)
-        image = image_path_input(torch.from_numpy(volume), self.image_size).to(self.device) if needs_image else None
-        return Encoded(self.encode(volume), image), t
-
-    @torch.no_grad()
-    def predict_array(self, array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Transform]:
-        """A read volume ``(z, y, x)`` or ``(C, z, y, x)`` -> uint8 labels on its own grid ``(z, y, x)``."""
-        encoded, t = self.features(array, geometry)
-        oriented = _stream_to_grid(self.model_slices(encoded, t.model_shape[1:]), t)
-        return np.ascontiguousarray(unreorient(oriented, t)), t
-
-
-def _stream_to_grid(slices: Iterator[Tensor], t: Transform) -> np.ndarray:
-    """Model-grid probability slices (in order) -> argmax labels on the oriented grid ``(D, H, W)``, one
-    file-grid slice at a time (:func:`~sam3dseg.data.preprocess.to_file_grid`)."""
-    out = np.zeros(t.oriented_shape, dtype=np.uint8)
-    for z, p in enumerate(to_file_grid(slices, t)):
-        out[z] = p.argmax(0).to(torch.uint8).cpu().numpy()
-    return out
-
-
-def load_predictor(
-    models: str | Path | list[str | Path], checkpoint: str | Path | None = None, config: PredictConfig | None = None
-) -> Predictor:
-    """Rebuild the encoder a model (or an ensemble's models) was trained on, check it is the same one, and wrap them.
-
-    Raises:
-        UserError: not a sam3dseg model file; models that cannot share one encoding
-            (:func:`check_ensemble`); the SAM checkpoint is missing or is not the one the
-            model's features came from.
-    """
-    paths = models if isinstance(models, list) else [models]
-    records = [load_model_file(p) for p in paths]
-    check_ensemble(records, [str(p) for p in paths])
-    config = config or PredictConfig()
-    precision = predict_precision(config.encoder_precision, records[0].encoder.precision, resolve_device(config.device))
-    encoder = records[0].encoder.rebuild(checkpoint, source=str(paths[0]), precision=precision)
-    return Predictor(records, encoder, config)
-
-
-def predict_precision(asked: str, recorded: str, device: torch.device) -> str:
-    """The encoder precision ``predict`` runs in: ``model`` takes the one the training features were computed in,
-    except bf16 where ``device`` does not compute it natively (an AVX2 CPU would take ~400× longer; the
-    features differ by rounding only); anything else as :func:`~sam3dseg.model.precision.resolve_precision`."""
-    if asked != "model":
-        return resolve_precision(asked, device)
-    return resolve_precision("auto", device) if recorded == "bf16" else recorded
-
-
-def check_ensemble(records: list[ModelFile], sources: list[str]) -> None:
-    """Models averaged together read one encoding of the volume: their encoder (name, size, architecture,
-    checkpoint hash), preprocessing, image channels and classes must agree. One line names the first difference."""
-    def identity(r: ModelFile) -> dict:  # the checkpoint's path may differ, its hash not
-        encoder = {k: v for k, v in r.encoder.to_dict().items() if k != "checkpoint"}
-        return {"encoder": encoder, "preprocess": to_dict(r.preprocess), "channels": r.channel_names, "classes": r.class_names}
-
-    for record, source in zip(records[1:], sources[1:]):
-        for key, (base, other) in changed_settings(identity(records[0]), identity(record)).items():
-            raise UserError(
-                f"{source} differs from {sources[0]} in {key} ({other} against {base}): an ensemble shares one "
-                "encoding of each volume, so encoder, checkpoint, image size, preprocessing, channels and classes must agree"
-            )
-
-
-def _shared_postprocess(models: list[ModelFile]) -> Postprocess | None:
-    """The models' post-processing when they all carry the same decision (``sam3dseg postprocess --runs``
-    records one for all folds); otherwise none, with a warning."""
-    decisions = [m.postprocess for m in models]
-    if decisions[0] is None or any(d != decisions[0] for d in decisions[1:]):
-        if len(models) > 1 and any(d is not None for d in decisions):
-            logger.warning("the models carry different post-processing decisions, so none is applied: run "
-                           "`sam3dseg postprocess --runs RUN ...` over their runs to decide one for all")  # fmt: skip
-        return None
-    return Postprocess.from_dict(decisions[0])
 
 
 def collect_inputs(path: str | Path, num_channels: int) -> list[tuple[str, list[Path]]]:
@@ -283,7 +110,7 @@ OUTPUT_TYPES = ("image", "dicom-seg")
 
 @dataclass
 class FolderOutputs:
-    """What :func:`predict_folder` writes for each case: its segmentation (``output_type``) and what is asked
+    """What :func:`run_predict` writes for each case: its segmentation (``output_type``) and what is asked
     for beside it."""
 
     probabilities: bool = False  # {case}_probabilities.npy, (K, z, y, x) float16
@@ -318,7 +145,7 @@ def _segmentation_file(path: Path) -> bool:
 
 
 def process_share(part: tuple[int, int] = (0, 1), rank: int = 0, world: int = 1) -> tuple[int, int]:
-    """:func:`predict_folder`'s ``share`` for job ``part = (i, n)`` (0-based) of ``n`` and ``torchrun`` rank
+    """:func:`run_predict`'s ``share`` for job ``part = (i, n)`` (0-based) of ``n`` and ``torchrun`` rank
     ``rank`` of ``world``: the job's cases ``i, i + n, ...`` dealt to its ranks in turn."""
     return part[0] + part[1] * rank, part[1] * world
 
@@ -352,11 +179,6 @@ def _plan_cases(
     return [t for t in targets if t[0] not in done], done
 
 
-def _plain(record: dict) -> dict:
-    """``record`` as it reads back from JSON (NaN as null, tuples as lists), so records compare equal."""
-    return json.loads(json.dumps(jsonable(record)))
-
-
 def _record_difference(recorded: dict, record: dict) -> str:
     """``another model`` or ``other settings (window: 16 there, 8 now)``: how two records differ."""
     if not isinstance(recorded, dict) or recorded.get("format") != record["format"]:
@@ -388,7 +210,7 @@ def _write_case(
 
 @dataclass(frozen=True)
 class PredictPlan:
-    """What :func:`predict_folder` will do, decided and checked before any volume is read: a value to inspect."""
+    """What :func:`run_predict` will do, decided and checked before any volume is read: a value to inspect."""
 
     out: Path
     cases: list[tuple[str, list[Path]]]  # every input case (the folder's statistics table lists them)
@@ -402,7 +224,7 @@ def plan_prediction(
     log: Log | None = print_line,
 ) -> PredictPlan:
     """The cases under ``inputs`` and, of this process's share, those to predict into ``out`` (see
-    :func:`predict_folder`); refuses a request that cannot be met (DICOM SEG of files, another run's folder)."""
+    :func:`run_predict`); refuses a request that cannot be met (DICOM SEG of files, another run's folder)."""
     cases = collect_inputs(inputs, len(predictor.channel_names))
     if outputs.output_type == "dicom-seg" and not all(paths[0].is_dir() for _, paths in cases):
         first = next(paths[0] for _, paths in cases if not paths[0].is_dir())
@@ -446,7 +268,7 @@ def _predict_case(predictor: Predictor, out: Path, name: str, array: np.ndarray,
     return label
 
 
-def predict_folder(
+def run_predict(
     predictor: Predictor, inputs: str | Path, out: str | Path, outputs: FolderOutputs | None = None, progress: bool = True,
     log: Log | None = print_line, share: tuple[int, int] = (0, 1),
 ) -> dict:

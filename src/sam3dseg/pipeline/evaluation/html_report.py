@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import write_text
-from ..common.plots import class_rgb
-from ..data.pictures import display_window
-from ..data.preprocess import anatomical_view
-from ..data.volumes import Geometry, write_volume
-from .metrics import hd95_text
+from ...common.files import write_text
+from ...common.plots import class_rgb
+from ...data.pictures import display_window
+from ...data.preprocess import anatomical_view
+from ...data.volumes import Geometry, write_volume
+from ..metrics import hd95_text
 
-NIIVUE = Path(__file__).resolve().parents[1] / "assets" / "niivue" / "niivue.min.js"
+NIIVUE = Path(__file__).resolve().parents[2] / "assets" / "niivue" / "niivue.min.js"  # sam3dseg/assets
 REPORT = "report.html"
 
 
@@ -174,7 +174,7 @@ try {
 
 
 def write_html_report(path: Path, title: str, summary: dict, rows: list[dict], names: list[str], cases: list[dict]) -> Path:
-    """The page at ``path``: ``summary`` and ``rows`` as :func:`~sam3dseg.pipeline.evaluate.evaluate_folders`
+    """The page at ``path``: ``summary`` and ``rows`` as :func:`~sam3dseg.pipeline.evaluation.evaluate.run_evaluate`
     makes them, ``cases`` from :func:`case_entry` (the viewer's cases, in the order of its list)."""
     options = "".join(f"<option>{html.escape(c['name'])}</option>" for c in cases)
     legend = " ".join(f'<span class="swatch" style="background:rgb{class_rgb(k)}"></span>{html.escape(n)}' for k, n in enumerate(names[1:], 1))

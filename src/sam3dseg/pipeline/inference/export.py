@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import atomic_output, read_json, write_csv, write_json, write_text
-from ..common.plots import class_rgb
-from ..data.volumes import Geometry, write_volume
-from ..errors import UserError
+from ...common.files import atomic_output, read_json, write_csv, write_json, write_text
+from ...common.plots import class_rgb
+from ...data.volumes import Geometry, write_volume
+from ...errors import UserError
 
 PERCENTILES = (5, 25, 50, 75, 95)
 STATISTICS = "_statistics.json"  # a case's statistics: OUT/{case}_statistics.json

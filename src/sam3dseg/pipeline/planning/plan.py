@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.files import write_json, write_text
-from ..common.settings import dump_yaml, read_yaml
-from ..data.datasets import Dataset, read_case
-from ..data.preprocess import PreprocessConfig, plan_transform, reorient
-from ..errors import UserError
-from ..model.encoder import encoder_entry
+from ...common.files import write_json, write_text
+from ...common.settings import dump_yaml, read_yaml
+from ...data.datasets import Dataset, read_case
+from ...data.preprocess import PreprocessConfig, plan_transform, reorient
+from ...errors import UserError
+from ...model.registry import encoder_entry
 
 # The original SAM3D's in-plane training crop (Synapse, 176²), in pixels.
 CROP_PIXELS = 176

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..common.runtime import return_large_buffers_to_the_os
-from ..model.encoder import pad_square
-from .cache import load_case
+from ...common.runtime import return_large_buffers_to_the_os
+from ...model.encoder import pad_square
+from ..caching.cache import load_case
 
 
 @dataclass

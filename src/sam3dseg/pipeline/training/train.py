@@ -29,22 +29,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..common.files import write_csv, write_text
-from ..common.plots import save_curves
-from ..common.runtime import Log, barrier, init_distributed, print_line, resolve_device
-from ..common.settings import changed_settings, describe_changes, dump_yaml, to_dict
-from ..errors import UserError, summarise
-from ..model.decoder import SAM3DDecoder
-from ..model.encoder import EncoderInfo
-from ..model.losses import DeepSupervisionLoss, build_loss
-from .config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens, resolve_grid_stride
+from ...common.files import write_csv, write_text
+from ...common.plots import save_curves
+from ...common.runtime import Log, barrier, init_distributed, print_line, resolve_device
+from ...common.settings import changed_settings, describe_changes, dump_yaml, to_dict
+from ...errors import UserError, summarise
+from ...model.decoder import SAM3DDecoder
+from ...model.losses import DeepSupervisionLoss, build_loss
+from ...model.registry import EncoderInfo
+from ..caching.manifest import CacheManifest
+from ..config import PredictConfig, RunConfig, TrainConfig, resolve_crop_tokens, resolve_grid_stride
+from ..metrics import class_means, dice_per_class, drop_ignored, mean_finite
+from ..model_file import ModelFile, build_decoder, load_model_file
+from ..postprocessing.postprocess import VALIDATION, decide, load_validation, prune_validation, record_decision, save_validation
+from ..windows import WindowDecoder
 from .folds import SPLITS_FILE, select_cases
-from .manifest import CacheManifest
-from .metrics import class_means, dice_per_class, drop_ignored, mean_finite
-from .model_file import ModelFile, build_decoder, load_model_file
-from .postprocess import VALIDATION, decide, load_validation, prune_validation, record_decision, save_validation
 from .samples import Batch, CaseStore, Sampling, epoch_seed, sample_batch
-from .windows import WindowDecoder
 
 
 @torch.no_grad()
@@ -286,7 +286,7 @@ class _Run:
         return self.config.train
 
 
-def train(
+def run_train(
     cache: str | Path,
     out: str | Path,
     config: RunConfig,
@@ -428,7 +428,7 @@ def _save(run: _Run, entry: dict, predictions: dict | None, say: Log) -> None:
 
 def _decide_postprocessing(run: _Run, say: Log) -> None:
     """Keep the largest connected component where it helps, decided on the best epoch's validation predictions
-    (:mod:`~sam3dseg.pipeline.postprocess`), recorded in the model files."""
+    (:mod:`~sam3dseg.pipeline.postprocessing.postprocess`), recorded in the model files."""
     if run.rank == 0 and run.data.val_names and (run.out / VALIDATION).is_dir():
         say("post-processing, decided on the validation cases (keep the largest connected component where it helps):")
         record_decision(run.out, decide(load_validation(run.out), run.record.class_names, lambda line: say("  " + line)))

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..common.files import atomic_output, write_json
-from ..common.runtime import Log, print_line
-from ..errors import UserError, summarise
-from .metrics import class_means, dice_per_class, mean_finite
-from .model_file import load_model_file
+from ...common.files import atomic_output, write_json
+from ...common.runtime import Log, print_line
+from ...errors import UserError, summarise
+from ..metrics import class_means, dice_per_class, mean_finite
+from ..model_file import load_model_file
 
 
 def keep_largest(label: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -173,7 +173,7 @@ def record_decision(run: Path, decision: Postprocess) -> None:
     write_json(Path(run) / "postprocessing.json", decision.to_dict())
 
 
-def postprocess_runs(runs: list[Path], log: Log = print_line) -> Postprocess:
+def run_postprocess(runs: list[Path], log: Log = print_line) -> Postprocess:
     """``sam3dseg postprocess``: one decision over the validation cases of all ``runs`` (e.g. the folds of a
     cross-validation), recorded in each run's model files."""
     names = None

@@ -3,7 +3,7 @@
 Layout of a cache folder::
 
     CACHE/cache.yaml           the settings of the run (CacheConfig): repeat it with --config
-    CACHE/manifest.json        the record (pipeline/manifest.py: CacheManifest): encoder, preprocessing, classes, cases
+    CACHE/manifest.json        the record (pipeline/caching/manifest.py: CacheManifest): encoder, preprocessing, classes, cases
                                (written last, once every case is on disk)
     CACHE/cases/{case}.pt      {"features": fp16 (256·C, D', S/s, S/s), "label": uint8 (D', H', W'),
                                 "image": uint8 (C, D', S/2, S/2), "transform": dict}
@@ -36,17 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common.files import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
-from ..common.runtime import barrier, init_distributed, resolve_device
-from ..common.settings import dump_yaml, to_dict
-from ..data.augment import AugmentConfig, augment_view, require_monai, view_seed
-from ..data.datasets import Case, Dataset, load_dataset, read_case, require_valid
-from ..data.fingerprint import combine, volume_stats
-from ..data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
-from ..errors import UserError
-from ..model.decoder import image_path_input
-from ..model.encoder import SLICE_BATCH, Encoder, EncoderInfo, build_encoder, encode_volume, resolve_checkpoint
-from .config import CacheConfig
+from ...common.files import file_sha256, load_tensors, read_json, save_tensors, write_json, write_text
+from ...common.runtime import barrier, init_distributed, resolve_device
+from ...common.settings import dump_yaml, to_dict
+from ...data.augment import AugmentConfig, augment_view, require_monai, view_seed
+from ...data.datasets import Case, Dataset, load_dataset, read_case, require_valid
+from ...data.fingerprint import combine, volume_stats
+from ...data.preprocess import PreprocessConfig, preprocess_image, preprocess_label
+from ...errors import UserError
+from ...model.decoder import image_path_input
+from ...model.encoder import SLICE_BATCH, Encoder, encode_volume
+from ...model.registry import EncoderInfo, build_encoder, resolve_checkpoint
+from ..config import CacheConfig
 from .manifest import CacheManifest
 
 # part of every case's key: a new number would encode every cached case again (the manifest has its own version)

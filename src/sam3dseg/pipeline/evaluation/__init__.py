@@ -1,0 +1,1 @@
+"""Evaluation: predictions scored against references (``run_evaluate``), and the HTML report."""
