@@ -12,15 +12,8 @@ Exit status 1 when, with crops, the step time or the peak memory at 1024 exceeds
 
     python bench/crops.py [--depth 4] [--steps 2] [--json out.json]
 
-Status. Run here (2-core CPU, torch 2.13), exit status 0:
-
-| image | crop 11 tokens | whole planes |
-|---|---|---|
-| 256 | 0.73 s, +397 MiB | 1.70 s, +550 MiB |
-| 512 | 0.77 s, +403 MiB | 2.76 s, +1114 MiB |
-| 1024 | 0.72 s, +390 MiB | 9.90 s, +2448 MiB |
-
-With crops, 1024 / 256 = 0.99 in time and 0.98 in memory.
+Results: ``bench/results/crops.json`` (docs/performance.md and docs/usage.md quote it; tests/test_docs.py checks
+that they do).
 
 The Dice effect of crops (``bench/recipes.py --crops``, 3 seeds, the default recipe, 2 × 2-token
 windows of a 4 × 4 grid at 64²; whole planes | crops, same steps | crops, 4× the steps, i.e. the

@@ -14,9 +14,10 @@ decide for those. In-plane flips are therefore augmented views (encoded), not fe
 
     python bench/flip_symmetry.py [--image-size 256] [--checkpoint sam_vit_b_01ec64.pth] [--json out.json]
 
-Status. Run here (random ViT-B at 256², 3 slices): cosine per token, mean (5th percentile):
-square slices 0.707 (0.268) left-right, 0.738 (0.148) up-down; padded slices 0.775 (0.342) and
-0.779 (0.306). Far from 1, even before SAM's trained position embedding enters: the patch
+Results: ``bench/results/flip_symmetry.json`` (docs/method.md and docs/usage.md quote it; tests/test_docs.py checks
+that they do).
+
+Far from 1, even before SAM's trained position embedding enters: the patch
 embedding's kernels are not mirror-symmetric, so a token of a mirrored patch is another vector.
 """
 

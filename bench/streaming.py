@@ -12,11 +12,11 @@ Exit status 1 when the anonymous peak with 100 cases exceeds 1.2 × that with 10
 
     python bench/streaming.py [--image-size 256] [--depth 48] [--batches 60] [--json out.json]
 
-Status. Run here, exit status 0: anonymous peak +6.1 MiB with 10 cases (98 MiB on disk),
-+9.9 MiB with 100 cases (975 MiB on disk). Before, with cases memory-mapped but glibc's
-adjustable mmap threshold left on, the same run grew from +214 MiB to +788 MiB (the heap
-pinned by each newly opened case: see ``return_large_buffers_to_the_os``); with cases loaded
-whole (the earlier ``CaseStore``) it would hold every case read, up to its capacity.
+Results: ``bench/results/streaming.json`` (docs/usage.md quotes it; tests/test_docs.py checks that
+it does). Before, with cases memory-mapped but glibc's adjustable mmap threshold left on, the same
+run grew from +214 MiB to +788 MiB (the heap pinned by each newly opened case: see
+``return_large_buffers_to_the_os``); with cases loaded whole (the earlier ``CaseStore``) it would
+hold every case read, up to its capacity.
 """
 
 from __future__ import annotations

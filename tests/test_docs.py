@@ -133,9 +133,11 @@ def test_every_figure_names_a_bench_that_exists_and_its_file():
 
 # Tables a bench renders from its result file (its ``table(result)``), and the page that quotes each verbatim.
 TABLES = [
-    ("cpu_speed", "cpu_speed.json", "performance.md"),
-    ("predict_ct", "predict_ct.json", "performance.md"),
-    ("precision_dice", "precision_dice.json", "performance.md"),
+    ("cpu_speed", "table", "cpu_speed.json", "performance.md"),
+    ("predict_ct", "table", "predict_ct.json", "performance.md"),
+    ("precision_dice", "table", "precision_dice.json", "performance.md"),
+    ("crops", "table", "crops.json", "performance.md"),
+    ("tinyvit", "per_slice_table", "tinyvit.json", "performance.md"),
 ]
 
 
@@ -143,11 +145,11 @@ def _result(name: str) -> dict:
     return json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("bench, result, page", TABLES)
-def test_each_table_is_its_benchs(bench, result, page):
+@pytest.mark.parametrize("bench, function, result, page", TABLES)
+def test_each_table_is_its_benchs(bench, function, result, page):
     """A figure in a table is its result file's: the page holds the bench's table of that file verbatim (the CT's
     read + preprocess + write once said 0.7 s where the file's stages sum to 0.6)."""
-    made = _load(ROOT / "bench" / f"{bench}.py", bench).table(_result(result))
+    made = getattr(_load(ROOT / "bench" / f"{bench}.py", bench), function)(_result(result))
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")
     assert made in text, f"docs/{page} differs from bench/results/{result}: run bench/{bench}.py's table and paste it"
     assert f"`bench/results/{result}`" in text  # the page names its source
@@ -169,3 +171,41 @@ def test_the_onnx_and_gpu_prose_quote_their_files():
     at512 = " / ".join(f"{1000 * s['vit_b', 512, p]:.1f}" for p in ("fp32", "bf16", "int8"))
     assert f"at 512², {at512} ms" in prose
     assert f"LiteMedSAM at 256², {1000 * s['lite_medsam', 256, 'fp32']:.1f} ms fp32 and {1000 * s['lite_medsam', 256, 'bf16']:.1f} ms bf16" in prose
+
+
+def test_the_prose_quotes_the_tinyvit_crops_and_streaming_files():
+    """Figures in sentences are their files' too: TinyViT against its reference, a step at 1024² with and without
+    crops, the memory of streaming 10 and 100 cases."""
+    performance = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    usage = " ".join((ROOT / "docs" / "usage.md").read_text(encoding="utf-8").split())
+    r = _result("tinyvit.json")["reference"]
+    assert f"runs ×{r['speedup']:.2f} faster than the reference" in performance
+    assert f"256²: {r['ours_median_s']:.2f} s against {r['reference_median_s']:.2f} s" in performance
+    crops = _result("crops.json")
+    by = {(x["size"], x["crop_tokens"]): x for x in crops["rows"]}
+    crop, whole = by[1024, 11], by[1024, None]
+    assert (f"at 1024² one step on {crops['depth']} slices takes {crop['seconds']:.2f} s and {crop['peak_mib']:.0f} MiB with "
+            f"`crop_tokens=11` against {whole['seconds']:.1f} s and {whole['peak_mib'] / 1024:.1f} GiB on whole planes") in usage
+    streaming = _result("streaming.json")
+    rows = {x["cases"]: x for x in streaming["rows"]}
+    assert (f"+{rows[10]['anon_mib']:.0f} MiB with 10 cached cases, +{rows[100]['anon_mib']:.0f} MiB with 100, whose files take "
+            f"{100 * streaming['case_mib']:.0f} MiB") in usage
+
+
+def test_the_flip_cosines_are_the_benchs():
+    """The cosine range of flipped features against features of flipped slices, in the method and the usage pages."""
+    means = [r["mean"] for r in _result("flip_symmetry.json")["rows"]]
+    stated = f"{min(means):.2f}–{max(means):.2f} per token"
+    for page in ("method.md", "usage.md"):
+        assert stated in " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split()), page
+
+
+def test_the_encoder_comparison_is_the_benchs():
+    """Our ViT-B against segment_anything's: each speed-up, time and the largest difference, as encoder.json has them."""
+    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    result = _result("encoder.json")
+    r = {(x["image_size"], x["batch"]): x for x in result["results"]}
+    one, eight = r[1024, 1], r[256, 8]
+    assert (f"ours ×{one['speedup']:.2f} at 1024² (one slice: {one['ours_median_s']:.1f} s against {one['official_median_s']:.1f} s) "
+            f"and ×{eight['speedup']:.2f} at 256² (eight slices: {eight['ours_median_s']:.1f} s against {eight['official_median_s']:.1f} s)") in prose
+    assert f"the same numbers to {max(x['max_abs_diff'] for x in result['results']):.1e}" in prose
