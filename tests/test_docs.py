@@ -171,6 +171,10 @@ def test_the_onnx_and_gpu_prose_quote_their_files():
     at512 = " / ".join(f"{1000 * s['vit_b', 512, p]:.1f}" for p in ("fp32", "bf16", "int8"))
     assert f"at 512², {at512} ms" in prose
     assert f"LiteMedSAM at 256², {1000 * s['lite_medsam', 256, 'fp32']:.1f} ms fp32 and {1000 * s['lite_medsam', 256, 'bf16']:.1f} ms bf16" in prose
+    run, steps = gpu["pipeline"], {d["amp"]: d["s_per_step"] for d in gpu["decoder"]}
+    assert (f"cache {run['cache_s']:.0f} s, 10 epochs of training {run['train_s']:.0f} s, predict {run['predict_s']:.0f} s, "
+            f"Dice {run['evaluate_mean_dice']:.3f}") in prose
+    assert f"took {steps[False]:.2f} s in fp32 and {steps[True]:.2f} s under bf16 autocast" in prose
 
 
 def test_the_prose_quotes_the_tinyvit_crops_and_streaming_files():
@@ -209,3 +213,12 @@ def test_the_encoder_comparison_is_the_benchs():
     assert (f"ours ×{one['speedup']:.2f} at 1024² (one slice: {one['ours_median_s']:.1f} s against {one['official_median_s']:.1f} s) "
             f"and ×{eight['speedup']:.2f} at 256² (eight slices: {eight['ours_median_s']:.1f} s against {eight['official_median_s']:.1f} s)") in prose
     assert f"the same numbers to {max(x['max_abs_diff'] for x in result['results']):.1e}" in prose
+
+
+def test_the_cached_step_against_the_encoder_on_the_fly_is_the_benchs():
+    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    result = _result("train_step.json")
+    m = result["summary"]
+    assert (f"{m['cached']['median_step_s']:.1f} s per cached step against {m['on-the-fly']['median_step_s']:.1f} s with our encoder on "
+            f"the fly ({m['official']['median_step_s']:.1f} s with the official one), ×{result['speedup']:.1f}") in prose
+    assert f"where the encoder adds {m['on-the-fly']['median_step_s'] - m['cached']['median_step_s']:.0f} s" in prose
