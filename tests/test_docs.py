@@ -138,6 +138,7 @@ TABLES = [
     ("precision_dice", "table", "precision_dice.json", "performance.md"),
     ("crops", "table", "crops.json", "performance.md"),
     ("tinyvit", "per_slice_table", "tinyvit.json", "performance.md"),
+    ("demo", "table", "demo.json", "results.md"),
 ]
 
 
@@ -222,3 +223,13 @@ def test_the_cached_step_against_the_encoder_on_the_fly_is_the_benchs():
     assert (f"{m['cached']['median_step_s']:.1f} s per cached step against {m['on-the-fly']['median_step_s']:.1f} s with our encoder on "
             f"the fly ({m['official']['median_step_s']:.1f} s with the official one), ×{result['speedup']:.1f}") in prose
     assert f"where the encoder adds {m['on-the-fly']['median_step_s'] - m['cached']['median_step_s']:.0f} s" in prose
+
+
+def test_the_demo_prose_is_the_benchs():
+    """What docs/results.md says of the demo's two runs: the structures the pretrained features help most, the steps."""
+    prose = " ".join((ROOT / "docs" / "results.md").read_text(encoding="utf-8").split())
+    result = _result("demo.json")
+    ours, control = result["runs"]["lite_medsam"]["per_class"], result["runs"]["vit_b"]["per_class"]
+    assert (f"({ours['hippocampus']:.2f} and {ours['amygdala']:.2f} against {control['hippocampus']:.2f} and "
+            f"{control['amygdala']:.2f})") in prose
+    assert f"same {result['epochs']} × {result['steps_per_epoch']} steps of the default recipe at {result['image_size']}²" in prose
