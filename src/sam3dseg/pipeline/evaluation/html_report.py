@@ -16,6 +16,7 @@ import base64
 import html
 import json
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from ...data.preprocess import anatomical_view
 from ...data.volumes import Geometry, write_volume
 from ..metrics import hd95_text
 
-NIIVUE = Path(__file__).resolve().parents[2] / "assets" / "niivue" / "niivue.min.js"  # sam3dseg/assets
+# package data found as the recipes are (planning/recipes.py), wherever this module sits in the package
+NIIVUE = resources.files("sam3dseg").joinpath("assets", "niivue", "niivue.min.js")
 REPORT = "report.html"
 
 
