@@ -108,7 +108,7 @@ def test_the_train_step_ratios_are_the_benchs():
     result = json.loads((ROOT / "bench" / "results" / "train_speed.json").read_text(encoding="utf-8"))
     step = {mode: s["median_step_s"] for mode, s in result["summary"].items()}
     ratio = {mode: f"×{s / step['vit_b']:.2f}" for mode, s in step.items()}
-    pages = {name: " ".join((ROOT / "docs" / name).read_text(encoding="utf-8").split()) for name in ("performance.md", "method.md", "training.md")}
+    pages = {name: _prose(name) for name in ("performance.md", "method.md", "training.md")}
     assert f"the default, 8, makes the step {ratio['lite_medsam@8']} ViT-B's ({step['lite_medsam@8']:.2f} s against {step['vit_b']:.2f} s)" in pages["performance.md"]
     assert f"the unpooled S/4 grid makes a training step cost {ratio['lite_medsam@4']} ViT-B's" in pages["performance.md"]
     assert f"(the write-up's decoder) {ratio['lite_medsam@16']}" in pages["performance.md"]
@@ -146,6 +146,11 @@ def _result(name: str) -> dict:
     return json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
 
 
+def _prose(page: str) -> str:
+    """A docs page with its line breaks and runs of spaces made single spaces, so a figure can be searched for."""
+    return " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split())
+
+
 @pytest.mark.parametrize("bench, function, result, page", TABLES)
 def test_each_table_is_its_benchs(bench, function, result, page):
     """A figure in a table is its result file's: the page holds the bench's table of that file verbatim (the CT's
@@ -158,7 +163,7 @@ def test_each_table_is_its_benchs(bench, function, result, page):
 
 def test_the_onnx_and_gpu_prose_quote_their_files():
     """The ONNX Runtime comparison and the GPU figures in docs/performance.md are onnx_peer.json's and gpu.json's."""
-    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    prose = _prose("performance.md")
     onnx = {r["image_size"]: r for r in _result("onnx_peer.json")["results"]}
     for size in (512, 1024):
         r = onnx[size]
@@ -181,8 +186,8 @@ def test_the_onnx_and_gpu_prose_quote_their_files():
 def test_the_prose_quotes_the_tinyvit_crops_and_streaming_files():
     """Figures in sentences are their files' too: TinyViT against its reference, a step at 1024² with and without
     crops, the memory of streaming 10 and 100 cases."""
-    performance = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
-    usage = " ".join((ROOT / "docs" / "usage.md").read_text(encoding="utf-8").split())
+    performance = _prose("performance.md")
+    usage = _prose("usage.md")
     r = _result("tinyvit.json")["reference"]
     assert f"runs ×{r['speedup']:.2f} faster than the reference" in performance
     assert f"256²: {r['ours_median_s']:.2f} s against {r['reference_median_s']:.2f} s" in performance
@@ -202,12 +207,12 @@ def test_the_flip_cosines_are_the_benchs():
     means = [r["mean"] for r in _result("flip_symmetry.json")["rows"]]
     stated = f"{min(means):.2f}–{max(means):.2f} per token"
     for page in ("method.md", "usage.md"):
-        assert stated in " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split()), page
+        assert stated in _prose(page), page
 
 
 def test_the_encoder_comparison_is_the_benchs():
     """Our ViT-B against segment_anything's: each speed-up, time and the largest difference, as encoder.json has them."""
-    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    prose = _prose("performance.md")
     result = _result("encoder.json")
     r = {(x["image_size"], x["batch"]): x for x in result["results"]}
     one, eight = r[1024, 1], r[256, 8]
@@ -217,7 +222,7 @@ def test_the_encoder_comparison_is_the_benchs():
 
 
 def test_the_cached_step_against_the_encoder_on_the_fly_is_the_benchs():
-    prose = " ".join((ROOT / "docs" / "performance.md").read_text(encoding="utf-8").split())
+    prose = _prose("performance.md")
     result = _result("train_step.json")
     m = result["summary"]
     assert (f"{m['cached']['median_step_s']:.1f} s per cached step against {m['on-the-fly']['median_step_s']:.1f} s with our encoder on "
@@ -227,7 +232,7 @@ def test_the_cached_step_against_the_encoder_on_the_fly_is_the_benchs():
 
 def test_the_demo_prose_is_the_benchs():
     """What docs/results.md says of the demo's two runs: the structures the pretrained features help most, the steps."""
-    prose = " ".join((ROOT / "docs" / "results.md").read_text(encoding="utf-8").split())
+    prose = _prose("results.md")
     result = _result("demo.json")
     ours, control = result["runs"]["lite_medsam"]["per_class"], result["runs"]["vit_b"]["per_class"]
     assert (f"({ours['hippocampus']:.2f} and {ours['amygdala']:.2f} against {control['hippocampus']:.2f} and "
