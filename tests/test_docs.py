@@ -238,3 +238,44 @@ def test_the_demo_prose_is_the_benchs():
     assert (f"({ours['hippocampus']:.2f} and {ours['amygdala']:.2f} against {control['hippocampus']:.2f} and "
             f"{control['amygdala']:.2f})") in prose
     assert f"same {result['epochs']} × {result['steps_per_epoch']} steps of the default recipe at {result['image_size']}²" in prose
+
+
+def test_the_decoder_flops_are_level_flops():
+    """The decoder FLOPs the pages state are what the code counts: `level_flops` of the default decoder (image path,
+    K = 13) for LiteMedSAM's grid unpooled and pooled, ViT-B's at 256² and 1024², and the default crops; and
+    ``torch.utils.flop_counter`` on the seed's decoder at the train_step bench's crop (meta tensors: no arithmetic)."""
+    import dataclasses
+
+    import torch
+
+    from sam3dseg.model.decoder import SAM3DDecoder
+    from sam3dseg.pipeline.config import DecoderConfig
+    from sam3dseg.pipeline.model_file import build_decoder
+
+    def gflop(grid_stride, stride: int, depth: int, tokens: int) -> float:
+        decoder = build_decoder(dataclasses.replace(DecoderConfig(), grid_stride=grid_stride), 13, 256, 1, stride)
+        return sum(decoder.level_flops(depth, tokens, tokens)) / 1e9
+
+    performance, method = _prose("performance.md"), _prose("method.md")
+    assert (f"a whole plane of its unpooled S/4 grid takes {gflop(4, 4, 1, 64):.1f} GFLOP per slice (its first block, at the 64² grid, "
+            f"is most of it), {gflop('auto', 4, 1, 64):.1f} with the default `decoder.grid_stride` 8, against "
+            f"{gflop('auto', 16, 1, 16):.1f} at ViT-B 256² and {gflop('auto', 16, 1, 64):.1f} at 1024²") in performance
+    crop, vit = gflop(4, 4, 16, 32), gflop("auto", 16, 16, 8)  # the default half-grid crops of 16 slices
+    assert f"64 × 64 tokens: {crop:.1f} GFLOP forward per crop against {vit:.1f}" in performance
+    assert f"{crop:.0f} GFLOP forward for a default crop (16 slices × 32 × 32 tokens, K = 13) against {vit:.1f}" in method
+    assert f"8 for a stride-4 encoder ({gflop('auto', 4, 16, 32):.1f} GFLOP;" in method
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        decoder = SAM3DDecoder(num_classes=14)  # bench/train_step.py's decoder, crop 64 × 176² at stride 16
+        sum(level.sum() for level in decoder(torch.zeros(1, 256, 64, 11, 11))).backward()
+    step = _result("train_step.json")["summary"]
+    cached, added = step["cached"]["median_step_s"], step["on-the-fly"]["median_step_s"] - step["cached"]["median_step_s"]
+    total = counter.get_total_flops() / 1e9
+    assert (f"so ×10 needs a cached step of at most {added / 9:.1f} s, and the seed's decoder spends about the same FLOPs at "
+            f"every level, {total:.0f} GFLOP forward + backward for this crop with 14 classes (`torch.utils.flop_counter`), "
+            f"which its 3-D convolutions run at {total / cached:.0f} GFLOP/s here; ×10 would take them to at least "
+            f"{total / (added / 9):.0f} GFLOP/s") in performance
+    gemm = next(r["gemm_gflops"] for r in _result("cpu_speed.json")["rows"] if r["precision"] == "fp32")
+    assert f"matrix-product rate measured on a 2-core AMD EPYC ({gemm:.0f} GFLOP/s, `bench/results/cpu_speed.json`)" in performance
