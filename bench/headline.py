@@ -48,7 +48,8 @@ def _speed_rows() -> list[list[str]]:
     predict = _read("predict_ct.json")
     ends = {(r["encoder"], r["image_size"]): r for r in predict["results"] if r["precision"] == "fp32"}
     demo = _read("timings.json")["fresh_clone"]
-    cpu_name = _read("cpu_speed.json")["machine"].split(",")[0]  # "AMD EPYC, 2 threads, torch ...": the CPU first
+    machine = _read("cpu_speed.json")["machine"]  # "AMD EPYC, 2 threads, torch ..., native bf16: True": the CPU first
+    cpu_name = machine.split(",")[0] + (" (native bf16)" if machine.endswith("native bf16: True") else "")
     return [
         ["encode one slice, CPU, fp32",
          f"LiteMedSAM at 256²: {cpu[('lite_medsam 256²', 'fp32')]['s_per_slice']:.2f} s; "

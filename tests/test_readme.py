@@ -114,7 +114,14 @@ def test_the_speed_section_states_what_cpu_speed_measured():
     bf16 = [r for r in rows if r["precision"] == "bf16" and r["case"] != "decoder"]
     low, high = min(round(100 * r["share"]) for r in bf16), max(round(100 * r["share"]) for r in bf16)
     gains = [r["speedup_vs_fp32"] for r in bf16]
-    assert f"bf16 reaches {low}–{high} % of this CPU's bf16 GEMM rate" in prose
+    assert f"bf16 reaches {low}–{high} % of that CPU's bf16 GEMM rate" in prose
+    vit_1024 = next(r for r in rows if (r["case"], r["precision"]) == ("vit_b 1024²", "fp32"))["s_per_slice"]
+    on_avx2 = {(r["image_size"], r["batch"]): r for r in json.loads((ROOT / "bench" / "results" / "encoder.json").read_text(encoding="utf-8"))["results"]}
+    limits = " ".join(README.read_text(encoding="utf-8").split())
+    assert (f"encodes ViT-B in {vit_1024:.1f} s a slice with AVX512-BF16 (`bench/results/cpu_speed.json`) and "
+            f"{on_avx2[1024, 1]['ours_median_s']:.1f} s with AVX2 only (`bench/results/encoder.json`)") in limits
+    assert "`bench/results/cpu_speed.json`, an AMD EPYC with AVX512-BF16" in prose  # the file's machine ("native bf16: True")
+    assert "native bf16: True" in json.loads((ROOT / "bench" / "results" / "cpu_speed.json").read_text(encoding="utf-8"))["machine"]
     assert f"×{min(gains):.2f}–{max(gains):.2f} over fp32" in prose
 
 
