@@ -16,10 +16,10 @@ about the decoder's training, at a cost this CPU can pay (about 14 minutes for t
 table with 3 seeds). Exit status 1 when the default recipe (``sam3dseg train``'s defaults)
 trails the best combination on any dataset by more than ``--tolerance``.
 
-    python bench/recipes.py [--seeds 3] [--datasets small large mni152] [--json out.json] [--crops | --views]
+    python bench/recipes.py [--seeds 3] [--datasets small large mni152] [--json out.json] [--crops | --augmented-copies]
 
-``--crops`` compares whole planes with token crops; ``--views`` compares caches with K = 0, 2
-and 4 augmented views per case (``sam3dseg cache --views K``) and prints their cost.
+``--crops`` compares whole planes with token crops; ``--augmented-copies`` compares caches with K = 0, 2
+and 4 augmented views per case (``sam3dseg cache --augmented-copies K``) and prints their cost.
 
 Status. Full run here (3 seeds, about 14 minutes), exit status 0:
 
@@ -35,7 +35,7 @@ the default finds the brightest (class 5: 0.51 ± 0.16) and, in one seed of thre
 and 4 (means 0.15 and 0.17); the two faintest stay unfound. On ``mni152`` the joint
 Dice never finds white matter (0.00 against 0.65).
 
-``--views`` (2 seeds, about 50 minutes with the 4×-step variants). In this mode the exit status
+``--augmented-copies`` (2 seeds, about 50 minutes with the 4×-step variants). In this mode the exit status
 compares the default (K=0) only with the variants of the same steps, which it leads or trails by
 less than the tolerance; the 4×-step variants are reported, not held against it (they cost more):
 
@@ -95,8 +95,8 @@ CROP_VARIANTS = {
     "crop_tokens=2": ["train.crop_tokens=2"],
     "crop_tokens=2, 4× steps": ["train.crop_tokens=2", "STEPS×4"],
 }
-# --views: the default recipe on caches with K = 0, 2, 4 augmented views per case (one cache with 4
-# views, trained with train.views = K), the same steps, and K = 0 and 4 with 4× the steps (where
+# --augmented-copies: the default recipe on caches with K = 0, 2, 4 augmented views per case (one cache with 4
+# views, trained with train.augmented_copies = K), the same steps, and K = 0 and 4 with 4× the steps (where
 # augmentation has more to prevent); the encoding time and disk of each K beside.
 VIEW_VARIANTS = {
     "K=0": ["train.augmented_copies=0"], "K=2": ["train.augmented_copies=2"], "K=4": ["train.augmented_copies=4"],
@@ -263,8 +263,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.equal_time:
         return equal_time(args)
-    variants = CROP_VARIANTS if args.crops else VIEW_VARIANTS if args.views else VARIANTS
-    costs: dict[str, dict[str, list[float]]] = {}  # --views: dataset -> [seconds, MiB] per K
+    variants = CROP_VARIANTS if args.crops else VIEW_VARIANTS if args.augmented_copies else VARIANTS
+    costs: dict[str, dict[str, list[float]]] = {}  # --augmented-copies: dataset -> [seconds, MiB] per K
 
     results: dict[str, dict[str, list[list[float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,7 +272,7 @@ def main() -> None:
             size, depth, epochs, steps = DATASETS[dataset]
             cache = Path(tmp) / dataset / "cache"
             data = _make(dataset, Path(tmp) / dataset / "data")
-            if args.views:
+            if args.augmented_copies:
                 costs[dataset] = _cache_views(data, cache, size)
             else:
                 make_cache(data, cache, image_size=size)  # the tests' small encoder
@@ -299,7 +299,7 @@ def main() -> None:
     print("| dataset | " + " | ".join(variants) + " |")
     print("|---|" + "---|" * len(variants))
     failed = []
-    default = "whole planes" if args.crops else "K=0" if args.views else _default_variant()
+    default = "whole planes" if args.crops else "K=0" if args.augmented_copies else _default_variant()
     for dataset, by_variant in results.items():
         means = {}
         cells = []
@@ -310,7 +310,7 @@ def main() -> None:
             cells.append(f"{means[variant]:.3f} ± {sd:.3f}")
         print(f"| {dataset} | " + " | ".join(cells) + " |")
         # the goal: no variant of the same training cost beats the default (the views' extra steps cost more)
-        rivals = [v for v in means if not (args.views and "STEPS×4" in variants[v])]
+        rivals = [v for v in means if not (args.augmented_copies and "STEPS×4" in variants[v])]
         best = max(rivals, key=means.get)
         if means[default] < means[best] - args.tolerance:
             failed.append(f"{dataset}: default '{default}' {means[default]:.3f} < best '{best}' {means[best]:.3f}")
@@ -326,7 +326,7 @@ def main() -> None:
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
                 cells.append(f"{statistics.fmean(values):.2f} ± {sd:.2f}" if values else "absent")
             print(f"| {variant} | " + " | ".join(cells) + " |")
-    if args.views:
+    if args.augmented_copies:
         print("\nCost of the views: cache build (the small encoder: scale by docs/performance.md's encode time per slice) and disk")
         print("| dataset | " + " | ".join(f"{k}: s, MiB" for k in costs[args.datasets[0]]) + " |")
         print("|---|" + "---|" * len(costs[args.datasets[0]]))

@@ -4,6 +4,7 @@
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,40 @@ def test_benchmark_starts(script, bench_help):
     """``bench/X.py --help`` runs: a benchmark cannot rot unseen when the package moves."""
     code, out, error = bench_help[script]
     assert code == 0 and "usage:" in out, error[-2000:]
+
+
+def _bench_options(path: Path) -> tuple[set[str], set[str], set[str]]:
+    """A bench's parser, read from its source: the option strings it defines, their ``args`` attributes, and the
+    ``args.NAME`` it reads."""
+    options, dests, read = set(), set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            options |= {n for n in names if n.startswith("-")}
+            dest = next((k.value.value for k in node.keywords if k.arg == "dest"), None)
+            first = next((n for n in names if n.startswith("--")), names[0])
+            dests.add(dest or first.lstrip("-").replace("-", "_"))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "args":
+            read.add(node.attr)
+    return options, dests, read
+
+
+@pytest.mark.parametrize("script", BENCHES)
+def test_a_bench_reads_only_the_options_it_defines(script):
+    """``args.views`` outlived the rename of ``--views`` to ``--augmented-copies`` and broke ``recipes.py --crops``."""
+    _, dests, read = _bench_options(BENCH / script)
+    assert read <= dests, sorted(read - dests)
+
+
+def test_the_docs_name_only_options_the_benches_define():
+    """Every ``bench/X.py --option`` the README and docs/ show is an option of X's parser."""
+    pages = [BENCH.parent / "README.md", *sorted((BENCH.parent / "docs").glob("*.md")), *sorted(BENCH.glob("*.py"))]
+    wrong = []
+    for page in pages:
+        for script, args in re.findall(r"bench/(\w+)\.py((?: +-[-\w]+(?: +[\w/.{}]+)*)+)", page.read_text(encoding="utf-8")):
+            options = _bench_options(BENCH / f"{script}.py")[0]
+            wrong += [f"{page.name}: bench/{script}.py {o}" for o in re.findall(r"(?<![\w-])--?[a-z][\w-]*", args) if o not in options]
+    assert not wrong, wrong
 
 
 def test_no_function_is_over_sixty_lines():
