@@ -11,14 +11,15 @@ from collections.abc import Callable
 
 import torch
 
-from sam3dseg.model.precision import cpu_name  # noqa: F401  (the benches' record of the CPU: one definition)
+from sam3dseg.model.precision import cpu_name, describe_cpu  # noqa: F401  (the benches' record of the CPU: one definition)
 
 
 def machine() -> dict[str, object]:
-    """What every result file records beside its figures: the CPU, the threads torch used, torch, the date."""
+    """What every result file records beside its figures: the CPU, its kind (``AMD EPYC (AVX2; bf16: none)``: a
+    figure depends on it), the threads torch used, torch, the date."""
     import datetime
 
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "when": datetime.date.today().isoformat()}
+    return {"cpu": cpu_name(), "cpu_kind": describe_cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__, "when": datetime.date.today().isoformat()}
 
 
 def alternate(

@@ -36,7 +36,7 @@ def _peer_row(path: Path) -> list[str]:
         f"sam3dseg (LiteMedSAM at {result['sam3dseg']['image_size']}²) mean Dice "
         f"{result['sam3dseg']['scores']['mean_dice']:.3f} ({found} of {len(scores)} found); "
         f"nnU-Net 3d_fullres at equal time: {theirs}",
-        f"{cpu['cpu']}, {cpu['cores']} cores",
+        f"{cpu.get('kind', cpu['cpu'])}, {cpu['cores']} cores",  # files before 2026-12 have no kind
         f"`bench/results/{path.name}`",
     ]
 
@@ -64,7 +64,7 @@ def _speed_rows() -> list[list[str]]:
          f"{predict['cpu']}, 2 cores", "`bench/results/predict_ct.json`"],
         ["`make demo` on a fresh clone",
          f"{demo['make_demo_seconds']} s (installing {demo['setup_seconds']} s, demo {demo['demo_seconds']} s)",
-         f"{demo['machine']['cpu']}, {demo['machine']['cores']} cores", "`bench/results/timings.json`"],
+         f"{demo['machine'].get('kind', demo['machine']['cpu'])}, {demo['machine']['cores']} cores", "`bench/results/timings.json`"],
     ]
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from _shared import cpu_name
+from _shared import cpu_name, describe_cpu
 from sam3dseg.common.files import read_json, write_json
 
 NNUNET = "nnunetv2==2.8.1"
@@ -342,7 +342,7 @@ def main() -> None:
     target = args.json or ROOT / "bench" / "results" / f"peer_nnunet_{args.set}_{int(args.budget)}s.json"
     result = read_json(target) if target.is_file() else {}
     result.update({"set": args.set, "budget_s": args.budget, "device": args.device, "data": read_json(data / "dataset.json")["generator"]})
-    result.setdefault("machine", {})[args.device] = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__}
+    result.setdefault("machine", {})[args.device] = {"cpu": cpu_name(), "kind": describe_cpu(), "cores": os.cpu_count(), "torch": torch.__version__}
     failed = False
     for system in args.systems:
         print(f"{system}: {args.budget:.0f} s on {args.set} ({log})", flush=True)

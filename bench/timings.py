@@ -45,9 +45,9 @@ GOAL = 1.5
 def machine() -> dict:
     """The CPU and cores, and the 1-minute load average now (how busy the machine was)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by file (tests/test_readme.py)
-    from _shared import cpu_name
+    from _shared import cpu_name, describe_cpu
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
+    return {"cpu": cpu_name(), "kind": describe_cpu(), "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def _run(command: list[str], cwd: Path) -> tuple[float, str]:
@@ -144,7 +144,7 @@ def table(results: dict) -> str:
 
     def where(section: dict) -> str:
         m = section["machine"]
-        return f"{m['cpu']}, {m['cores']} cores (load {m['load_1min']:g})"
+        return f"{m.get('kind', m['cpu'])}, {m['cores']} cores (load {m['load_1min']:g})"  # files before 2026-12 have no kind
 
     if "fresh_clone" in results:
         r = results["fresh_clone"]
