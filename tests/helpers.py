@@ -5,7 +5,10 @@ Importable from every test folder (``pythonpath = ["tests"]`` in pyproject.toml)
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -76,3 +79,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_script(path: Path):
+    """A script that is no package module (``bench/X.py``, ``docs/make_cli.py``) loaded by its path, with its own
+    folder importable while it loads (the benches import ``_shared``)."""
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -3,28 +3,16 @@ prints, every link between the pages lands on a file and a heading that exist, t
 order and length, and its results table is the one made from bench/results."""
 
 import argparse
-import importlib.util
 import json
 import platform
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-
-def _load(path: Path, name: str):
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
 
 
 def _options(text: str) -> dict[str, set[str]]:
@@ -34,7 +22,7 @@ def _options(text: str) -> dict[str, set[str]]:
 
 
 def test_cli_reference_is_what_the_parser_prints():
-    make = _load(ROOT / "docs" / "make_cli.py", "make_cli")
+    make = load_script(ROOT / "docs" / "make_cli.py")
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     made = make.reference()
     stated = re.search(r"argparse of Python (\d+\.\d+)", page)
@@ -95,7 +83,7 @@ def test_the_readme_is_a_newcomers_page():
 
 
 def test_the_results_table_is_made_from_bench_results():
-    headline = _load(ROOT / "bench" / "headline.py", "headline")
+    headline = load_script(ROOT / "bench" / "headline.py")
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert headline.table() in text, "README's results table differs from bench/results: run python bench/headline.py and paste it"
     # every result file of the peer bench has its row: a new budget is not left out of the headline
@@ -155,7 +143,7 @@ def _prose(page: str) -> str:
 def test_each_table_is_its_benchs(bench, function, result, page):
     """A figure in a table is its result file's: the page holds the bench's table of that file verbatim (the CT's
     read + preprocess + write once said 0.7 s where the file's stages sum to 0.6)."""
-    made = getattr(_load(ROOT / "bench" / f"{bench}.py", bench), function)(_result(result))
+    made = getattr(load_script(ROOT / "bench" / f"{bench}.py"), function)(_result(result))
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")
     assert made in text, f"docs/{page} differs from bench/results/{result}: run bench/{bench}.py's table and paste it"
     assert f"`bench/results/{result}`" in text  # the page names its source

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 from sam3dseg.cli import main
 from sam3dseg.data.synthetic import write_dataset
@@ -71,11 +72,7 @@ NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seve
 
 
 def _timings():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("timings", ROOT / "bench" / "timings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "bench" / "timings.py")
     return module, json.loads(module.RESULTS.read_text(encoding="utf-8"))
 
 
@@ -164,16 +161,7 @@ def test_the_readme_states_the_torch_floor_of_pyproject():
 def test_the_headline_table_is_the_peer_bench(name):
     """docs/results.md's "sam3dseg beside nnU-Net" tables are bench/peer_nnunet.py's tables of its result files, verbatim,
     and the prose states the budget and the machine each file records."""
-    import importlib.util
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("peer_nnunet", ROOT / "bench" / "peer_nnunet.py")
-        peer = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(peer)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    peer = load_script(ROOT / "bench" / "peer_nnunet.py")
     result = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
     text = (DOCS / "results.md").read_text(encoding="utf-8")
     assert peer.table(result) in text, "docs/results.md's table differs from the result: run bench/peer_nnunet.py --table FILE and paste it"
