@@ -167,6 +167,21 @@ def test_evaluate_refuses_mismatched_shapes_and_missing_files(tmp_path, capsys):
     assert not (tmp_path / "pred" / "metrics.csv").exists()
 
 
+def test_evaluate_refuses_a_label_the_dataset_does_not_name(tmp_path, capsys):
+    """A prediction with label 3 scored against a dataset.json of three classes: one line naming both files and the
+    dataset.json, exit 2, nothing written."""
+    ref = np.zeros((4, 5, 6), np.uint8)
+    ref[1:3, 1:4, 2:5] = 2
+    write_volume(ref, GEOMETRY, tmp_path / "ref" / "a.nii.gz")
+    write_volume(np.where(ref == 2, 3, 0).astype(np.uint8), GEOMETRY, tmp_path / "pred" / "a.nii.gz")
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2}}), encoding="utf-8")
+    command = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels), "--quiet"]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"holds label 3, but {labels} names 3 classes" in err[0] and "a.nii.gz" in err[0]
+    assert not (tmp_path / "pred" / "metrics.csv").exists()
+
 def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys):
     """Same shape, other spacing or origin: the voxels are other places, so the scores would mean nothing."""
     from sam3dseg.data.volumes import Geometry

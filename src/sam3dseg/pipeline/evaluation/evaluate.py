@@ -10,6 +10,7 @@ each other with different layouts.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,18 @@ def _first_channel(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return first
 
 
+@dataclass(frozen=True)
+class _Cases:
+    """What one evaluation scores: (case, prediction, reference) triples, each case's image where one is shown, the
+    class names, nnU-Net's ignore label (None without one) and the dataset.json they came from (None: from the files)."""
+
+    pairs: list[tuple[str, Path, Path]]
+    shown: dict[str, Path]
+    class_names: list[str]
+    ignore: int | None
+    labels: str | Path | None
+
+
 def _classes(labels: str | Path | None, pairs: list[tuple[str, Path, Path]]) -> tuple[list[str], int | None]:
     """The class names (``labels``' dataset.json, else ``class{k}`` up to the largest label the files hold: one
     extra pass) and nnU-Net's ignore label (None without one)."""
@@ -90,19 +103,16 @@ def _classes(labels: str | Path | None, pairs: list[tuple[str, Path, Path]]) -> 
     return ["background"] + [f"class{k}" for k in range(1, top + 1)], None
 
 
-def _score(
-    pairs: list[tuple[str, Path, Path]], class_names: list[str], ignore: int | None, labels: str | Path | None,
-    tolerance: float, progress: bool,
-) -> tuple[list[dict], list[dict]]:
+def _score(cases: _Cases, tolerance: float, progress: bool) -> tuple[list[dict], list[dict]]:
     """Each case's metrics per class (rows of ``metrics.csv``) and nnU-Net's counts per case (its summary.json)."""
     from tqdm import tqdm
 
-    rows, nnunet_cases = [], []
-    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
-        pred, ref, geometry, counted = _read_pair(pred_path, ref_path, ignore)
+    rows, nnunet_cases, class_names = [], [], cases.class_names
+    for case, pred_path, ref_path in tqdm(cases.pairs, desc="evaluate", unit="case", disable=not progress):
+        pred, ref, geometry, counted = _read_pair(pred_path, ref_path, cases.ignore)
         top = max(int(pred.max()), int(ref.max()))
         if top >= len(class_names):
-            raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {labels} names {len(class_names)} classes")
+            raise UserError(f"{pred_path} or {ref_path} holds label {top}, but {cases.labels} names {len(class_names)} classes")
         spacing = tuple(reversed(geometry.spacing))  # (x, y, z) -> array order (z, y, x)
         for name, m in zip(class_names[1:], case_metrics(pred, ref, spacing, len(class_names), tolerance)):
             rows.append({"case": case, "class": name, **m})
@@ -111,23 +121,20 @@ def _score(
     return rows, nnunet_cases
 
 
-def _draw(
-    out_dir: Path, title: str, pairs: list[tuple[str, Path, Path]], shown: dict[str, Path], labels: str | Path | None,
-    ignore: int | None, class_names: list[str], summary: dict, rows: list[dict], config: EvaluateConfig,
-) -> None:
+def _draw(out_dir: Path, title: str, cases: _Cases, summary: dict, rows: list[dict], config: EvaluateConfig) -> None:
     """The montages (``config.png``) and the HTML report (``config.html``), drawn once every case has scored (each case
     read again rather than held: a failure writes nothing, memory stays one case beside the page's encoded volumes)."""
-    modality = ([*read_channel_names(labels), "MR"] if labels else ["MR"])[0]  # the first channel's, for the pictures
+    modality = ([*read_channel_names(cases.labels), "MR"] if cases.labels else ["MR"])[0]  # the first channel's, for the pictures
     viewed = []
-    for case, pred_path, ref_path in pairs if config.png or config.html else ():
-        pred, ref, geometry, _ = _read_pair(pred_path, ref_path, ignore)
-        image = _first_channel(shown[case], pred.shape) if case in shown else None
+    for case, pred_path, ref_path in cases.pairs if config.png or config.html else ():
+        pred, ref, geometry, _ = _read_pair(pred_path, ref_path, cases.ignore)
+        image = _first_channel(cases.shown[case], pred.shape) if case in cases.shown else None
         if config.png:
-            save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, class_names, case)
+            save_case_montage(out_dir / f"{case}_vs_reference.png", image, modality, geometry, pred, ref, cases.class_names, case)
         if config.html:
             viewed.append(case_entry(case, pred, ref, geometry, image, modality))
     if config.html:
-        write_html_report(out_dir / REPORT, title, summary, rows, class_names, viewed)
+        write_html_report(out_dir / REPORT, title, summary, rows, cases.class_names, viewed)
 
 
 def run_evaluate(
@@ -157,12 +164,12 @@ def run_evaluate(
     if images is not None and not Path(images).is_dir():
         raise UserError(f"folder of images not found: {images}")
     shown = {case: _image_path(Path(images), case) for case, *_ in pairs} if (config.png or config.html) and images is not None else {}
-    class_names, ignore = _classes(labels, pairs)
-    rows, nnunet_cases = _score(pairs, class_names, ignore, labels, config.nsd_tolerance, progress)
-    summary = summarise(rows, class_names)
+    cases = _Cases(pairs, shown, *_classes(labels, pairs), labels)
+    rows, nnunet_cases = _score(cases, config.nsd_tolerance, progress)
+    summary = summarise(rows, cases.class_names)
     summary["nsd_tolerance_mm"] = config.nsd_tolerance
     summary["missing_predictions"] = missing
-    _draw(out_dir, f"sam3dseg evaluation of {pred_dir.name}", pairs, shown, labels, ignore, class_names, summary, rows, config)
+    _draw(out_dir, f"sam3dseg evaluation of {pred_dir.name}", cases, summary, rows, config)
 
     write_csv(out_dir / "metrics.csv", rows, ["case", "class", "dice", "hd95", "nsd"])
     write_json(out_dir / "sam3dseg_summary.json", summary)
