@@ -268,3 +268,21 @@ def test_the_decoder_flops_are_level_flops():
     gemm = next(r["gemm_gflops"] for r in _result("cpu_speed.json")["rows"] if r["precision"] == "fp32")
     assert f"matrix-product rate measured on a 2-core AMD EPYC ({gemm:.0f} GFLOP/s, `bench/results/cpu_speed.json`)" in performance
 
+
+
+def test_the_stride_decoder_figures_agree_across_pages():
+    """The three decoder designs of docs/performance.md's table (Dice, GFLOP, s a step) are the ones method.md and
+    the prose beside the table quote: one measurement, stated alike everywhere."""
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^ *\| (keep-first|keep-last|pool-16) [^|]*\| ([\d.]+ ± [\d.]+) \| ([\d.]+) \| ([\d.]+)", page, flags=re.M)
+    design = {name: (dice, float(gflop), float(step)) for name, dice, gflop, step in rows}
+    assert set(design) == {"keep-first", "keep-last", "pool-16"}
+    (first, first_gflop, first_step), (last, last_gflop, last_step), (pool, _, _) = (design[k] for k in ("keep-first", "keep-last", "pool-16"))
+    mean = {k: float(v[0].split(" ±")[0]) for k, v in design.items()}
+    performance, method = _prose("performance.md"), _prose("method.md")
+    assert f"(−{mean['keep-first'] - mean['pool-16']:.2f} at 64², equal steps)" in performance
+    assert (f"Upsampling first is {mean['keep-last'] - mean['keep-first']:.3f} better at equal steps, within two seed deviations, "
+            f"for {last_gflop / first_gflop:.1f}× the FLOPs and {last_step / first_step:.1f}× the time per step") in performance
+    assert f"scored {last} against the default's {first} at equal steps for {last_gflop / first_gflop:.1f}× the FLOPs" in method
+    assert f"the features average-pooled to S/16 before the write-up's decoder scored {pool}" in method
+    assert f"(`bench/stride_decoder.py`: {mean['keep-first']:.3f} against {mean['pool-16']:.3f} for pooling to S/16 at 64²)" in method
