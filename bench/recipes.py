@@ -2,7 +2,7 @@
 
 Trains every combination of ``loss.dice`` (``joint``, the write-up's §5.1 form; ``per_class``,
 nnU-Net's soft Dice without background) and ``train.foreground_fraction`` (0 or 1/3), and the
-two Dice forms with ``decoder.image_path`` on, on generated datasets, several seeds each,
+two Dice forms with ``decoder.pixel_skip`` on, on generated datasets, several seeds each,
 with everything else equal, and reports the held-out Dice per class (the validation cases
 of each run, at the last epoch, decoded as ``predict`` decodes):
 
@@ -21,42 +21,16 @@ trails the best combination on any dataset by more than ``--tolerance``.
 ``--crops`` compares whole planes with token crops; ``--augmented-copies`` compares caches with K = 0, 2
 and 4 augmented views per case (``sam3dseg cache --augmented-copies K``) and prints their cost.
 
-Status. Full run here (3 seeds, about 14 minutes), exit status 0:
+``--augmented-copies`` (2 seeds, about 50 minutes with the 4×-step variants): its exit status compares the default
+(K=0) only with the variants of the same steps; the 4×-step variants are reported, not held against it (they cost
+more). The whole table with 3 seeds takes about 14 minutes here (2 cores).
 
-| dataset | joint | joint + fg 1/3 | per_class | per_class + fg 1/3 | joint + image | per_class + fg 1/3 + image |
-|---|---|---|---|---|---|---|
-| small | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.031 ± 0.054 | 0.164 ± 0.140 |
-| large | 0.770 ± 0.005 | 0.762 ± 0.008 | 0.765 ± 0.008 | 0.762 ± 0.018 | 0.920 ± 0.008 | 0.920 ± 0.003 |
-| mni152 | 0.333 ± 0.005 | 0.356 ± 0.039 | 0.559 ± 0.018 | 0.567 ± 0.009 | 0.566 ± 0.160 | 0.702 ± 0.005 |
+``--equal-time SECONDS`` (real encoders: ``--encoders lite_medsam vit_b``; ``anatomy`` is the demo's nine
+subcortical structures; ``--normalisation`` adds LiteMedSAM on SAM's mean/std; ``--work DIR`` keeps data and
+caches): ``--equal-time 75 --datasets anatomy --normalisation`` takes about an hour with the caches,
+``--equal-time 10`` on small, large and mni152 about 12 minutes each.
 
-The defaults (per_class + fg 1/3 + image) were switched on these numbers. The per-class
-tables it also prints: on ``small`` no variant without the image path finds any class, and
-the default finds the brightest (class 5: 0.51 ± 0.16) and, in one seed of three, classes 3
-and 4 (means 0.15 and 0.17); the two faintest stay unfound. On ``mni152`` the joint
-Dice never finds white matter (0.00 against 0.65).
-
-``--augmented-copies`` (2 seeds, about 50 minutes with the 4×-step variants). In this mode the exit status
-compares the default (K=0) only with the variants of the same steps, which it leads or trails by
-less than the tolerance; the 4×-step variants are reported, not held against it (they cost more):
-
-| dataset | K=0 | K=2 | K=4 | K=0, 4× steps | K=4, 4× steps |
-|---|---|---|---|---|---|
-| small | 0.204 ± 0.171 | 0.160 ± 0.106 | 0.169 ± 0.117 | 0.355 ± 0.176 | 0.447 ± 0.177 |
-| large | 0.922 ± 0.002 | 0.933 ± 0.016 | 0.927 ± 0.001 | 0.957 ± 0.003 | 0.961 ± 0.007 |
-| mni152 | 0.700 ± 0.004 | 0.694 ± 0.003 | 0.676 ± 0.020 | 0.766 ± 0.014 | 0.737 ± 0.000 |
-
-The tables above were measured with the defaults of their day (SGD 1e-2, whole planes).
-
-``--equal-time SECONDS`` (real encoders: ``--encoders lite_medsam vit_b``; ``anatomy`` is the demo's
-nine subcortical structures; ``--normalisation`` adds LiteMedSAM on SAM's mean/std; ``--work DIR``
-keeps data and caches). Run here (AMD EPYC, 2 cores), 3 seeds:
-``--equal-time 75 --datasets anatomy --normalisation`` (about an hour with the caches) and
-``--equal-time 10`` on small, large and mni152 (about 12 minutes each). On anatomy AdamW 1e-3 on
-half-grid crops reached 0.319 ± 0.069 (LiteMedSAM) and 0.248 ± 0.053 (random ViT-B) against 0.075
-and 0.071 for SGD 1e-2 on whole planes: the defaults since. Exit status 1 on ``large``, where SGD
-learns faster (0.90 against 0.82, 0.94 against 0.88). A second anatomy run (``--encoders lite_medsam
---variants default --normalisation``): LiteMedSAM on its own min-max 0.287 ± 0.060, on SAM's mean/std
-0.170 ± 0.052. Every table is in docs/training.md.
+The tables these runs gave, the machine, and the defaults chosen on them: docs/training.md (one copy).
 """
 
 from __future__ import annotations
