@@ -286,3 +286,40 @@ def test_the_stride_decoder_figures_agree_across_pages():
     assert f"scored {last} against the default's {first} at equal steps for {last_gflop / first_gflop:.1f}× the FLOPs" in method
     assert f"the features average-pooled to S/16 before the write-up's decoder scored {pool}" in method
     assert f"(`bench/stride_decoder.py`: {mean['keep-first']:.3f} against {mean['pool-16']:.3f} for pooling to S/16 at 64²)" in method
+
+
+def test_the_brain_hour_prose_is_the_peer_files():
+    """What results.md says of the brain set at an hour: each margin over nnU-Net, the gains over 30 minutes, the steps
+    and iterations, as the two peer files have them."""
+    prose = _prose("results.md")
+    hour, half = _result("peer_nnunet_brain_3600s.json"), _result("peer_nnunet_brain_1800s.json")
+    ours, theirs = hour["sam3dseg"]["scores"]["per_class"], hour["nnunet"]["scores"]["per_class"]
+    before = half["sam3dseg"]["scores"]["per_class"]
+    assert all(ours[k]["dice"] > theirs[k]["dice"] for k in ours), "sam3dseg leads on every structure"
+    assert [k for k in theirs if theirs[k]["dice"] > 0] == ["ventricles", "brainstem"]
+    margin = {k: ours[k]["dice"] - theirs[k]["dice"] for k in ("ventricles", "brainstem")}
+    assert f"by {margin['ventricles']:.2f} on the ventricles and {margin['brainstem']:.2f} on the brainstem" in prose
+    assert f"{hour['sam3dseg']['steps']} against {half['sam3dseg']['steps']} at 30 minutes" in prose
+    for name in ("accumbens", "pallidum", "hippocampus"):
+        assert f"{name} {before[name]['dice']:.3f} → {ours[name]['dice']:.3f}" in prose, name
+    worst = (max(float(s["hd95"]) for s in before.values()), max(float(s["hd95"]) for s in ours.values()))
+    assert f"its largest HD95 went from {worst[0]:.1f} mm to {worst[1]:.1f}" in prose
+    nnunet = hour["nnunet"]
+    assert (f"nnU-Net had {nnunet['epochs_done']} epochs of 25 iterations ({nnunet['iterations_done']} iterations of a 56 × 56 × 48 "
+            f"patch, batch 2, about {nnunet['train_s'] / nnunet['iterations_done']:.0f} s an iteration") in prose
+    assert f"with HD95s of {float(theirs['ventricles']['hd95']):.1f} and {float(theirs['brainstem']['hd95']):.1f} mm" in prose
+
+
+def test_the_readme_says_what_each_budget_found():
+    """The README's sentence under the results table counts what the peer files found at 30 minutes and at an hour."""
+    found = {name: sum(s["dice"] > 0 for s in _result(name)["sam3dseg"]["scores"]["per_class"].values())
+             for name in ("peer_nnunet_ct_1800s.json", "peer_nnunet_brain_1800s.json", "peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json")}
+    total = {name: len(_result(name)["sam3dseg"]["scores"]["per_class"]) for name in found}
+    assert (found["peer_nnunet_ct_1800s.json"], total["peer_nnunet_ct_1800s.json"]) == (11, 12)
+    assert found["peer_nnunet_brain_1800s.json"] == total["peer_nnunet_brain_1800s.json"] == 9
+    assert all(found[n] == total[n] for n in ("peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json"))
+    nnunet = _result("peer_nnunet_brain_3600s.json")["nnunet"]["scores"]["per_class"]
+    assert sum(s["dice"] > 0 for s in nnunet.values()) == 2
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert ("on the brain, after an hour, one that finds two of nine structures); sam3dseg, which trains only a decoder on cached "
+            "features, finds 11 of the 12 organs and all nine structures in 30 minutes, and every one in an hour.") in readme
