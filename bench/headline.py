@@ -36,7 +36,7 @@ def _peer_row(path: Path) -> list[str]:
         f"sam3dseg (LiteMedSAM at {result['sam3dseg']['image_size']}²) mean Dice "
         f"{result['sam3dseg']['scores']['mean_dice']:.3f} ({found} of {len(scores)} found); "
         f"nnU-Net 3d_fullres at equal time: {theirs}",
-        f"{cpu.get('kind', cpu['cpu'])}, {cpu['cores']} cores",  # files before 2026-12 have no kind
+        f"{cpu.get('kind', cpu['cpu'])}, {cpu['cores']} cores",  # files older than 2026-12-05 have no kind
         f"`bench/results/{path.name}`",
     ]
 

@@ -144,7 +144,7 @@ def table(results: dict) -> str:
 
     def where(section: dict) -> str:
         m = section["machine"]
-        return f"{m.get('kind', m['cpu'])}, {m['cores']} cores (load {m['load_1min']:g})"  # files before 2026-12 have no kind
+        return f"{m.get('kind', m['cpu'])}, {m['cores']} cores (load {m['load_1min']:g})"  # files older than 2026-12-05 have no kind
 
     if "fresh_clone" in results:
         r = results["fresh_clone"]

@@ -225,7 +225,7 @@ def test_a_bench_reads_only_the_options_it_defines(script):
 
 
 def test_the_docs_name_only_options_the_benches_define():
-    """Every ``bench/X.py --option`` the README and docs/ show is an option of X's parser."""
+    """Every ``bench/X.py --option`` the README, docs/ and the benches' own docstrings show is an option of X's parser."""
     pages = [BENCH.parent / "README.md", *sorted((BENCH.parent / "docs").glob("*.md")), *sorted(BENCH.glob("*.py"))]
     wrong = []
     for page in pages:
