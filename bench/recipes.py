@@ -23,7 +23,7 @@ and 4 augmented views per case (``sam3dseg cache --augmented-copies K``) and pri
 
 ``--augmented-copies`` (2 seeds, about 50 minutes with the 4×-step variants): its exit status compares the default
 (K=0) only with the variants of the same steps; the 4×-step variants are reported, not held against it (they cost
-more). The whole table with 3 seeds takes about 14 minutes here (2 cores).
+more).
 
 ``--equal-time SECONDS`` (real encoders: ``--encoders lite_medsam vit_b``; ``anatomy`` is the demo's nine
 subcortical structures; ``--normalisation`` adds LiteMedSAM on SAM's mean/std; ``--work DIR`` keeps data and

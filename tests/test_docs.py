@@ -269,7 +269,6 @@ def test_the_decoder_flops_are_level_flops():
     assert f"matrix-product rate measured on a 2-core AMD EPYC ({gemm:.0f} GFLOP/s, `bench/results/cpu_speed.json`)" in performance
 
 
-
 def test_the_stride_decoder_figures_agree_across_pages():
     """The three decoder designs of docs/performance.md's table (Dice, GFLOP, s a step) are the ones method.md and
     the prose beside the table quote: one measurement, stated alike everywhere."""
@@ -312,12 +311,14 @@ def test_the_brain_hour_prose_is_the_peer_files():
 
 def test_the_readme_says_what_each_budget_found():
     """The README's sentence under the results table counts what the peer files found at 30 minutes and at an hour."""
-    found = {name: sum(s["dice"] > 0 for s in _result(name)["sam3dseg"]["scores"]["per_class"].values())
-             for name in ("peer_nnunet_ct_1800s.json", "peer_nnunet_brain_1800s.json", "peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json")}
-    total = {name: len(_result(name)["sam3dseg"]["scores"]["per_class"]) for name in found}
-    assert (found["peer_nnunet_ct_1800s.json"], total["peer_nnunet_ct_1800s.json"]) == (11, 12)
-    assert found["peer_nnunet_brain_1800s.json"] == total["peer_nnunet_brain_1800s.json"] == 9
-    assert all(found[n] == total[n] for n in ("peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json"))
+    names = ("peer_nnunet_ct_1800s.json", "peer_nnunet_brain_1800s.json", "peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json")
+    found = {}  # file -> (structures found, structures)
+    for name in names:
+        scores = _result(name)["sam3dseg"]["scores"]["per_class"].values()
+        found[name] = (sum(s["dice"] > 0 for s in scores), len(scores))
+    assert found["peer_nnunet_ct_1800s.json"] == (11, 12)
+    assert found["peer_nnunet_brain_1800s.json"] == (9, 9)
+    assert all(found[n][0] == found[n][1] for n in ("peer_nnunet_ct_3600s.json", "peer_nnunet_brain_3600s.json"))
     nnunet = _result("peer_nnunet_brain_3600s.json")["nnunet"]["scores"]["per_class"]
     assert sum(s["dice"] > 0 for s in nnunet.values()) == 2
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
